@@ -1,0 +1,14 @@
+//! orderflow: the order state machine of an online store, exactly once, on Apache Kafka.
+//!
+//! # Layout (in the order a request flows through it)
+//! - [`config`]: settings from file, environment and flags; the only place defaults live.
+//! - [`kafka`]: librdkafka client settings (the one place its keys appear), topic provisioning.
+//! - [`codec`]: bytes ⇄ domain records (Avro single-object encoding, schemas in `schemas/`).
+//! - [`machine`]: the pure core — the state machine as data and `decide(state, request)`.
+//! - [`cli`]: the command line; `main.rs` only parses it and dispatches.
+
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod kafka;
+pub mod machine;

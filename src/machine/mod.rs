@@ -1,0 +1,21 @@
+//! The pure core: a state machine defined as data and the decision it makes for each request.
+//!
+//! Nothing here does I/O, blocks or allocates beyond the records it returns, so every rule is
+//! unit- and property-tested without Kafka.
+
+pub mod decide;
+pub mod definition;
+pub mod diagram;
+pub mod diff;
+pub mod order;
+
+pub use decide::{Decider, Decision, Outcome, Rejection, StateChange, DEFAULT_RECENT_WINDOW};
+pub use definition::{
+    Definition, DefinitionError, Problem, State, StateId, Transition, TransitionId,
+};
+pub use order::{
+    OrderState, ParkedRequest, RecentRequest, RecordedOutcome, RejectCode, TransitionRequest,
+};
+
+#[cfg(test)]
+mod tests;
