@@ -1,1 +1,130 @@
-fn main() {}
+//! Micro-benchmarks of the pure core and the codec: decide, and encode/decode per request and per
+//! state record, with apache-avro's generic path measured in the same run as the baseline.
+//! Run with `make bench-core`; results are recorded in docs/benchmarks.md.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use criterion::{criterion_group, criterion_main, Criterion};
+use orderflow::codec::{
+    decode_order_state, decode_request, encode_order_state, encode_request, registry, RecordKind,
+};
+use orderflow::machine::{
+    Decider, Definition, OrderState, StateChange, TransitionRequest, DEFAULT_RECENT_WINDOW,
+};
+use uuid::Uuid;
+
+fn request(transition: &str, n: u128) -> TransitionRequest {
+    TransitionRequest {
+        request_id: Uuid::from_u128(n),
+        order_id: "order-0001234567".into(),
+        transition: transition.into(),
+        expected_version: None,
+        requested_at_ms: 1_764_000_000_000,
+        source: "warehouse".into(),
+        attributes: BTreeMap::from([("carrier".to_string(), "dhl".to_string())]),
+    }
+}
+
+/// A delivered order with a full window of remembered requests: the typical large state record.
+fn delivered(decider: &Decider) -> OrderState {
+    let mut state = None;
+    let mut n = 0;
+    for t in [
+        "create",
+        "confirm",
+        "ship",
+        "out_for_delivery",
+        "deliver",
+        "cancel",
+        "ship",
+        "confirm",
+    ] {
+        n += 1;
+        let decision = decider.decide(state.as_ref(), &request(t, n), 1_764_000_000_000);
+        if let StateChange::Put(next) = decision.change {
+            state = Some(next);
+        }
+    }
+    state.expect("created")
+}
+
+fn benches(c: &mut Criterion) {
+    let definition = Arc::new(
+        Definition::parse(
+            include_str!("../machines/order-lifecycle.toml"),
+            "order-lifecycle.toml",
+        )
+        .expect("valid"),
+    );
+    let decider = Decider::new(Arc::clone(&definition), DEFAULT_RECENT_WINDOW);
+    let state = delivered(&decider);
+    let confirmed = {
+        let created = decider.decide(None, &request("create", 100), 0);
+        let StateChange::Put(s) = created.change else {
+            unreachable!()
+        };
+        let confirmed = decider.decide(Some(&s), &request("confirm", 101), 0);
+        let StateChange::Put(s) = confirmed.change else {
+            unreachable!()
+        };
+        s
+    };
+    let ship = request("ship", 1000);
+
+    c.bench_function("decide/accept", |b| {
+        b.iter(|| decider.decide(black_box(Some(&confirmed)), black_box(&ship), 1))
+    });
+    let early = request("deliver", 1001);
+    c.bench_function("decide/reject_invalid", |b| {
+        b.iter(|| decider.decide(black_box(Some(&confirmed)), black_box(&early), 1))
+    });
+
+    let mut request_bytes = Vec::new();
+    encode_request(&ship, &mut request_bytes);
+    c.bench_function("request/encode", |b| {
+        let mut buf = Vec::with_capacity(256);
+        b.iter(|| {
+            buf.clear();
+            encode_request(black_box(&ship), &mut buf);
+            buf.len()
+        })
+    });
+    c.bench_function("request/decode", |b| {
+        b.iter(|| decode_request(Some(b"order-0001234567"), black_box(&request_bytes)))
+    });
+
+    let mut state_bytes = Vec::new();
+    encode_order_state(&definition, "order-0001234567", &state, &mut state_bytes);
+    c.bench_function("state/encode", |b| {
+        let mut buf = Vec::with_capacity(1024);
+        b.iter(|| {
+            buf.clear();
+            encode_order_state(&definition, "order-0001234567", black_box(&state), &mut buf);
+            buf.len()
+        })
+    });
+    c.bench_function("state/decode", |b| {
+        b.iter(|| decode_order_state(&definition, black_box(&state_bytes)))
+    });
+
+    // Baseline: apache-avro's generic Value path for the same bytes.
+    let schema = &registry().current(RecordKind::OrderState).schema;
+    let reader = GenericDatumReader::builder(schema).build().expect("reader");
+    let writer = GenericDatumWriter::builder(schema).build().expect("writer");
+    let body = &state_bytes[10..];
+    let value = reader.read_value(&mut Cursor::new(body)).expect("decodes");
+    c.bench_function("state/decode_apache_avro_generic", |b| {
+        b.iter(|| reader.read_value(&mut Cursor::new(black_box(body))))
+    });
+    c.bench_function("state/encode_apache_avro_generic", |b| {
+        b.iter(|| writer.write_value_to_vec(black_box(value.clone())))
+    });
+}
+
+criterion_group!(core, benches);
+criterion_main!(core);

@@ -1,1 +1,450 @@
+//! Settings: one documented struct, layered file → environment (`ORDERFLOW_…`) → command-line flags.
+//!
+//! Every field has a named default, so an empty file (or none) runs against a local broker.
+//! Environment variables address nested fields with a double underscore:
+//! `ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS=broker:9092` sets `kafka.bootstrap_servers`.
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source} (check --config / ORDERFLOW_CONFIG)")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("config file {path}: {message} (see the configuration table in README.md)")]
+    Parse {
+        /// The file, or the environment variable that made it invalid.
+        path: String,
+        /// toml's explanation, naming the key.
+        message: String,
+    },
+    /// A value is out of range or contradicts another.
+    #[error("invalid setting {key}: {message}")]
+    Invalid {
+        /// The setting's dotted name.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// A string that never appears in logs, `Debug` output or `orderflow config show`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for handing to librdkafka only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
+
+/// All settings of an orderflow process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The state-machine definition file (TOML). Default: `machines/order-lifecycle.toml`.
+    pub definition: PathBuf,
+    /// This instance's stable id (e.g. the StatefulSet pod name); it names the transactional.id.
+    /// Default: `orderflow-0`.
+    pub instance_id: String,
+    /// How to reach Kafka.
+    pub kafka: KafkaSettings,
+    /// Topic names and layout.
+    pub topics: TopicSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            definition: PathBuf::from("machines/order-lifecycle.toml"),
+            instance_id: "orderflow-0".into(),
+            kafka: KafkaSettings::default(),
+            topics: TopicSettings::default(),
+        }
+    }
+}
+
+/// Connection to the Kafka cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list. Default: `127.0.0.1:9092` (`make kafka-up`).
+    pub bootstrap_servers: String,
+    /// The consumer group all orderflow instances share. Default: `orderflow`.
+    pub group_id: String,
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`. Default: `PLAINTEXT`.
+    pub security_protocol: String,
+    /// SASL mechanism (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`), if SASL is used.
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    pub sasl_username: Option<String>,
+    /// SASL password (never logged or shown).
+    pub sasl_password: Option<Secret>,
+    /// CA certificate file for TLS.
+    pub ssl_ca_location: Option<PathBuf>,
+    /// Client certificate file for mutual TLS.
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// Client key file for mutual TLS.
+    pub ssl_key_location: Option<PathBuf>,
+    /// Password of the client key (never logged or shown).
+    pub ssl_key_password: Option<Secret>,
+    /// Further librdkafka properties passed through as they are (e.g. `client.rack`). Keys orderflow
+    /// sets itself are refused, naming the setting to use instead.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> KafkaSettings {
+        KafkaSettings {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "orderflow".into(),
+            security_protocol: "PLAINTEXT".into(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            ssl_key_password: None,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// Topic names and layout. All five topics have the same partition count (co-partitioning).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicSettings {
+    /// Transition requests from upstream. Default: `order-transition-requests`.
+    pub requests: String,
+    /// Latest state per order, compacted. Default: `order-state`.
+    pub state: String,
+    /// Accepted transitions (the event log). Default: `order-transitions`.
+    pub accepted: String,
+    /// Rejected requests with reasons. Default: `order-transition-rejections`.
+    pub rejected: String,
+    /// Undecodable or invalid requests. Default: `order-transition-requests-dlq`.
+    pub dead_letters: String,
+    /// Partitions of every topic, used by `orderflow topics create`. Default: 12.
+    pub partitions: i32,
+    /// Replicas of every topic, used by `orderflow topics create`. Default: 1 (local broker).
+    pub replication_factor: i32,
+}
+
+impl Default for TopicSettings {
+    fn default() -> TopicSettings {
+        TopicSettings {
+            requests: "order-transition-requests".into(),
+            state: "order-state".into(),
+            accepted: "order-transitions".into(),
+            rejected: "order-transition-rejections".into(),
+            dead_letters: "order-transition-requests-dlq".into(),
+            partitions: 12,
+            replication_factor: 1,
+        }
+    }
+}
+
+impl TopicSettings {
+    /// All five topic names with a short role each.
+    pub fn all(&self) -> [(&'static str, &str); 5] {
+        [
+            ("requests", &self.requests),
+            ("state", &self.state),
+            ("accepted", &self.accepted),
+            ("rejected", &self.rejected),
+            ("dead_letters", &self.dead_letters),
+        ]
+    }
+
+    /// The same layout with every name prefixed (tests give each run its own topics).
+    pub fn with_prefix(&self, prefix: &str) -> TopicSettings {
+        TopicSettings {
+            requests: format!("{prefix}{}", self.requests),
+            state: format!("{prefix}{}", self.state),
+            accepted: format!("{prefix}{}", self.accepted),
+            rejected: format!("{prefix}{}", self.rejected),
+            dead_letters: format!("{prefix}{}", self.dead_letters),
+            ..self.clone()
+        }
+    }
+}
+
+/// The prefix of environment variables that override settings.
+pub const ENV_PREFIX: &str = "ORDERFLOW_";
+
+impl Settings {
+    /// Loads settings: defaults, then `file` if given, then `ORDERFLOW_…` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut table = match file {
+            None => toml::Table::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.display().to_string(),
+                        message: e.message().to_string(),
+                    })?
+            }
+        };
+        let label = file.map_or("<defaults>".to_string(), |p| p.display().to_string());
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            // ORDERFLOW_CONFIG names the file itself; ORDERFLOW_TEST_* belong to the test harness.
+            if rest == "CONFIG" || rest.starts_with("TEST_") || rest == "LOG_FORMAT" {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            set_path(&mut table, &path, parse_env_value(&value)).map_err(|message| {
+                ConfigError::Parse {
+                    path: format!("environment variable {name}"),
+                    message,
+                }
+            })?;
+        }
+        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Parse {
+                path: format!("{label} + ORDERFLOW_* environment"),
+                message: format!("{}: {}", e.path(), e.inner().message()),
+            })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges and relations serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.bootstrap_servers",
+                "is empty: set it to host:port of at least one broker".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.topics.partitions) {
+            return Err(invalid(
+                "topics.partitions",
+                format!("{} is not between 1 and 10000", self.topics.partitions),
+            ));
+        }
+        if !(1..=32).contains(&self.topics.replication_factor) {
+            return Err(invalid(
+                "topics.replication_factor",
+                format!("{} is not between 1 and 32", self.topics.replication_factor),
+            ));
+        }
+        if self.instance_id.is_empty()
+            || !self
+                .instance_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "instance_id",
+                format!(
+                    "{:?} must be non-empty letters, digits, '-', '_' or '.' (it becomes part of the transactional.id)",
+                    self.instance_id
+                ),
+            ));
+        }
+        let names: Vec<&str> = self.topics.all().iter().map(|(_, n)| *n).collect();
+        for (i, name) in names.iter().enumerate() {
+            if name.is_empty() || names[..i].contains(name) {
+                return Err(invalid(
+                    "topics",
+                    format!("topic name {name:?} is empty or used twice: every role needs its own topic"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings as TOML with secrets masked, for `orderflow config show`.
+    pub fn to_display_toml(&self) -> String {
+        let mut shown = self.clone();
+        for (key, value) in shown.kafka.extra.iter_mut() {
+            if is_secret_key(key) {
+                *value = "***".into();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// True for librdkafka keys whose values are secrets.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key.contains("secret") || key.ends_with(".key.pem")
+}
+
+/// Environment values are TOML scalars when they parse as one (numbers, booleans), else strings.
+fn parse_env_value(value: &str) -> toml::Value {
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    match parsed {
+        Some(v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_))) => v,
+        _ => toml::Value::String(value.to_string()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty setting name".into()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => set_path(inner, rest, value),
+                _ => Err(format!("{first} is not a section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_file_and_no_environment_gives_the_local_defaults() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(s.topics.partitions, 12);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\nbootstrap_servers = \"a:1\"\n[topics]\npartitions = 3\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&path),
+            env(&[
+                ("ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS", "b:2"),
+                ("ORDERFLOW_KAFKA__EXTRA__CLIENT.RACK", "eu-1a"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.kafka.bootstrap_servers, "b:2");
+        assert_eq!(s.topics.partitions, 3);
+        assert_eq!(
+            s.kafka.extra.get("client.rack").map(String::as_str),
+            Some("eu-1a")
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[kafka]\nbootstrap_server = \"a:1\"\n").unwrap();
+        let err = Settings::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bootstrap_server"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_environment_value_is_an_error_naming_the_setting() {
+        let err = Settings::load(None, env(&[("ORDERFLOW_TOPICS__PARTITIONS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partitions"), "{err}");
+        let err = Settings::load(None, env(&[("ORDERFLOW_TOPICS__PARTITIONS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("topics.partitions"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_config_file_names_the_path() {
+        let err = Settings::load(Some(Path::new("/nope/orderflow.toml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nope/orderflow.toml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("ORDERFLOW_KAFKA__SASL_PASSWORD", "hunter2"),
+                ("ORDERFLOW_KAFKA__EXTRA__SSL.KEYSTORE.PASSWORD", "swordfish"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.kafka.sasl_password.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+        let shown = format!("{}\n{:?}", s.to_display_toml(), s.kafka.sasl_password);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("swordfish"), "{shown}");
+    }
+
+    #[test]
+    fn one_topic_for_two_roles_is_refused() {
+        let err = Settings::load(
+            None,
+            env(&[("ORDERFLOW_TOPICS__STATE", "order-transition-requests")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("used twice"), "{err}");
+    }
+}

@@ -5,6 +5,8 @@
 //! - [`kafka`]: librdkafka client settings (the one place its keys appear), topic provisioning.
 //! - [`codec`]: bytes ⇄ domain records (Avro single-object encoding, schemas in `schemas/`).
 //! - [`machine`]: the pure core — the state machine as data and `decide(state, request)`.
+//! - [`tools`]: tools for people and upstream services (demo round trip).
+//! - [`telemetry`]: logging setup.
 //! - [`cli`]: the command line; `main.rs` only parses it and dispatches.
 
 pub mod cli;
@@ -12,3 +14,5 @@ pub mod codec;
 pub mod config;
 pub mod kafka;
 pub mod machine;
+pub mod telemetry;
+pub mod tools;

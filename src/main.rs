@@ -1,1 +1,203 @@
-fn main() {}
+//! The `orderflow` binary: parse the command line, load settings, dispatch. Exit codes: 0 success,
+//! 1 a runtime failure (Kafka, a failed check), 2 bad usage, settings or definition.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use orderflow::cli::{Cli, Command, ConfigAction, DrawFormat, MachineAction, TopicsAction};
+use orderflow::config::Settings;
+use orderflow::kafka::Topics;
+use orderflow::machine::diagram::{draw, DiagramFormat};
+use orderflow::machine::diff::diff;
+use orderflow::machine::Definition;
+use orderflow::{telemetry, tools};
+
+/// A failure and the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
+/// Bad usage, settings or definition: exit code 2.
+fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(Failure { code, error }) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
+    let mut settings = Settings::load(cli.config.as_deref(), std::env::vars()).map_err(usage)?;
+    if let Some(servers) = &cli.bootstrap_servers {
+        settings.kafka.bootstrap_servers = servers.clone();
+    }
+    if let Some(id) = &cli.instance_id {
+        settings.instance_id = id.clone();
+    }
+    settings.validate().map_err(usage)?;
+    Ok(settings)
+}
+
+fn load_definition(path: &Path) -> Result<Definition, Failure> {
+    Definition::load(path).map_err(usage)
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    match &cli.command {
+        Command::Machine { action } => machine(action),
+        Command::Config { action } => {
+            let settings = load_settings(&cli)?;
+            match action {
+                ConfigAction::Show => print!("{}", settings.to_display_toml()),
+                ConfigAction::Check => {
+                    let definition = load_definition(&settings.definition)?;
+                    orderflow::kafka::base_config(&settings.kafka, "orderflow-check")
+                        .map_err(usage)?;
+                    println!(
+                        "OK: settings valid; definition {} v{} ({}) from {}",
+                        definition.name(),
+                        definition.version(),
+                        definition.short_hash(),
+                        settings.definition.display()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topics { action } => {
+            let mut settings = load_settings(&cli)?;
+            let topics = Topics::connect(&settings.kafka).map_err(usage)?;
+            match action {
+                TopicsAction::Create {
+                    partitions,
+                    replication_factor,
+                } => {
+                    if let Some(p) = partitions {
+                        settings.topics.partitions = *p;
+                    }
+                    if let Some(r) = replication_factor {
+                        settings.topics.replication_factor = *r;
+                    }
+                    settings.validate().map_err(usage)?;
+                    for status in topics.ensure(&settings.topics).await? {
+                        println!(
+                            "{:<13} {:<40} {} partitions  {}",
+                            status.role,
+                            status.name,
+                            status.partitions,
+                            if status.created {
+                                "created"
+                            } else {
+                                "exists, verified"
+                            }
+                        );
+                    }
+                }
+                TopicsAction::Check => {
+                    let partitions = topics.check(&settings.topics).await?;
+                    println!("OK: all five topics exist with {partitions} partitions; state topic is compacted");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            let settings = load_settings(&cli)?;
+            let topics = Topics::connect(&settings.kafka).map_err(usage)?;
+            topics
+                .ensure(&settings.topics)
+                .await
+                .context("provisioning topics for the demo")?;
+            tools::demo::run(&settings, args.orders).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn machine(action: &MachineAction) -> Result<ExitCode, Failure> {
+    match action {
+        MachineAction::Check { file } => match Definition::load(file) {
+            Ok(d) => {
+                println!(
+                    "OK: {} v{} ({}): {} states, {} transitions",
+                    d.name(),
+                    d.version(),
+                    d.short_hash(),
+                    d.states().len(),
+                    d.transitions().len()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        MachineAction::Draw { file, format } => {
+            let definition = Arc::new(load_definition(file)?);
+            let format = match format {
+                DrawFormat::Mermaid => DiagramFormat::Mermaid,
+                DrawFormat::Dot => DiagramFormat::Dot,
+            };
+            print!("{}", draw(&definition, format));
+            Ok(ExitCode::SUCCESS)
+        }
+        MachineAction::Diff { old, new } => {
+            let old_definition = load_definition(old)?;
+            let new_definition = load_definition(new)?;
+            let report = diff(&old_definition, &new_definition);
+            for finding in &report.findings {
+                println!("{finding}");
+            }
+            if report.findings.is_empty() {
+                println!("identical rules: safe to roll out");
+            }
+            if report.is_safe() {
+                println!(
+                    "SAFE: {} v{} can be rolled out over live orders of v{}",
+                    new_definition.name(),
+                    new_definition.version(),
+                    old_definition.version()
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("UNSAFE: do not roll out {} as it is", new.display());
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}

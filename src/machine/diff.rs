@@ -175,7 +175,7 @@ pub fn diff(old: &Definition, new: &Definition) -> DiffReport {
             );
         }
     }
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     DiffReport { findings }
 }
 

@@ -1,0 +1,40 @@
+# orderflow: `make run` runs the service against a local broker, `make test` runs every test.
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/release/orderflow
+KAFKA := deploy/local/kafka.sh
+
+.PHONY: run test lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
+
+## run: start the local broker (127.0.0.1:9092), create the topics and run the demo round trip
+run: build kafka-up
+	$(BIN) topics create
+	$(BIN) demo
+
+## test: start a test broker (127.0.0.1:19092), run unit + integration tests, stop it
+test:
+	bash deploy/local/test.sh
+
+## lint: formatting and clippy with warnings as errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+build:
+	$(CARGO) build --release
+
+kafka-up:
+	$(KAFKA) up
+
+kafka-down:
+	$(KAFKA) down
+
+kafka-status:
+	$(KAFKA) status
+
+kafka-logs:
+	$(KAFKA) logs
+
+## clean-kafka: stop the local broker and wipe its data
+clean-kafka:
+	$(KAFKA) down --purge

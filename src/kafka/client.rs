@@ -1,0 +1,256 @@
+//! librdkafka client settings: the only place in orderflow where librdkafka keys are spelled.
+
+use rdkafka::ClientConfig;
+
+use crate::config::{is_secret_key, KafkaSettings};
+
+/// Why a client could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientConfigError {
+    /// An `extra` property collides with one orderflow sets itself.
+    #[error("kafka.extra.{key} conflicts with a property orderflow sets itself ({why}); drop kafka.extra.{key}{instead}")]
+    Conflict {
+        /// The librdkafka key.
+        key: String,
+        /// Why orderflow owns it.
+        why: &'static str,
+        /// The orderflow setting to use instead, if any.
+        instead: String,
+    },
+}
+
+/// Properties orderflow sets on its own, with the reason and the orderflow setting that controls them.
+const OWNED: &[(&str, &str, Option<&str>)] = &[
+    (
+        "bootstrap.servers",
+        "it names the cluster",
+        Some("kafka.bootstrap_servers"),
+    ),
+    (
+        "group.id",
+        "all instances must share it",
+        Some("kafka.group_id"),
+    ),
+    (
+        "security.protocol",
+        "it is a first-class setting",
+        Some("kafka.security_protocol"),
+    ),
+    (
+        "sasl.mechanism",
+        "it is a first-class setting",
+        Some("kafka.sasl_mechanism"),
+    ),
+    (
+        "sasl.username",
+        "it is a first-class setting",
+        Some("kafka.sasl_username"),
+    ),
+    (
+        "sasl.password",
+        "it is a secret setting",
+        Some("kafka.sasl_password"),
+    ),
+    (
+        "ssl.ca.location",
+        "it is a first-class setting",
+        Some("kafka.ssl_ca_location"),
+    ),
+    (
+        "ssl.certificate.location",
+        "it is a first-class setting",
+        Some("kafka.ssl_certificate_location"),
+    ),
+    (
+        "ssl.key.location",
+        "it is a first-class setting",
+        Some("kafka.ssl_key_location"),
+    ),
+    (
+        "ssl.key.password",
+        "it is a secret setting",
+        Some("kafka.ssl_key_password"),
+    ),
+    (
+        "transactional.id",
+        "exactly-once needs one stable id per instance",
+        Some("instance_id"),
+    ),
+    ("enable.idempotence", "exactly-once needs it on", None),
+    (
+        "isolation.level",
+        "orderflow reads only committed data",
+        None,
+    ),
+    (
+        "enable.auto.commit",
+        "offsets are committed inside transactions",
+        None,
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed inside transactions",
+        None,
+    ),
+    (
+        "partitioner",
+        "keys must land where Java clients put them (murmur2)",
+        None,
+    ),
+    ("acks", "exactly-once needs acks=all", None),
+];
+
+/// The settings every orderflow client shares: cluster, security and pass-through properties.
+pub fn base_config(
+    settings: &KafkaSettings,
+    client_id: &str,
+) -> Result<ClientConfig, ClientConfigError> {
+    for key in settings.extra.keys() {
+        if let Some((_, why, instead)) = OWNED.iter().find(|(k, _, _)| k == key) {
+            return Err(ClientConfigError::Conflict {
+                key: key.clone(),
+                why,
+                instead: instead.map_or(String::new(), |s| format!(" and set {s} instead")),
+            });
+        }
+    }
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .set("client.id", client_id)
+        .set("security.protocol", &settings.security_protocol);
+    if let Some(mechanism) = &settings.sasl_mechanism {
+        config.set("sasl.mechanism", mechanism);
+    }
+    if let Some(username) = &settings.sasl_username {
+        config.set("sasl.username", username);
+    }
+    if let Some(password) = &settings.sasl_password {
+        config.set("sasl.password", password.expose());
+    }
+    for (key, path) in [
+        ("ssl.ca.location", &settings.ssl_ca_location),
+        (
+            "ssl.certificate.location",
+            &settings.ssl_certificate_location,
+        ),
+        ("ssl.key.location", &settings.ssl_key_location),
+    ] {
+        if let Some(path) = path {
+            config.set(key, path.display().to_string());
+        }
+    }
+    if let Some(password) = &settings.ssl_key_password {
+        config.set("ssl.key.password", password.expose());
+    }
+    for (key, value) in &settings.extra {
+        config.set(key, value);
+    }
+    // librdkafka logs its config at debug level; keep secrets out of it.
+    config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    Ok(config)
+}
+
+/// A producer of transition requests (CLI, load generator): idempotent, acks=all, and partitioning
+/// keys with murmur2 like Java's default partitioner, so Java and Rust producers agree on partitions.
+pub fn request_producer_config(
+    settings: &KafkaSettings,
+    client_id: &str,
+) -> Result<ClientConfig, ClientConfigError> {
+    let mut config = base_config(settings, client_id)?;
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5");
+    Ok(config)
+}
+
+/// A consumer that reads committed data only, without joining a group's offset management.
+pub fn committed_reader_config(
+    settings: &KafkaSettings,
+    client_id: &str,
+    group_id: &str,
+) -> Result<ClientConfig, ClientConfigError> {
+    let mut config = base_config(settings, client_id)?;
+    config
+        .set("group.id", group_id)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    Ok(config)
+}
+
+/// Renders a client config for logs, with secrets masked.
+pub fn describe(config: &ClientConfig) -> String {
+    let mut pairs: Vec<(String, String)> = config
+        .config_map()
+        .iter()
+        .map(|(k, v)| {
+            let shown = if is_secret_key(k) {
+                "***".to_string()
+            } else {
+                v.to_string()
+            };
+            (k.to_string(), shown)
+        })
+        .collect();
+    pairs.sort();
+    pairs
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn an_extra_property_orderflow_owns_is_refused_naming_what_to_set() {
+        let mut settings = KafkaSettings::default();
+        settings
+            .extra
+            .insert("bootstrap.servers".into(), "x:1".into());
+        let err = base_config(&settings, "t").unwrap_err().to_string();
+        assert!(err.contains("drop kafka.extra.bootstrap.servers"), "{err}");
+        assert!(err.contains("kafka.bootstrap_servers"), "{err}");
+
+        let mut settings = KafkaSettings::default();
+        settings
+            .extra
+            .insert("isolation.level".into(), "read_uncommitted".into());
+        assert!(base_config(&settings, "t").is_err());
+    }
+
+    #[test]
+    fn extra_properties_pass_through() {
+        let mut settings = KafkaSettings::default();
+        settings
+            .extra
+            .insert("client.rack".into(), "eu-west-1a".into());
+        let config = base_config(&settings, "t").unwrap();
+        assert_eq!(config.get("client.rack"), Some("eu-west-1a"));
+    }
+
+    #[test]
+    fn request_producers_partition_like_java_clients() {
+        let config = request_producer_config(&KafkaSettings::default(), "t").unwrap();
+        assert_eq!(config.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn described_configs_mask_secrets() {
+        let settings = KafkaSettings {
+            sasl_password: serde_json::from_str::<Secret>("\"hunter2\"").ok(),
+            ..KafkaSettings::default()
+        };
+        let text = describe(&base_config(&settings, "t").unwrap());
+        assert!(text.contains("sasl.password=***"), "{text}");
+        assert!(!text.contains("hunter2"));
+    }
+}

@@ -1,0 +1,286 @@
+//! Topic provisioning and the co-partitioning check.
+//!
+//! An order's requests, state, outcomes and dead letters must share a partition number, so all five
+//! topics must have the same partition count, and the state topic must be compacted (it holds the
+//! latest state per order forever). Both are correctness conditions, checked before anything runs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use super::client::{base_config, ClientConfigError};
+use crate::config::{KafkaSettings, TopicSettings};
+
+/// How long a metadata or admin request may take before the cluster counts as unreachable.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why topics could not be provisioned or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// Client settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ClientConfigError),
+    /// The cluster did not answer.
+    #[error("cannot reach Kafka at {bootstrap}: {source} (is the broker up? `make kafka-up` starts a local one; otherwise check kafka.bootstrap_servers and security settings)")]
+    Unreachable {
+        /// The bootstrap servers tried.
+        bootstrap: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// A topic has a partition count different from the others.
+    #[error("topic {topic} ({role}) has {found} partitions but orderflow expects {expected}: all five topics must have the same partition count, because an order's requests, state and outcomes share a partition number. Set topics.partitions = {found} if the other topics have {found} too, or recreate {topic} with {expected} partitions")]
+    PartitionMismatch {
+        /// The topic.
+        topic: String,
+        /// Its role (requests, state, ...).
+        role: &'static str,
+        /// The expected count.
+        expected: i32,
+        /// The count it has.
+        found: i32,
+    },
+    /// The state topic is not compacted.
+    #[error("state topic {topic} has cleanup.policy={policy}, but it must be compacted: with deletion orders' state would vanish after the retention time. Run `kafka-configs --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact`")]
+    NotCompacted {
+        /// The topic.
+        topic: String,
+        /// Its cleanup policy.
+        policy: String,
+    },
+    /// A topic the processor needs does not exist.
+    #[error(
+        "topic {topic} ({role}) does not exist: create the topics with `orderflow topics create`"
+    )]
+    Missing {
+        /// The topic.
+        topic: String,
+        /// Its role.
+        role: &'static str,
+    },
+    /// Creating a topic failed.
+    #[error("creating topic {topic} failed: {code:?} (check the broker's log and the replication factor)")]
+    Create {
+        /// The topic.
+        topic: String,
+        /// The broker's error code.
+        code: RDKafkaErrorCode,
+    },
+    /// The blocking metadata task panicked or was cancelled.
+    #[error("metadata task failed: {0}")]
+    Task(String),
+    /// Another admin request failed.
+    #[error("admin request failed: {0}")]
+    Admin(#[source] KafkaError),
+}
+
+/// What provisioning did with one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicStatus {
+    /// Its role (requests, state, accepted, rejected, dead_letters).
+    pub role: &'static str,
+    /// Its name.
+    pub name: String,
+    /// Its partition count.
+    pub partitions: i32,
+    /// True when this call created it.
+    pub created: bool,
+}
+
+/// Admin access to the cluster for provisioning and checks.
+pub struct Topics {
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    bootstrap: String,
+}
+
+impl Topics {
+    /// Connects an admin client (lazily: nothing is sent until a request).
+    pub fn connect(settings: &KafkaSettings) -> Result<Topics, TopicError> {
+        let admin = base_config(settings, "orderflow-admin")?
+            .create()
+            .map_err(|source| TopicError::Unreachable {
+                bootstrap: settings.bootstrap_servers.clone(),
+                source,
+            })?;
+        Ok(Topics {
+            admin: Arc::new(admin),
+            bootstrap: settings.bootstrap_servers.clone(),
+        })
+    }
+
+    /// Partition counts of existing topics among `names`.
+    pub async fn partition_counts(
+        &self,
+        names: &[&str],
+    ) -> Result<HashMap<String, i32>, TopicError> {
+        let admin = Arc::clone(&self.admin);
+        // Metadata requests block: keep them off the async workers.
+        let metadata =
+            tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, ADMIN_TIMEOUT))
+                .await
+                .map_err(|e| TopicError::Task(e.to_string()))?
+                .map_err(|source| TopicError::Unreachable {
+                    bootstrap: self.bootstrap.clone(),
+                    source,
+                })?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| names.contains(&t.name()) && t.error().is_none())
+            .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+            .collect())
+    }
+
+    /// The `cleanup.policy` of a topic.
+    pub async fn cleanup_policy(&self, topic: &str) -> Result<String, TopicError> {
+        let results = self
+            .admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &admin_options())
+            .await
+            .map_err(TopicError::Admin)?;
+        for result in results {
+            let resource = result.map_err(|code| TopicError::Admin(KafkaError::AdminOp(code)))?;
+            if let Some(entry) = resource.get("cleanup.policy") {
+                return Ok(entry.value.clone().unwrap_or_default());
+            }
+        }
+        Ok("delete".into())
+    }
+
+    /// Checks that all five topics exist, are co-partitioned and the state topic is compacted.
+    /// Returns the partition count.
+    pub async fn check(&self, topics: &TopicSettings) -> Result<i32, TopicError> {
+        let names: Vec<&str> = topics.all().iter().map(|(_, n)| *n).collect();
+        let counts = self.partition_counts(&names).await?;
+        let requests = *counts.get(&topics.requests).ok_or(TopicError::Missing {
+            topic: topics.requests.clone(),
+            role: "requests",
+        })?;
+        for (role, name) in topics.all() {
+            let found = *counts.get(name).ok_or_else(|| TopicError::Missing {
+                topic: name.to_string(),
+                role,
+            })?;
+            if found != requests {
+                return Err(TopicError::PartitionMismatch {
+                    topic: name.to_string(),
+                    role,
+                    expected: requests,
+                    found,
+                });
+            }
+        }
+        self.check_compacted(&topics.state).await?;
+        Ok(requests)
+    }
+
+    async fn check_compacted(&self, state_topic: &str) -> Result<(), TopicError> {
+        let policy = self.cleanup_policy(state_topic).await?;
+        if policy.split(',').any(|p| p.trim() == "compact") {
+            Ok(())
+        } else {
+            Err(TopicError::NotCompacted {
+                topic: state_topic.to_string(),
+                policy,
+            })
+        }
+    }
+
+    /// Creates missing topics and verifies existing ones (idempotent).
+    pub async fn ensure(&self, topics: &TopicSettings) -> Result<Vec<TopicStatus>, TopicError> {
+        let names: Vec<&str> = topics.all().iter().map(|(_, n)| *n).collect();
+        let existing = self.partition_counts(&names).await?;
+        for (role, name) in topics.all() {
+            if let Some(found) = existing.get(name) {
+                if *found != topics.partitions {
+                    return Err(TopicError::PartitionMismatch {
+                        topic: name.to_string(),
+                        role,
+                        expected: topics.partitions,
+                        found: *found,
+                    });
+                }
+            }
+        }
+        let missing: Vec<(&'static str, &str)> = topics
+            .all()
+            .into_iter()
+            .filter(|(_, name)| !existing.contains_key(*name))
+            .collect();
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|(role, name)| {
+                let topic = NewTopic::new(
+                    name,
+                    topics.partitions,
+                    TopicReplication::Fixed(topics.replication_factor),
+                );
+                topic_config(role, topic)
+            })
+            .collect();
+        if !new_topics.is_empty() {
+            let results = self
+                .admin
+                .create_topics(&new_topics, &admin_options())
+                .await
+                .map_err(TopicError::Admin)?;
+            for result in results {
+                match result {
+                    Ok(_) => {}
+                    // Another instance created it first: verified below like any existing topic.
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => return Err(TopicError::Create { topic, code }),
+                }
+            }
+        }
+        let partitions = self.check_created(topics).await?;
+        self.check_compacted(&topics.state).await?;
+        Ok(topics
+            .all()
+            .into_iter()
+            .map(|(role, name)| TopicStatus {
+                role,
+                name: name.to_string(),
+                partitions,
+                created: missing.iter().any(|(_, m)| *m == name),
+            })
+            .collect())
+    }
+
+    /// After creation, metadata may lag for a moment: wait until every topic is visible.
+    async fn check_created(&self, topics: &TopicSettings) -> Result<i32, TopicError> {
+        let mut attempt = 0;
+        loop {
+            match self.check(topics).await {
+                Err(TopicError::Missing { .. }) if attempt < 50 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new()
+        .request_timeout(Some(ADMIN_TIMEOUT))
+        .operation_timeout(Some(ADMIN_TIMEOUT))
+}
+
+/// Per-role topic settings.
+fn topic_config<'a>(role: &str, topic: NewTopic<'a>) -> NewTopic<'a> {
+    match role {
+        // Latest state per order, kept forever; tombstones of forgotten orders kept a day so
+        // restoring instances see them.
+        "state" => topic
+            .set("cleanup.policy", "compact")
+            .set("delete.retention.ms", "86400000")
+            .set("min.compaction.lag.ms", "0"),
+        _ => topic,
+    }
+}

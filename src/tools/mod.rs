@@ -1,0 +1,3 @@
+//! Tools for people and upstream services that drive orderflow from outside.
+
+pub mod demo;

@@ -1,0 +1,10 @@
+//! Integration tests against a real Apache Kafka broker (KRaft, single node).
+//!
+//! `make test` starts one on 127.0.0.1:19092 with `deploy/local/kafka.sh` and sets
+//! `ORDERFLOW_TEST_BOOTSTRAP`; every test makes its own uniquely named topics and groups.
+
+mod support;
+
+mod java_partitioning;
+mod round_trip;
+mod topics;
