@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 
 /// The record types orderflow puts on the wire.
@@ -71,6 +70,8 @@ pub struct KnownSchema {
     pub shipped: ShippedSchema,
     /// The parsed schema.
     pub schema: Schema,
+    /// Its parsing canonical form.
+    pub canonical_form: String,
     /// CRC-64-AVRO (Rabin) fingerprint of its parsing canonical form.
     pub fingerprint: u64,
 }
@@ -83,12 +84,156 @@ pub struct Registry {
     current: HashMap<RecordKind, usize>,
 }
 
-/// The Rabin fingerprint apache-avro and Java's `SchemaNormalization.parsingFingerprint64` compute.
-pub fn fingerprint(schema: &Schema) -> u64 {
-    let bytes = schema.fingerprint::<Rabin>().bytes;
-    let mut le = [0u8; 8];
-    le.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(le)
+/// CRC-64-AVRO (Rabin) fingerprint of a schema's parsing canonical form, as Java's
+/// `SchemaNormalization.parsingFingerprint64` computes it (algorithm from the Avro specification).
+pub fn fingerprint(canonical_form: &str) -> u64 {
+    canonical_form.bytes().fold(EMPTY_FINGERPRINT, |fp, byte| {
+        (fp >> 8) ^ FINGERPRINT_TABLE[((fp ^ u64::from(byte)) & 0xff) as usize]
+    })
+}
+
+const EMPTY_FINGERPRINT: u64 = 0xc15d_213a_a4d7_a795;
+
+const FINGERPRINT_TABLE: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut fp = i as u64;
+        let mut bit = 0;
+        while bit < 8 {
+            fp = (fp >> 1) ^ (EMPTY_FINGERPRINT & (fp & 1).wrapping_neg());
+            bit += 1;
+        }
+        table[i] = fp;
+        i += 1;
+    }
+    table
+};
+
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
+
+/// The parsing canonical form of a schema (Avro specification, "Parsing Canonical Form for
+/// Schemas"), computed from the schema's JSON.
+///
+/// apache-avro 0.22's `Schema::canonical_form` keeps `{"type":"long"}` for a logical type such as
+/// `timestamp-millis` where the specification (and Java) reduce it to `"long"`, so its fingerprints
+/// differ from Java's for every schema with a logical type. This follows the specification.
+pub fn parsing_canonical_form(schema: &serde_json::Value) -> Result<String, String> {
+    let mut defined = std::collections::HashSet::new();
+    pcf(schema, "", &mut defined)
+}
+
+fn full_name(name: &str, namespace: &str) -> String {
+    if name.contains('.') || namespace.is_empty() {
+        name.to_string()
+    } else {
+        format!("{namespace}.{name}")
+    }
+}
+
+fn quoted(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+fn pcf(
+    schema: &serde_json::Value,
+    namespace: &str,
+    defined: &mut std::collections::HashSet<String>,
+) -> Result<String, String> {
+    use serde_json::Value;
+    match schema {
+        Value::String(name) if PRIMITIVES.contains(&name.as_str()) => Ok(quoted(name)),
+        Value::String(name) => Ok(quoted(&full_name(name, namespace))),
+        Value::Array(branches) => {
+            let parts: Result<Vec<String>, String> = branches
+                .iter()
+                .map(|b| pcf(b, namespace, defined))
+                .collect();
+            Ok(format!("[{}]", parts?.join(",")))
+        }
+        Value::Object(map) => {
+            let kind = map
+                .get("type")
+                .ok_or_else(|| format!("schema object without type: {schema}"))?;
+            let Value::String(kind) = kind else {
+                // {"type": {...}} or {"type": [...]}: the inner schema is the schema.
+                return pcf(kind, namespace, defined);
+            };
+            match kind.as_str() {
+                "record" | "error" | "enum" | "fixed" => {
+                    let name = map
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| format!("named schema without a name: {schema}"))?;
+                    let own_namespace = map
+                        .get("namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or(namespace);
+                    let full = full_name(name, own_namespace);
+                    if !defined.insert(full.clone()) {
+                        return Ok(quoted(&full));
+                    }
+                    let inner_namespace =
+                        full.rsplit_once('.').map_or("", |(ns, _)| ns).to_string();
+                    let mut out = format!("{{\"name\":{},\"type\":{}", quoted(&full), quoted(kind));
+                    if let Some(Value::Array(fields)) = map.get("fields") {
+                        let mut parts = Vec::new();
+                        for field in fields {
+                            let field_name = field
+                                .get("name")
+                                .and_then(Value::as_str)
+                                .ok_or_else(|| format!("field without a name: {field}"))?;
+                            let field_type = field
+                                .get("type")
+                                .ok_or_else(|| format!("field {field_name} without a type"))?;
+                            parts.push(format!(
+                                "{{\"name\":{},\"type\":{}}}",
+                                quoted(field_name),
+                                pcf(field_type, &inner_namespace, defined)?
+                            ));
+                        }
+                        out.push_str(&format!(",\"fields\":[{}]", parts.join(",")));
+                    }
+                    if let Some(Value::Array(symbols)) = map.get("symbols") {
+                        let symbols: Vec<String> = symbols
+                            .iter()
+                            .map(|s| quoted(s.as_str().unwrap_or_default()))
+                            .collect();
+                        out.push_str(&format!(",\"symbols\":[{}]", symbols.join(",")));
+                    }
+                    if let Some(size) = map.get("size") {
+                        let size = size
+                            .as_i64()
+                            .or_else(|| size.as_str().and_then(|s| s.parse().ok()))
+                            .ok_or_else(|| format!("bad size in {schema}"))?;
+                        out.push_str(&format!(",\"size\":{size}"));
+                    }
+                    out.push('}');
+                    Ok(out)
+                }
+                "array" => {
+                    let items = map.get("items").ok_or("array without items")?;
+                    Ok(format!(
+                        "{{\"type\":\"array\",\"items\":{}}}",
+                        pcf(items, namespace, defined)?
+                    ))
+                }
+                "map" => {
+                    let values = map.get("values").ok_or("map without values")?;
+                    Ok(format!(
+                        "{{\"type\":\"map\",\"values\":{}}}",
+                        pcf(values, namespace, defined)?
+                    ))
+                }
+                // A primitive, possibly with a logical type: the logical type is stripped.
+                primitive if PRIMITIVES.contains(&primitive) => Ok(quoted(primitive)),
+                reference => Ok(quoted(&full_name(reference, namespace))),
+            }
+        }
+        other => Err(format!("not a schema: {other}")),
+    }
 }
 
 impl Registry {
@@ -100,7 +245,12 @@ impl Registry {
             // The files are compiled in and parsed by a unit test, so a failure here is a build defect.
             let schema = Schema::parse_str(shipped.json)
                 .unwrap_or_else(|e| panic!("shipped schema {} does not parse: {e}", shipped.file));
-            let fingerprint = fingerprint(&schema);
+            let json: serde_json::Value = serde_json::from_str(shipped.json)
+                .unwrap_or_else(|e| panic!("shipped schema {} is not JSON: {e}", shipped.file));
+            let canonical_form = parsing_canonical_form(&json).unwrap_or_else(|e| {
+                panic!("shipped schema {} has no canonical form: {e}", shipped.file)
+            });
+            let fingerprint = fingerprint(&canonical_form);
             let index = schemas.len();
             by_fingerprint.insert(fingerprint, index);
             let newer = current
@@ -112,6 +262,7 @@ impl Registry {
             schemas.push(KnownSchema {
                 shipped: *shipped,
                 schema,
+                canonical_form,
                 fingerprint,
             });
         }

@@ -129,17 +129,13 @@ fn sample_rejected() -> RejectedRecord {
     }
 }
 
-/// Checks the header against apache-avro's, decodes the body with apache-avro (which must read all
+/// Checks the single-object header, decodes the body with apache-avro (which must read all
 /// of it) and returns its value and apache-avro's re-encoding, header included.
 fn assert_canonical(kind: RecordKind, value: &[u8]) -> (Value, Vec<u8>) {
     let schema = &registry().current(kind).schema;
-    let header = apache_avro::headers::RabinFingerprintHeader::from_schema(schema);
-    use apache_avro::headers::HeaderBuilder;
-    assert_eq!(
-        &value[..10],
-        header.build_header().as_slice(),
-        "header of {kind:?}"
-    );
+    let mut header = vec![0xC3, 0x01];
+    header.extend_from_slice(&registry().current(kind).fingerprint.to_le_bytes());
+    assert_eq!(&value[..10], header.as_slice(), "header of {kind:?}");
     let body = &value[10..];
     let mut cursor = Cursor::new(body);
     let decoded = GenericDatumReader::builder(schema)
@@ -175,6 +171,36 @@ fn every_shipped_schema_parses_with_a_distinct_fingerprint() {
             .version,
         2
     );
+}
+
+/// Printed by Java's Avro 1.12 (`SchemaNormalization.toParsingForm` and `parsingFingerprint64`) for
+/// schemas/transition_request.v2.avsc: the reference our fingerprints must equal.
+const JAVA_REQUEST_V2_PCF: &str = r#"{"name":"orderflow.TransitionRequest","type":"record","fields":[{"name":"request_id","type":{"name":"orderflow.Uuid","type":"fixed","size":16}},{"name":"order_id","type":"string"},{"name":"transition","type":"string"},{"name":"expected_version","type":["null","long"]},{"name":"requested_at","type":"long"},{"name":"source","type":"string"},{"name":"attributes","type":{"type":"map","values":"string"}}]}"#;
+const JAVA_REQUEST_V2_FINGERPRINT: u64 = 0xb265_5ec5_6975_30ff;
+
+#[test]
+fn canonical_forms_and_fingerprints_match_java_avro() {
+    let current = registry().current(RecordKind::TransitionRequest);
+    assert_eq!(current.canonical_form, JAVA_REQUEST_V2_PCF);
+    assert_eq!(current.fingerprint, JAVA_REQUEST_V2_FINGERPRINT);
+    // apache-avro 0.22 keeps `{"type":"long"}` for timestamp-millis; the specification does not.
+    assert_ne!(current.schema.canonical_form(), JAVA_REQUEST_V2_PCF);
+}
+
+#[test]
+fn canonical_forms_refer_to_named_types_defined_earlier_by_full_name() {
+    let state = registry().current(RecordKind::OrderState);
+    // Uuid is defined inside RecentRequest and referred to by name inside ParkedRequest.
+    assert!(
+        state
+            .canonical_form
+            .contains(r#"{"name":"request_id","type":"orderflow.Uuid"}"#),
+        "{}",
+        state.canonical_form
+    );
+    assert!(state.canonical_form.contains(r#""symbols":["ACCEPTED","#));
+    assert!(!state.canonical_form.contains("doc"));
+    assert!(!state.canonical_form.contains("default"));
 }
 
 #[test]

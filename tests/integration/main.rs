@@ -5,6 +5,7 @@
 
 mod support;
 
+mod java_avro;
 mod java_partitioning;
 mod round_trip;
 mod topics;
