@@ -4,12 +4,16 @@ CARGO ?= cargo
 BIN := target/release/orderflow
 KAFKA := deploy/local/kafka.sh
 
-.PHONY: run test lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
 
-## run: start the local broker (127.0.0.1:9092), create the topics and run the demo round trip
-run: build kafka-up
-	$(BIN) topics create
-	$(BIN) demo
+.PHONY: run serve test lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
+
+## run: local broker (127.0.0.1:9092), topics, the processor, and a demo load with its outcomes
+run: build
+	bash deploy/local/run.sh
+
+## serve: like run, but the processor keeps running until Ctrl-C
+serve: build
+	KEEP_RUNNING=1 bash deploy/local/run.sh
 
 ## test: start a test broker (127.0.0.1:19092), run unit + integration tests, stop it
 test:

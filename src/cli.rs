@@ -29,6 +29,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the processor: consume requests, decide, produce outcomes, exactly once, until SIGTERM.
+    Run,
     /// Create or check the five topics (requests, state, accepted, rejected, dead letters).
     Topics {
         /// create or check.
@@ -47,7 +49,7 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// Produce a few transition requests and read them back: a round trip through the broker.
+    /// Send a telling set of requests to a running processor and print each one's outcome.
     Demo(DemoArgs),
 }
 
@@ -115,6 +117,9 @@ pub enum ConfigAction {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// How many orders to walk through their lifecycle.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     pub orders: u32,
+    /// How long to wait for all outcomes, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub wait_secs: u64,
 }

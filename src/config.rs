@@ -76,6 +76,8 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// Topic names and layout.
     pub topics: TopicSettings,
+    /// Batching, transactions and limits of the processor.
+    pub processor: ProcessorSettings,
 }
 
 impl Default for Settings {
@@ -85,6 +87,49 @@ impl Default for Settings {
             instance_id: "orderflow-0".into(),
             kafka: KafkaSettings::default(),
             topics: TopicSettings::default(),
+            processor: ProcessorSettings::default(),
+        }
+    }
+}
+
+/// How the processor batches, commits and bounds its work.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorSettings {
+    /// Most requests in one transaction. Default: 2000. Under load, batches fill to this size
+    /// (records wait in the consumer while the previous batch commits), amortising each commit.
+    pub batch_max_records: usize,
+    /// Longest wait from a batch's first request to its commit, in ms. Default: 20. Bounds the
+    /// latency a lone request sees at low load.
+    pub batch_max_wait_ms: u64,
+    /// Kafka's `transaction.timeout.ms`: how long a vanished instance's open transaction can hold
+    /// back read_committed readers. Default: 10000.
+    pub transaction_timeout_ms: u64,
+    /// Consumer `session.timeout.ms`: how soon the group notices a dead instance. Default: 10000.
+    pub session_timeout_ms: u64,
+    /// Request ids remembered per order for duplicate detection (K). Default: 8.
+    pub recent_requests: usize,
+    /// Most attributes a request may carry; more is a dead letter. Default: 64.
+    pub max_attributes: usize,
+    /// Most bytes of attribute keys and values a request may carry; more is a dead letter.
+    /// Default: 16384.
+    pub max_attribute_bytes: usize,
+    /// Largest dead-letter value; larger ones are truncated and say so in a header. Keep it below
+    /// the DLQ topic's `max.message.bytes`. Default: 900000.
+    pub dead_letter_max_bytes: usize,
+}
+
+impl Default for ProcessorSettings {
+    fn default() -> ProcessorSettings {
+        ProcessorSettings {
+            batch_max_records: 2000,
+            batch_max_wait_ms: 20,
+            transaction_timeout_ms: 10_000,
+            session_timeout_ms: 10_000,
+            recent_requests: crate::machine::DEFAULT_RECENT_WINDOW,
+            max_attributes: 64,
+            max_attribute_bytes: 16_384,
+            dead_letter_max_bytes: 900_000,
         }
     }
 }
@@ -198,6 +243,10 @@ impl TopicSettings {
 /// The prefix of environment variables that override settings.
 pub const ENV_PREFIX: &str = "ORDERFLOW_";
 
+/// `ORDERFLOW_` variables that are not settings: the config file's path, the log format, the
+/// scripts' jar cache and the crash-test failpoint (and `ORDERFLOW_TEST_*`, the test harness's).
+pub const RESERVED_ENV: [&str; 4] = ["CONFIG", "LOG_FORMAT", "CACHE", "FAILPOINT"];
+
 impl Settings {
     /// Loads settings: defaults, then `file` if given, then `ORDERFLOW_…` variables from `env`.
     pub fn load(
@@ -223,8 +272,7 @@ impl Settings {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            // ORDERFLOW_CONFIG names the file itself; ORDERFLOW_TEST_* belong to the test harness.
-            if rest == "CONFIG" || rest.starts_with("TEST_") || rest == "LOG_FORMAT" {
+            if RESERVED_ENV.contains(&rest) || rest.starts_with("TEST_") {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
@@ -279,6 +327,40 @@ impl Settings {
                 format!(
                     "{:?} must be non-empty letters, digits, '-', '_' or '.' (it becomes part of the transactional.id)",
                     self.instance_id
+                ),
+            ));
+        }
+        let p = &self.processor;
+        if p.batch_max_records == 0 || p.batch_max_records > 100_000 {
+            return Err(invalid(
+                "processor.batch_max_records",
+                format!("{} is not between 1 and 100000", p.batch_max_records),
+            ));
+        }
+        if p.batch_max_wait_ms > p.transaction_timeout_ms / 2 {
+            return Err(invalid(
+                "processor.batch_max_wait_ms",
+                format!(
+                    "{} ms must be at most half of processor.transaction_timeout_ms ({} ms)",
+                    p.batch_max_wait_ms, p.transaction_timeout_ms
+                ),
+            ));
+        }
+        if !(1000..=900_000).contains(&p.transaction_timeout_ms) {
+            return Err(invalid(
+                "processor.transaction_timeout_ms",
+                format!(
+                    "{} is not between 1000 and 900000 (the broker's transaction.max.timeout.ms)",
+                    p.transaction_timeout_ms
+                ),
+            ));
+        }
+        if p.dead_letter_max_bytes < 1024 {
+            return Err(invalid(
+                "processor.dead_letter_max_bytes",
+                format!(
+                    "{} is below 1024: dead letters would lose their payload",
+                    p.dead_letter_max_bytes
                 ),
             ));
         }

@@ -14,5 +14,7 @@ pub mod codec;
 pub mod config;
 pub mod kafka;
 pub mod machine;
+pub mod processor;
+pub mod state;
 pub mod telemetry;
 pub mod tools;

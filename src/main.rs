@@ -3,17 +3,20 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 
 use orderflow::cli::{Cli, Command, ConfigAction, DrawFormat, MachineAction, TopicsAction};
 use orderflow::config::Settings;
-use orderflow::kafka::Topics;
+use orderflow::kafka::{TopicError, Topics};
 use orderflow::machine::diagram::{draw, DiagramFormat};
 use orderflow::machine::diff::diff;
 use orderflow::machine::Definition;
+use orderflow::processor::Processor;
 use orderflow::{telemetry, tools};
 
 /// A failure and the exit code it maps to.
@@ -135,6 +138,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run => run(&cli).await,
         Command::Demo(args) => {
             let settings = load_settings(&cli)?;
             let topics = Topics::connect(&settings.kafka).map_err(usage)?;
@@ -142,9 +146,79 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 .ensure(&settings.topics)
                 .await
                 .context("provisioning topics for the demo")?;
-            tools::demo::run(&settings, args.orders).await?;
+            tools::demo::run(&settings, args.orders, Duration::from_secs(args.wait_secs)).await?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// How long a graceful shutdown may take: below Kubernetes' default 30 s grace period.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(25);
+
+async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
+    let settings = Arc::new(load_settings(cli)?);
+    let definition = Arc::new(load_definition(&settings.definition)?);
+    let topics = Topics::connect(&settings.kafka).map_err(usage)?;
+    match topics.check(&settings.topics).await {
+        Ok(partitions) => {
+            tracing::info!(partitions, "topics co-partitioned; state topic compacted")
+        }
+        Err(e @ (TopicError::Unreachable { .. } | TopicError::Admin(_) | TopicError::Task(_))) => {
+            return Err(e.into())
+        }
+        Err(e) => return Err(usage(e)),
+    }
+    tracing::info!(
+        definition = definition.name(),
+        version = definition.version(),
+        hash = definition.short_hash(),
+        "definition loaded"
+    );
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    {
+        let shutdown = Arc::clone(&shutdown);
+        let settings = Arc::clone(&settings);
+        std::thread::Builder::new()
+            .name("orderflow-processor".into())
+            .spawn(move || {
+                let result = Processor::new(settings, definition).and_then(|p| p.run(&shutdown));
+                let _ = done_tx.send(result);
+            })?;
+    }
+    let mut done_rx = done_rx;
+    let result = tokio::select! {
+        result = &mut done_rx => result,
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "stopping: finishing the batch in hand");
+            shutdown.store(true, Ordering::Relaxed);
+            match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut done_rx).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(anyhow::anyhow!("the processor did not stop within {SHUTDOWN_DEADLINE:?}; exiting anyway (open transactions are aborted by the broker or by the next start)").into());
+                }
+            }
+        }
+    };
+    match result {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(anyhow::anyhow!("the processor thread ended without a result").into()),
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C), naming it.
+async fn shutdown_signal() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
 }
 

@@ -2,7 +2,7 @@
 
 use rdkafka::ClientConfig;
 
-use crate::config::{is_secret_key, KafkaSettings};
+use crate::config::{is_secret_key, KafkaSettings, Settings};
 
 /// Why a client could not be configured.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +179,83 @@ pub fn committed_reader_config(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
+    Ok(config)
+}
+
+/// The processor's consumer: one group for all instances, read_committed, offsets committed only
+/// inside transactions, cooperative rebalancing so a rebalance moves only the partitions that move.
+pub fn processor_consumer_config(settings: &Settings) -> Result<ClientConfig, ClientConfigError> {
+    let mut config = base_config(
+        &settings.kafka,
+        &format!("orderflow-{}", settings.instance_id),
+    )?;
+    config
+        .set("group.id", &settings.kafka.group_id)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            settings.processor.session_timeout_ms.to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (settings.processor.session_timeout_ms / 5)
+                .max(100)
+                .to_string(),
+        )
+        // A batch never takes long; a stuck loop should lose its partitions within a minute.
+        .set("max.poll.interval.ms", "60000");
+    Ok(config)
+}
+
+/// The `transactional.id` of an instance: stable across restarts, so a restarted instance fences
+/// its predecessor and aborts its open transaction at once.
+pub fn transactional_id(settings: &Settings) -> String {
+    format!("{}.{}", settings.kafka.group_id, settings.instance_id)
+}
+
+/// The processor's transactional producer.
+pub fn transactional_producer_config(
+    settings: &Settings,
+) -> Result<ClientConfig, ClientConfigError> {
+    let mut config = base_config(
+        &settings.kafka,
+        &format!("orderflow-{}", settings.instance_id),
+    )?;
+    config
+        .set("transactional.id", transactional_id(settings))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "transaction.timeout.ms",
+            settings.processor.transaction_timeout_ms.to_string(),
+        )
+        // Records carry explicit partitions; the partitioner only matters for keyed records without.
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "1")
+        .set("compression.type", "lz4")
+        .set(
+            "message.timeout.ms",
+            settings.processor.transaction_timeout_ms.to_string(),
+        );
+    Ok(config)
+}
+
+/// A consumer that restores state partitions: read_committed, assigned by hand, no group.
+pub fn restore_consumer_config(settings: &Settings) -> Result<ClientConfig, ClientConfigError> {
+    let mut config = committed_reader_config(
+        &settings.kafka,
+        &format!("orderflow-{}-restore", settings.instance_id),
+        &format!("{}-restore", settings.kafka.group_id),
+    )?;
+    config
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .set("queued.max.messages.kbytes", "262144");
     Ok(config)
 }
 

@@ -1,9 +1,13 @@
-//! Kafka I/O: client settings (the one place librdkafka keys appear) and topic provisioning.
+//! Kafka I/O: client settings (the one place librdkafka keys appear), topic provisioning and the
+//! transactional producer.
 
 pub mod client;
 pub mod topics;
+pub mod transactions;
 
 pub use client::{
-    base_config, committed_reader_config, request_producer_config, ClientConfigError,
+    base_config, committed_reader_config, processor_consumer_config, request_producer_config,
+    restore_consumer_config, transactional_id, transactional_producer_config, ClientConfigError,
 };
 pub use topics::{TopicError, TopicStatus, Topics};
+pub use transactions::{classify, ErrorClass, OutgoingRecord, TxnError, TxnProducer};

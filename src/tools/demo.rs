@@ -1,22 +1,21 @@
-//! `orderflow demo`: produce order lifecycles as real transition requests and read them back.
+//! `orderflow demo`: send a small, telling set of requests to a running processor and show what
+//! happened to each: accepted, rejected (and why), duplicates, and poison records in the DLQ.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use crate::codec::{decode_request, encode_request};
+use crate::codec::{decode_accepted, decode_rejected, encode_request};
 use crate::config::Settings;
 use crate::kafka::{committed_reader_config, request_producer_config};
 use crate::machine::TransitionRequest;
-
-/// The lifecycle each demo order walks through.
-const LIFECYCLE: [&str; 4] = ["create", "confirm", "ship", "deliver"];
+use crate::processor::batch::dlq_headers;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -25,96 +24,245 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Produces `orders` lifecycles to the requests topic and reads every request back, checking it.
-pub async fn run(settings: &Settings, orders: u32) -> anyhow::Result<()> {
+/// One demo step: what is sent and what a reader should expect.
+struct Step {
+    label: String,
+    key: Option<String>,
+    value: Vec<u8>,
+}
+
+fn request_step(
+    label: &str,
+    order_id: &str,
+    transition: &str,
+    expected_version: Option<u64>,
+) -> (Step, TransitionRequest) {
+    let request = TransitionRequest {
+        request_id: Uuid::new_v4(),
+        order_id: order_id.into(),
+        transition: transition.into(),
+        expected_version,
+        requested_at_ms: now_ms(),
+        source: "demo".into(),
+        attributes: BTreeMap::new(),
+    };
+    (step_of(label, &request), request)
+}
+
+fn step_of(label: &str, request: &TransitionRequest) -> Step {
+    let mut value = Vec::with_capacity(128);
+    encode_request(request, &mut value);
+    Step {
+        label: label.into(),
+        key: Some(request.order_id.clone()),
+        value,
+    }
+}
+
+/// The demo's requests, in sending order.
+fn steps(run: &str, orders: u32) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for n in 0..orders {
+        let order = format!("demo-{run}-{n}");
+        for t in ["create", "confirm", "ship", "out_for_delivery", "deliver"] {
+            steps.push(request_step(&format!("{order}: {t}"), &order, t, None).0);
+        }
+    }
+    let order = format!("demo-{run}-x");
+    let (create, create_request) =
+        request_step(&format!("{order}: create"), &order, "create", None);
+    steps.push(create);
+    steps.push(step_of(
+        &format!("{order}: create again (same request id: a redelivery)"),
+        &create_request,
+    ));
+    steps.push(
+        request_step(
+            &format!("{order}: ship before confirm"),
+            &order,
+            "ship",
+            None,
+        )
+        .0,
+    );
+    steps.push(
+        request_step(
+            &format!("{order}: confirm expecting version 7"),
+            &order,
+            "confirm",
+            Some(7),
+        )
+        .0,
+    );
+    steps.push(
+        request_step(
+            &format!("{order}: confirm expecting version 1"),
+            &order,
+            "confirm",
+            Some(1),
+        )
+        .0,
+    );
+    steps.push(request_step(&format!("{order}: teleport"), &order, "teleport", None).0);
+    steps.push(request_step(&format!("{order}: cancel"), &order, "cancel", None).0);
+    steps.push(
+        request_step(
+            &format!("{order}: ship a cancelled order"),
+            &order,
+            "ship",
+            None,
+        )
+        .0,
+    );
+    steps.push(
+        request_step(
+            &format!("demo-{run}-nobody: confirm an order that does not exist"),
+            &format!("demo-{run}-nobody"),
+            "confirm",
+            None,
+        )
+        .0,
+    );
+    steps.push(Step {
+        label: format!("demo-{run}-poison: JSON instead of Avro (poison)"),
+        key: Some(format!("demo-{run}-poison")),
+        value: br#"{"order": 42, "transition": "ship"}"#.to_vec(),
+    });
+    let (mut wrong_key, _) = request_step(
+        &format!("demo-{run}-y: key differs from order id (poison)"),
+        &format!("demo-{run}-y"),
+        "create",
+        None,
+    );
+    wrong_key.key = Some(format!("demo-{run}-z"));
+    steps.push(wrong_key);
+    steps
+}
+
+/// Sends the demo requests and prints each one's outcome, read back with read_committed.
+pub async fn run(settings: &Settings, orders: u32, wait: Duration) -> anyhow::Result<()> {
     let producer: FutureProducer = request_producer_config(&settings.kafka, "orderflow-demo")?
         .create()
         .context("creating the request producer")?;
-    let run = &Uuid::new_v4().simple().to_string()[..8];
-    let topic = &settings.topics.requests;
-    let mut sent: HashMap<(i32, i64), TransitionRequest> = HashMap::new();
-    println!(
-        "producing {} requests to {topic}:",
-        orders as usize * LIFECYCLE.len()
-    );
-    for n in 0..orders {
-        let order_id = format!("demo-{run}-{n}");
-        for transition in LIFECYCLE {
-            let request = TransitionRequest {
-                request_id: Uuid::new_v4(),
-                order_id: order_id.clone(),
-                transition: transition.into(),
-                expected_version: None,
-                requested_at_ms: now_ms(),
-                source: "demo".into(),
-                attributes: BTreeMap::from([("run".to_string(), run.to_string())]),
-            };
-            let mut payload = Vec::with_capacity(128);
-            encode_request(&request, &mut payload);
-            let delivery = producer
-                .send(
-                    FutureRecord::to(topic).key(&order_id).payload(&payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .with_context(|| format!("producing {transition} for {order_id} to {topic}"))?;
-            let (partition, offset) = (delivery.partition, delivery.offset);
-            println!("  {order_id:<20} {transition:<10} -> partition {partition} offset {offset}");
-            sent.insert((partition, offset), request);
-        }
-    }
-
-    let consumer: BaseConsumer = committed_reader_config(
+    let run = Uuid::new_v4().simple().to_string()[..8].to_string();
+    let topics = &settings.topics;
+    let reader: BaseConsumer = committed_reader_config(
         &settings.kafka,
         "orderflow-demo-reader",
         &format!("orderflow-demo-{run}"),
     )?
     .create()
-    .context("creating the reader")?;
-    let mut assignment = TopicPartitionList::new();
-    let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-    for (partition, offset) in sent.keys() {
-        let entry = first.entry(*partition).or_insert(*offset);
-        *entry = (*entry).min(*offset);
-    }
-    for (partition, offset) in &first {
-        assignment.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-    }
-    consumer.assign(&assignment)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut read_back = 0;
-    while read_back < sent.len() {
-        if Instant::now() > deadline {
-            bail!(
-                "read back only {read_back} of {} requests within 30 s",
-                sent.len()
-            );
+    .context("creating the outcome reader")?;
+    // Read outcomes from the current end of each output topic: only this run's.
+    let mut tpl = TopicPartitionList::new();
+    for topic in [&topics.accepted, &topics.rejected, &topics.dead_letters] {
+        for partition in 0..topics.partitions {
+            let (_, high) = tokio::task::block_in_place(|| {
+                reader.fetch_watermarks(topic, partition, Duration::from_secs(10))
+            })
+            .with_context(|| format!("reading the end of {topic}"))?;
+            tpl.add_partition_offset(topic, partition, Offset::Offset(high))?;
         }
-        // The demo reader is a plain blocking poll loop on a blocking thread.
-        let message = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)));
-        let Some(message) = message else { continue };
-        let message = message.context("reading requests back")?;
-        let Some(expected) = sent.get(&(message.partition(), message.offset())) else {
+    }
+    reader.assign(&tpl)?;
+
+    let steps = steps(&run, orders);
+    let mut by_position: HashMap<(i32, i64), usize> = HashMap::new();
+    println!("sending {} requests to {}", steps.len(), topics.requests);
+    for (i, step) in steps.iter().enumerate() {
+        let mut record = FutureRecord::to(&topics.requests).payload(&step.value);
+        if let Some(key) = &step.key {
+            record = record.key(key);
+        }
+        let delivery = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("sending \"{}\"", step.label))?;
+        by_position.insert((delivery.partition, delivery.offset), i);
+    }
+
+    let mut outcomes: Vec<Option<String>> = vec![None; steps.len()];
+    let deadline = Instant::now() + wait;
+    while outcomes.iter().any(Option::is_none) && Instant::now() < deadline {
+        let Some(message) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(200)))
+        else {
             continue;
         };
-        let decoded = decode_request(message.key(), message.payload().unwrap_or_default())
-            .with_context(|| {
-                format!(
-                    "decoding partition {} offset {}",
-                    message.partition(),
-                    message.offset()
-                )
-            })?;
-        if &decoded != expected {
-            bail!(
-                "request at partition {} offset {} came back changed",
-                message.partition(),
-                message.offset()
+        let message = message.context("reading outcomes")?;
+        let payload = message.payload().unwrap_or_default();
+        let topic = message.topic();
+        let (index, text) = if topic == topics.dead_letters {
+            let header = |name: &str| {
+                message.headers().and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == name)
+                        .and_then(|x| x.value)
+                        .map(|v| String::from_utf8_lossy(v).to_string())
+                })
+            };
+            let position = (
+                header(dlq_headers::PARTITION)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(-1),
+                header(dlq_headers::OFFSET)
+                    .and_then(|o| o.parse().ok())
+                    .unwrap_or(-1),
             );
-        }
-        read_back += 1;
+            let Some(index) = by_position.get(&position) else {
+                continue;
+            };
+            (
+                *index,
+                format!(
+                    "DEAD LETTER {}: {}",
+                    header(dlq_headers::ERROR_KIND).unwrap_or_default(),
+                    header(dlq_headers::ERROR_MESSAGE).unwrap_or_default()
+                ),
+            )
+        } else {
+            let (position, text) = if topic == topics.accepted {
+                let r = decode_accepted(payload)?;
+                let dup = if r.duplicate {
+                    " (duplicate: repeated, nothing applied)"
+                } else {
+                    ""
+                };
+                (
+                    (r.input.partition, r.input.offset),
+                    format!(
+                        "accepted {} -> {} v{}{dup}",
+                        r.from_state.unwrap_or_else(|| "(new)".into()),
+                        r.to_state,
+                        r.version
+                    ),
+                )
+            } else {
+                let r = decode_rejected(payload)?;
+                let dup = if r.duplicate { " (duplicate)" } else { "" };
+                (
+                    (r.input.partition, r.input.offset),
+                    format!("rejected {}: {}{dup}", r.reason.as_str(), r.detail),
+                )
+            };
+            let Some(index) = by_position.get(&position) else {
+                continue;
+            };
+            (*index, text)
+        };
+        outcomes[index] = Some(text);
     }
-    println!("read back all {read_back} requests intact from {topic} (read_committed)");
+    for (step, outcome) in steps.iter().zip(&outcomes) {
+        println!(
+            "  {:<62} {}",
+            step.label,
+            outcome.as_deref().unwrap_or("NO OUTCOME YET")
+        );
+    }
+    let missing = outcomes.iter().filter(|o| o.is_none()).count();
+    if missing > 0 {
+        bail!("{missing} of {} requests got no outcome within {wait:?}: is `orderflow run` running against {}?", steps.len(), settings.kafka.bootstrap_servers);
+    }
+    println!("every request got exactly the outcome shown, read back with read_committed");
     Ok(())
 }

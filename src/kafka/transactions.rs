@@ -1,0 +1,283 @@
+//! The transactional producer: one per processor instance, fenced by its stable `transactional.id`
+//! and by the consumer group's metadata (EOS v2, KIP-447).
+//!
+//! Every call here blocks; the processor calls them from its own thread, never from an async worker.
+
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+
+/// What to do about a failed transactional call (librdkafka's classification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try the same call again after a pause (e.g. a commit that timed out, a broker restarting).
+    Retriable,
+    /// Abort the transaction and redo the batch from the last committed offsets.
+    Abortable,
+    /// The producer is unusable (fenced by a newer instance, or a fatal idempotence error): stop.
+    Fatal,
+}
+
+/// A transactional call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation} failed ({class:?}): {source}")]
+pub struct TxnError {
+    /// The call that failed.
+    pub operation: &'static str,
+    /// What to do about it.
+    pub class: ErrorClass,
+    /// librdkafka's error.
+    pub source: KafkaError,
+}
+
+/// Classifies a librdkafka error from a transactional call or a delivery report.
+pub fn classify(error: &KafkaError) -> ErrorClass {
+    if let KafkaError::Transaction(e) = error {
+        if e.is_fatal() {
+            return ErrorClass::Fatal;
+        }
+        if e.txn_requires_abort() {
+            return ErrorClass::Abortable;
+        }
+        if e.is_retriable() {
+            return ErrorClass::Retriable;
+        }
+    }
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::Fatal)
+        | Some(RDKafkaErrorCode::ProducerFenced)
+        | Some(RDKafkaErrorCode::InvalidProducerEpoch)
+        | Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed) => ErrorClass::Fatal,
+        _ => ErrorClass::Abortable,
+    }
+}
+
+fn txn_error(operation: &'static str, source: KafkaError) -> TxnError {
+    TxnError {
+        operation,
+        class: classify(&source),
+        source,
+    }
+}
+
+/// Counts records in flight and keeps the first delivery failure of the current transaction.
+#[derive(Debug, Default)]
+pub struct DeliveryTracker {
+    state: Mutex<Deliveries>,
+    settled: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Deliveries {
+    in_flight: usize,
+    first_error: Option<KafkaError>,
+}
+
+impl DeliveryTracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Deliveries> {
+        // A poisoned lock only means a panic elsewhere; the counts are still meaningful.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The producer context: delivery reports settle the tracker.
+#[derive(Debug, Default)]
+pub struct TrackingContext {
+    tracker: DeliveryTracker,
+}
+
+impl ClientContext for TrackingContext {}
+
+impl ProducerContext for TrackingContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut state = self.tracker.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if let Err((error, _)) = result {
+            if state.first_error.is_none() {
+                state.first_error = Some(error.clone());
+            }
+        }
+        if state.in_flight == 0 {
+            self.tracker.settled.notify_all();
+        }
+    }
+}
+
+/// One record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRecord {
+    /// Target topic.
+    pub topic: String,
+    /// Target partition (always the input's partition: co-partitioning).
+    pub partition: i32,
+    /// Record key.
+    pub key: Vec<u8>,
+    /// Record value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Record headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// A transactional producer that waits for its deliveries before committing.
+pub struct TxnProducer {
+    producer: ThreadedProducer<TrackingContext>,
+    timeout: Duration,
+}
+
+impl TxnProducer {
+    /// Creates the producer and initialises transactions, which fences any earlier instance with the
+    /// same `transactional.id` and aborts its open transaction. Retries while the cluster is away.
+    pub fn create(config: &ClientConfig, timeout: Duration) -> Result<TxnProducer, TxnError> {
+        let producer: ThreadedProducer<TrackingContext> = config
+            .create_with_context(TrackingContext::default())
+            .map_err(|e| TxnError {
+                operation: "create producer",
+                class: ErrorClass::Fatal,
+                source: e,
+            })?;
+        let producer = TxnProducer { producer, timeout };
+        producer.retrying("init_transactions", || {
+            producer.producer.init_transactions(timeout)
+        })?;
+        Ok(producer)
+    }
+
+    /// Repeats a call while it fails with a retriable error, backing off up to 5 s between tries.
+    fn retrying(
+        &self,
+        operation: &'static str,
+        mut call: impl FnMut() -> Result<(), KafkaError>,
+    ) -> Result<(), TxnError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match call() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let error = txn_error(operation, e);
+                    let timed_out = matches!(
+                        error.source.rdkafka_error_code(),
+                        Some(RDKafkaErrorCode::OperationTimedOut)
+                    );
+                    if error.class != ErrorClass::Retriable && !timed_out {
+                        return Err(error);
+                    }
+                    tracing::warn!(%error, backoff_ms = backoff.as_millis() as u64, "retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Starts a transaction.
+    pub fn begin(&self) -> Result<(), TxnError> {
+        {
+            let mut state = self.producer.context().tracker.lock();
+            state.first_error = None;
+        }
+        self.producer
+            .begin_transaction()
+            .map_err(|e| txn_error("begin_transaction", e))
+    }
+
+    /// Queues a record; waits while librdkafka's queue is full (back-pressure, not failure).
+    pub fn send(&self, record: &OutgoingRecord) -> Result<(), TxnError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in &record.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_slice()),
+            });
+        }
+        let mut base = BaseRecord::to(&record.topic)
+            .partition(record.partition)
+            .key(record.key.as_slice())
+            .headers(headers);
+        if let Some(value) = &record.value {
+            base = base.payload(value.as_slice());
+        }
+        self.producer.context().tracker.lock().in_flight += 1;
+        loop {
+            match self.producer.send(base) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    base = returned;
+                    self.producer.poll(Duration::from_millis(5));
+                }
+                Err((error, _)) => {
+                    let mut state = self.producer.context().tracker.lock();
+                    state.in_flight = state.in_flight.saturating_sub(1);
+                    return Err(txn_error("send", error));
+                }
+            }
+        }
+    }
+
+    /// Waits until every record sent in this transaction is acknowledged; reports the first failure.
+    ///
+    /// `commit_transaction` would flush too, but librdkafka's flush polls in ~100 ms steps; waiting
+    /// on delivery reports here lets the commit start the moment the last record is acknowledged.
+    pub fn wait_for_deliveries(&self) -> Result<(), TxnError> {
+        let tracker = &self.producer.context().tracker;
+        let deadline = Instant::now() + self.timeout;
+        let mut state = tracker.lock();
+        while state.in_flight > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(TxnError {
+                    operation: "deliver",
+                    class: ErrorClass::Abortable,
+                    source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+                });
+            }
+            state = tracker
+                .settled
+                .wait_timeout(state, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        match state.first_error.take() {
+            None => Ok(()),
+            Some(error) => Err(TxnError {
+                operation: "deliver",
+                class: match classify(&error) {
+                    ErrorClass::Fatal => ErrorClass::Fatal,
+                    _ => ErrorClass::Abortable,
+                },
+                source: error,
+            }),
+        }
+    }
+
+    /// Adds the consumer's next offsets to the transaction, fenced by the group's generation.
+    pub fn send_offsets(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<(), TxnError> {
+        self.producer
+            .send_offsets_to_transaction(offsets, group, self.timeout)
+            .map_err(|e| txn_error("send_offsets_to_transaction", e))
+    }
+
+    /// Commits, retrying while the outcome is retriable (a timed-out commit may be retried).
+    pub fn commit(&self) -> Result<(), TxnError> {
+        self.retrying("commit_transaction", || {
+            self.producer.commit_transaction(self.timeout)
+        })
+    }
+
+    /// Aborts, retrying while the cluster is away (an abort must eventually happen).
+    pub fn abort(&self) -> Result<(), TxnError> {
+        self.retrying("abort_transaction", || {
+            self.producer.abort_transaction(self.timeout)
+        })
+    }
+}

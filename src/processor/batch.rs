@@ -1,0 +1,452 @@
+//! One batch, decided: input records in, the records to produce and the state changes out.
+//!
+//! Pure apart from reading the committed caches: the processor runs this, writes the output in one
+//! transaction, and applies `changes` to the caches only once that transaction committed. Later
+//! requests in the same batch see earlier ones' effects through an overlay.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::codec::{
+    decode_request, encode_accepted, encode_order_state, encode_rejected, AcceptedRecord,
+    CodecError, InputPosition, RejectedRecord,
+};
+use crate::config::{ProcessorSettings, TopicSettings};
+use crate::kafka::OutgoingRecord;
+use crate::machine::{
+    Decider, Definition, OrderState, Outcome, Rejection, StateChange, TransitionRequest,
+};
+use crate::state::PartitionCache;
+
+/// The W3C trace context header, carried from a request onto its outcome.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Dead-letter header names: where the record came from and why it is here.
+pub mod dlq_headers {
+    /// The original topic.
+    pub const TOPIC: &str = "orderflow.dlq.original.topic";
+    /// The original partition.
+    pub const PARTITION: &str = "orderflow.dlq.original.partition";
+    /// The original offset.
+    pub const OFFSET: &str = "orderflow.dlq.original.offset";
+    /// The original record timestamp (ms), if it had one.
+    pub const TIMESTAMP: &str = "orderflow.dlq.original.timestamp";
+    /// The consumer group that rejected it.
+    pub const GROUP: &str = "orderflow.dlq.consumer.group";
+    /// A stable error kind (see `CodecError::kind`).
+    pub const ERROR_KIND: &str = "orderflow.dlq.error.kind";
+    /// The error in words.
+    pub const ERROR_MESSAGE: &str = "orderflow.dlq.error.message";
+    /// Present when the value was truncated: the original value's length in bytes.
+    pub const TRUNCATED_FROM: &str = "orderflow.dlq.truncated.from.bytes";
+}
+
+/// One consumed request record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRecord {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its timestamp (ms), if any.
+    pub timestamp_ms: Option<i64>,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its value.
+    pub value: Option<Vec<u8>>,
+    /// Its headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// What is fixed for every batch of a processor.
+#[derive(Debug, Clone)]
+pub struct BatchContext<'a> {
+    /// Decides requests.
+    pub decider: &'a Decider,
+    /// Where outputs go.
+    pub topics: &'a TopicSettings,
+    /// Limits and sizes.
+    pub limits: &'a ProcessorSettings,
+    /// The consumer group, for dead-letter provenance.
+    pub group_id: &'a str,
+}
+
+/// Counts of what a batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Requests accepted (duplicates excluded).
+    pub accepted: u64,
+    /// Requests rejected (duplicates excluded).
+    pub rejected: u64,
+    /// Redeliveries answered with the recorded outcome.
+    pub duplicates: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_letters: u64,
+}
+
+/// The decided batch.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    /// Records to produce, in order.
+    pub records: Vec<OutgoingRecord>,
+    /// The last state of each changed order: (partition, order id, state or `None` to forget).
+    pub changes: Vec<(i32, String, Option<OrderState>)>,
+    /// Per partition, the offset to commit (last consumed + 1).
+    pub next_offsets: BTreeMap<i32, i64>,
+    /// What happened.
+    pub stats: BatchStats,
+}
+
+/// Why a record is a dead letter rather than a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poison {
+    /// The bytes are not a request.
+    Codec(CodecError),
+    /// The record has no value.
+    EmptyValue,
+    /// Too many or too large attributes.
+    OversizedAttributes {
+        /// Attributes carried.
+        count: usize,
+        /// Bytes of attribute keys and values.
+        bytes: usize,
+    },
+}
+
+impl Poison {
+    /// The stable kind for headers and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Poison::Codec(e) => e.kind(),
+            Poison::EmptyValue => "empty_value",
+            Poison::OversizedAttributes { .. } => "oversized_attributes",
+        }
+    }
+
+    /// The reason in words, with what to do.
+    pub fn message(&self, limits: &ProcessorSettings) -> String {
+        match self {
+            Poison::Codec(e) => e.to_string(),
+            Poison::EmptyValue => {
+                "the record has no value: requests must carry a TransitionRequest".into()
+            }
+            Poison::OversizedAttributes { count, bytes } => format!(
+                "{count} attributes of {bytes} bytes exceed the limits ({} attributes, {} bytes): send large data by reference",
+                limits.max_attributes, limits.max_attribute_bytes
+            ),
+        }
+    }
+}
+
+/// Decodes and checks one input record.
+pub fn parse_request(
+    input: &InputRecord,
+    limits: &ProcessorSettings,
+) -> Result<TransitionRequest, Poison> {
+    let value = input.value.as_deref().ok_or(Poison::EmptyValue)?;
+    let request = decode_request(input.key.as_deref(), value).map_err(Poison::Codec)?;
+    let bytes: usize = request
+        .attributes
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if request.attributes.len() > limits.max_attributes || bytes > limits.max_attribute_bytes {
+        return Err(Poison::OversizedAttributes {
+            count: request.attributes.len(),
+            bytes,
+        });
+    }
+    Ok(request)
+}
+
+/// Decides every record of a batch against the committed `caches` plus the batch's own changes.
+pub fn decide_batch(
+    context: &BatchContext<'_>,
+    caches: &HashMap<i32, PartitionCache>,
+    inputs: &[InputRecord],
+    now_ms: i64,
+) -> BatchOutput {
+    let definition = context.decider.definition();
+    let mut output = BatchOutput::default();
+    let mut overlay: HashMap<(i32, String), Option<OrderState>> = HashMap::new();
+    let mut order_of_changes: Vec<(i32, String)> = Vec::new();
+    for input in inputs {
+        output
+            .next_offsets
+            .insert(input.partition, input.offset + 1);
+        let request = match parse_request(input, context.limits) {
+            Ok(request) => request,
+            Err(poison) => {
+                output.records.push(dead_letter(context, input, &poison));
+                output.stats.dead_letters += 1;
+                continue;
+            }
+        };
+        let slot = (input.partition, request.order_id.clone());
+        let current = match overlay.get(&slot) {
+            Some(state) => state.as_ref(),
+            None => caches
+                .get(&input.partition)
+                .and_then(|c| c.get(&request.order_id)),
+        };
+        let decision = context.decider.decide(current, &request, now_ms);
+        let position = InputPosition {
+            topic: context.topics.requests.clone(),
+            partition: input.partition,
+            offset: input.offset,
+        };
+        let trace = input
+            .headers
+            .iter()
+            .find(|(k, _)| k == TRACEPARENT)
+            .cloned();
+        let outcome = outcome_record(
+            definition,
+            context.topics,
+            &request,
+            current,
+            &decision.outcome,
+            position,
+            now_ms,
+            trace,
+        );
+        match &decision.outcome {
+            Outcome::Accepted {
+                duplicate: false, ..
+            } => output.stats.accepted += 1,
+            Outcome::Rejected {
+                duplicate: false, ..
+            } => output.stats.rejected += 1,
+            _ => output.stats.duplicates += 1,
+        }
+        if let StateChange::Put(next) = decision.change {
+            let mut value = Vec::with_capacity(256);
+            encode_order_state(definition, &request.order_id, &next, &mut value);
+            output.records.push(OutgoingRecord {
+                topic: context.topics.state.clone(),
+                partition: input.partition,
+                key: request.order_id.clone().into_bytes(),
+                value: Some(value),
+                headers: Vec::new(),
+            });
+            if !overlay.contains_key(&slot) {
+                order_of_changes.push(slot.clone());
+            }
+            overlay.insert(slot, Some(next));
+        }
+        output.records.push(outcome);
+    }
+    for slot in order_of_changes {
+        if let Some(state) = overlay.remove(&slot) {
+            output.changes.push((slot.0, slot.1, state));
+        }
+    }
+    output
+}
+
+/// The accepted or rejected record for a decision.
+#[allow(clippy::too_many_arguments)]
+fn outcome_record(
+    definition: &Definition,
+    topics: &TopicSettings,
+    request: &TransitionRequest,
+    current: Option<&OrderState>,
+    outcome: &Outcome,
+    input: InputPosition,
+    now_ms: i64,
+    trace: Option<(String, Vec<u8>)>,
+) -> OutgoingRecord {
+    let name = |id| definition.state(id).name.clone();
+    let partition = input.partition;
+    let mut value = Vec::with_capacity(256);
+    let topic = match outcome {
+        Outcome::Accepted {
+            from,
+            to,
+            version,
+            duplicate,
+            ..
+        } => {
+            encode_accepted(
+                &AcceptedRecord {
+                    request_id: request.request_id,
+                    order_id: request.order_id.clone(),
+                    transition: request.transition.clone(),
+                    from_state: from.map(name),
+                    to_state: name(*to),
+                    version: *version,
+                    duplicate: *duplicate,
+                    requested_at_ms: request.requested_at_ms,
+                    decided_at_ms: now_ms,
+                    source: request.source.clone(),
+                    attributes: request.attributes.clone(),
+                    input,
+                    definition_hash: definition.short_hash().to_string(),
+                },
+                &mut value,
+            );
+            &topics.accepted
+        }
+        Outcome::Rejected {
+            reason,
+            state,
+            version,
+            duplicate,
+        } => {
+            let allowed_from = definition
+                .transition_id(&request.transition)
+                .filter(|_| reason.code() == crate::machine::RejectCode::InvalidTransition)
+                .map(|t| definition.source_names(t))
+                .unwrap_or_default();
+            encode_rejected(
+                &RejectedRecord {
+                    request_id: request.request_id,
+                    order_id: request.order_id.clone(),
+                    transition: request.transition.clone(),
+                    reason: reason.code(),
+                    detail: rejection_detail(definition, request, reason, current, *duplicate),
+                    allowed_from,
+                    expected_version: request.expected_version,
+                    current_state: state.map(name),
+                    current_version: *version,
+                    duplicate: *duplicate,
+                    requested_at_ms: request.requested_at_ms,
+                    decided_at_ms: now_ms,
+                    source: request.source.clone(),
+                    attributes: request.attributes.clone(),
+                    input,
+                    definition_hash: definition.short_hash().to_string(),
+                },
+                &mut value,
+            );
+            &topics.rejected
+        }
+    };
+    OutgoingRecord {
+        topic: topic.clone(),
+        partition,
+        key: request.order_id.clone().into_bytes(),
+        value: Some(value),
+        headers: trace.into_iter().collect(),
+    }
+}
+
+/// A rejection explained for people.
+fn rejection_detail(
+    definition: &Definition,
+    request: &TransitionRequest,
+    reason: &Rejection,
+    current: Option<&OrderState>,
+    duplicate: bool,
+) -> String {
+    let state_name = |s: &OrderState| definition.state(s.state).name.clone();
+    let text = match reason {
+        Rejection::UnknownTransition => format!(
+            "transition \"{}\" is not defined in {} v{}",
+            request.transition,
+            definition.name(),
+            definition.version()
+        ),
+        Rejection::InvalidTransition { transition } => format!(
+            "{} applies from {}; the order is {}",
+            request.transition,
+            definition.source_names(*transition).join(", "),
+            current.map_or("missing".into(), state_name)
+        ),
+        Rejection::UnknownOrder => {
+            format!("order {} does not exist: create it first", request.order_id)
+        }
+        Rejection::OrderAlreadyExists => format!(
+            "order {} already exists (version {})",
+            request.order_id,
+            current.map_or(0, |s| s.version)
+        ),
+        Rejection::VersionConflict { expected } => format!(
+            "expected version {expected}, but the order is at version {}",
+            current.map_or(0, |s| s.version)
+        ),
+        Rejection::TerminalState => format!(
+            "the order is in terminal state {}",
+            current.map_or("?".into(), state_name)
+        ),
+        Rejection::Recorded(code) => format!("rejected earlier as {}", code.as_str()),
+    };
+    if duplicate {
+        format!("duplicate request {}: {text}", request.request_id)
+    } else {
+        text
+    }
+}
+
+/// A dead letter: the original bytes with provenance and the error in headers, truncated to fit.
+pub fn dead_letter(
+    context: &BatchContext<'_>,
+    input: &InputRecord,
+    poison: &Poison,
+) -> OutgoingRecord {
+    let mut headers: Vec<(String, Vec<u8>)> = vec![
+        (
+            dlq_headers::TOPIC.into(),
+            context.topics.requests.clone().into_bytes(),
+        ),
+        (
+            dlq_headers::PARTITION.into(),
+            input.partition.to_string().into_bytes(),
+        ),
+        (
+            dlq_headers::OFFSET.into(),
+            input.offset.to_string().into_bytes(),
+        ),
+        (
+            dlq_headers::GROUP.into(),
+            context.group_id.as_bytes().to_vec(),
+        ),
+        (
+            dlq_headers::ERROR_KIND.into(),
+            poison.kind().as_bytes().to_vec(),
+        ),
+    ];
+    if let Some(ts) = input.timestamp_ms {
+        headers.push((dlq_headers::TIMESTAMP.into(), ts.to_string().into_bytes()));
+    }
+    let mut message = poison.message(context.limits);
+    message.truncate(floor_char_boundary(&message, 4096));
+    headers.push((dlq_headers::ERROR_MESSAGE.into(), message.into_bytes()));
+
+    let limit = context.limits.dead_letter_max_bytes;
+    let mut key = input.key.clone().unwrap_or_default();
+    key.truncate(limit / 4);
+    let overhead: usize = key.len()
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
+        + 128;
+    let mut value = input.value.clone();
+    if let Some(v) = value.as_mut() {
+        let room = limit.saturating_sub(overhead);
+        if v.len() > room {
+            headers.push((
+                dlq_headers::TRUNCATED_FROM.into(),
+                v.len().to_string().into_bytes(),
+            ));
+            v.truncate(room);
+        }
+    }
+    OutgoingRecord {
+        topic: context.topics.dead_letters.clone(),
+        partition: input.partition,
+        key,
+        value,
+        headers,
+    }
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(0)
+}

@@ -1,0 +1,520 @@
+//! The exactly-once processing loop: poll a batch → decide → produce → commit, one Kafka
+//! transaction per batch.
+//!
+//! # Transaction boundaries
+//! A transaction is open only between the end of a batch's polling and its commit; the consumer is
+//! not polled meanwhile, so rebalance callbacks (which run inside `poll`) never see an open
+//! transaction. Revoked partitions therefore have nothing to finish: their unprocessed records are
+//! dropped from the batch being filled and the new owner reads them from the committed offsets.
+//!
+//! # State
+//! Decisions read the committed cache of the record's partition through the batch's own overlay;
+//! the overlay's changes reach the cache only after the commit succeeded, so an aborted batch
+//! leaves no trace. Newly assigned partitions are paused until their restore finished.
+//!
+//! # Failures
+//! Abortable errors abort the transaction and rewind the consumer to the batch's first offsets, so
+//! the batch is read and decided again from the committed state: nothing skipped, nothing applied
+//! twice, order within a partition (and so within an order) kept. Retriable calls are retried with
+//! capped exponential backoff inside [`TxnProducer`]. Fatal errors (fenced by a newer instance with
+//! the same id) end the loop with the reason; the process exits non-zero and is restarted.
+//!
+//! Everything here blocks and runs on a dedicated thread, never on an async runtime worker.
+
+pub mod batch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use self::batch::{decide_batch, BatchContext, BatchStats, InputRecord};
+use crate::config::Settings;
+use crate::kafka::{
+    processor_consumer_config, transactional_id, transactional_producer_config, ClientConfigError,
+    ErrorClass, TxnError, TxnProducer,
+};
+use crate::machine::{Decider, Definition};
+use crate::state::restore::{spawn_restore, RestoreError, RestoreEvent};
+use crate::state::PartitionCache;
+
+/// Why the processor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    /// Client settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ClientConfigError),
+    /// The consumer could not be created or subscribed.
+    #[error("consumer: {0}")]
+    Consumer(#[source] KafkaError),
+    /// A transactional call failed fatally (e.g. another instance with the same id fenced us).
+    #[error("transactional producer {transactional_id}: {source}. Another instance may be running with the same instance_id, or the cluster refused the transactional id; the process exits so it can be restarted")]
+    Fatal {
+        /// The producer's transactional id.
+        transactional_id: String,
+        /// The failure.
+        source: Box<TxnError>,
+    },
+    /// Restoring state failed.
+    #[error("restore failed: {0}")]
+    Restore(#[from] RestoreError),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Rebalance events, recorded by the consumer context and handled by the loop after `poll`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Consumer context: pauses newly assigned partitions (they must be restored first) and records
+/// assignment changes for the loop.
+struct ProcessorContext {
+    topic: String,
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl ProcessorContext {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<i32> {
+        tpl.elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect()
+    }
+
+    fn push(&self, event: RebalanceEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+    }
+
+    fn take(&self) -> Vec<RebalanceEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl ClientContext for ProcessorContext {}
+
+impl ConsumerContext for ProcessorContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = ?self.partitions(tpl), "partitions revoked");
+            self.push(RebalanceEvent::Revoked(self.partitions(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions = self.partitions(tpl);
+            tracing::info!(
+                ?partitions,
+                "partitions assigned; pausing them until restored"
+            );
+            if let Err(e) = consumer.pause(tpl) {
+                tracing::error!(error = %e, "cannot pause assigned partitions");
+            }
+            self.push(RebalanceEvent::Assigned(partitions));
+        }
+    }
+}
+
+/// A process-killing failpoint for crash tests: `ORDERFLOW_FAILPOINT=kill-before-commit:N` sends
+/// SIGKILL to this process after producing the N-th batch, before committing it.
+#[derive(Debug, Clone, Copy)]
+struct Failpoint {
+    kill_before_commit_batch: Option<u64>,
+}
+
+impl Failpoint {
+    fn from_env() -> Failpoint {
+        let kill_before_commit_batch = std::env::var("ORDERFLOW_FAILPOINT")
+            .ok()
+            .and_then(|v| v.strip_prefix("kill-before-commit:").map(str::to_owned))
+            .and_then(|n| n.parse().ok());
+        Failpoint {
+            kill_before_commit_batch,
+        }
+    }
+
+    fn before_commit(&self, batch_number: u64) {
+        if self.kill_before_commit_batch == Some(batch_number) {
+            tracing::warn!(batch_number, "failpoint kill-before-commit: SIGKILL");
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch on the wall clock.
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Running totals, logged periodically.
+#[derive(Debug, Default)]
+struct Totals {
+    batches: u64,
+    aborts: u64,
+    stats: BatchStats,
+}
+
+/// The processor of one instance.
+pub struct Processor {
+    settings: Arc<Settings>,
+    decider: Decider,
+    consumer: BaseConsumer<ProcessorContext>,
+    producer: TxnProducer,
+    caches: HashMap<i32, PartitionCache>,
+    restoring: HashMap<i32, Arc<AtomicBool>>,
+    restore_tx: Sender<RestoreEvent>,
+    restore_rx: Receiver<RestoreEvent>,
+    batch: Vec<InputRecord>,
+    failpoint: Failpoint,
+    totals: Totals,
+}
+
+impl Processor {
+    /// Creates the clients, initialises transactions (fencing an earlier instance with the same
+    /// id) and subscribes to the requests topic.
+    pub fn new(
+        settings: Arc<Settings>,
+        definition: Arc<Definition>,
+    ) -> Result<Processor, ProcessorError> {
+        let decider = Decider::new(definition, settings.processor.recent_requests);
+        let producer_config = transactional_producer_config(&settings)?;
+        let timeout = Duration::from_millis(settings.processor.transaction_timeout_ms);
+        let producer = TxnProducer::create(&producer_config, timeout).map_err(|source| {
+            ProcessorError::Fatal {
+                transactional_id: transactional_id(&settings),
+                source: Box::new(source),
+            }
+        })?;
+        let context = ProcessorContext {
+            topic: settings.topics.requests.clone(),
+            events: Mutex::new(Vec::new()),
+        };
+        let consumer: BaseConsumer<ProcessorContext> = processor_consumer_config(&settings)?
+            .create_with_context(context)
+            .map_err(ProcessorError::Consumer)?;
+        consumer
+            .subscribe(&[&settings.topics.requests])
+            .map_err(ProcessorError::Consumer)?;
+        let (restore_tx, restore_rx) = channel();
+        tracing::info!(
+            transactional_id = %transactional_id(&settings),
+            group = %settings.kafka.group_id,
+            topic = %settings.topics.requests,
+            "processor started"
+        );
+        Ok(Processor {
+            settings,
+            decider,
+            consumer,
+            producer,
+            caches: HashMap::new(),
+            restoring: HashMap::new(),
+            restore_tx,
+            restore_rx,
+            batch: Vec::new(),
+            failpoint: Failpoint::from_env(),
+            totals: Totals::default(),
+        })
+    }
+
+    /// Runs until `shutdown` is set (after finishing the batch in hand) or a fatal error.
+    pub fn run(mut self, shutdown: &AtomicBool) -> Result<(), ProcessorError> {
+        let mut last_report = Instant::now();
+        while !shutdown.load(Ordering::Relaxed) {
+            self.handle_rebalance_events()?;
+            self.handle_restore_events()?;
+            self.fill_batch(shutdown)?;
+            if !self.batch.is_empty() {
+                self.commit_batch()?;
+            }
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                let t = &self.totals;
+                tracing::info!(
+                    batches = t.batches,
+                    aborts = t.aborts,
+                    accepted = t.stats.accepted,
+                    rejected = t.stats.rejected,
+                    duplicates = t.stats.duplicates,
+                    dead_letters = t.stats.dead_letters,
+                    partitions = self.caches.len(),
+                    orders = self.caches.values().map(PartitionCache::len).sum::<usize>(),
+                    "progress"
+                );
+                last_report = Instant::now();
+            }
+        }
+        tracing::info!("shutting down: no transaction is open; leaving the group");
+        for cancel in self.restoring.values() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    fn handle_rebalance_events(&mut self) -> Result<(), ProcessorError> {
+        for event in self.consumer.context().take() {
+            match event {
+                RebalanceEvent::Revoked(partitions) => {
+                    for p in &partitions {
+                        self.caches.remove(p);
+                        if let Some(cancel) = self.restoring.remove(p) {
+                            cancel.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    // Unprocessed records of revoked partitions: the new owner reads them again.
+                    self.batch.retain(|r| !partitions.contains(&r.partition));
+                }
+                RebalanceEvent::Assigned(partitions) => {
+                    let partitions: Vec<i32> = partitions
+                        .into_iter()
+                        .filter(|p| !self.caches.contains_key(p) && !self.restoring.contains_key(p))
+                        .collect();
+                    if partitions.is_empty() {
+                        continue;
+                    }
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    for p in &partitions {
+                        self.restoring.insert(*p, Arc::clone(&cancel));
+                    }
+                    spawn_restore(
+                        Arc::clone(&self.settings),
+                        Arc::clone(self.decider.definition()),
+                        partitions,
+                        self.restore_tx.clone(),
+                        cancel,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_restore_events(&mut self) -> Result<(), ProcessorError> {
+        while let Ok(event) = self.restore_rx.try_recv() {
+            match event {
+                RestoreEvent::Failed(error) => return Err(error.into()),
+                RestoreEvent::Done(restored) => {
+                    // A restore of a partition revoked meanwhile is stale: drop it.
+                    if self.restoring.remove(&restored.partition).is_none() {
+                        continue;
+                    }
+                    tracing::info!(
+                        partition = restored.partition,
+                        orders = restored.cache.len(),
+                        records = restored.records,
+                        elapsed_ms = restored.elapsed.as_millis() as u64,
+                        "partition ready"
+                    );
+                    self.caches.insert(restored.partition, restored.cache);
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&self.settings.topics.requests, restored.partition);
+                    if let Err(e) = self.consumer.resume(&tpl) {
+                        tracing::error!(error = %e, partition = restored.partition, "cannot resume partition");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls until the batch is full, its wait is over, or (while empty) a poll comes back empty.
+    fn fill_batch(&mut self, shutdown: &AtomicBool) -> Result<(), ProcessorError> {
+        let max_records = self.settings.processor.batch_max_records;
+        let max_wait = Duration::from_millis(self.settings.processor.batch_max_wait_ms);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let timeout = match deadline {
+                None => Duration::from_millis(100),
+                Some(d) => d.saturating_duration_since(Instant::now()),
+            };
+            let polled = self.consumer.poll(timeout).map(|m| m.map(|m| to_input(&m)));
+            match polled {
+                None => {}
+                Some(Err(e)) => {
+                    // librdkafka reconnects by itself (e.g. while a broker restarts).
+                    tracing::warn!(error = %e, "consumer error");
+                }
+                Some(Ok(input)) => {
+                    if self.caches.contains_key(&input.partition) {
+                        self.batch.push(input);
+                        deadline.get_or_insert_with(|| Instant::now() + max_wait);
+                    } else {
+                        // Not restored yet: put the record back and keep the partition paused.
+                        self.rewind(&BTreeMap::from([(input.partition, input.offset)]));
+                        self.pause(input.partition);
+                    }
+                }
+            }
+            self.handle_rebalance_events()?;
+            self.handle_restore_events()?;
+            let full = self.batch.len() >= max_records;
+            let due = deadline.is_some_and(|d| Instant::now() >= d);
+            if full
+                || due
+                || (self.batch.is_empty()
+                    && (deadline.is_none() || shutdown.load(Ordering::Relaxed)))
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    fn pause(&self, partition: i32) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.settings.topics.requests, partition);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(error = %e, partition, "cannot pause partition");
+        }
+    }
+
+    /// Moves the consumer back to the given offsets (the first of each partition's uncommitted records).
+    fn rewind(&self, first_offsets: &BTreeMap<i32, i64>) {
+        for (&partition, &offset) in first_offsets {
+            if let Err(e) = self.consumer.seek(
+                &self.settings.topics.requests,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                // A partition revoked meanwhile cannot be sought; its new owner starts at the
+                // committed offset anyway.
+                tracing::warn!(error = %e, partition, offset, "cannot rewind partition");
+            }
+        }
+    }
+
+    /// Decides the batch and writes it in one transaction; on an abortable failure, aborts and
+    /// rewinds so the batch is read again.
+    fn commit_batch(&mut self) -> Result<(), ProcessorError> {
+        let context = BatchContext {
+            decider: &self.decider,
+            topics: &self.settings.topics,
+            limits: &self.settings.processor,
+            group_id: &self.settings.kafka.group_id,
+        };
+        let output = decide_batch(&context, &self.caches, &self.batch, wall_clock_ms());
+        let batch_number = self.totals.batches + 1;
+        let started = Instant::now();
+        let result = self.transaction(&output, batch_number);
+        match result {
+            Ok(()) => {
+                for (partition, order_id, state) in output.changes {
+                    if let Some(cache) = self.caches.get_mut(&partition) {
+                        cache.apply(order_id, state);
+                    }
+                }
+                self.totals.batches += 1;
+                let s = &mut self.totals.stats;
+                s.accepted += output.stats.accepted;
+                s.rejected += output.stats.rejected;
+                s.duplicates += output.stats.duplicates;
+                s.dead_letters += output.stats.dead_letters;
+                tracing::debug!(
+                    records = self.batch.len(),
+                    commit_ms = started.elapsed().as_millis() as u64,
+                    "batch committed"
+                );
+                self.batch.clear();
+                Ok(())
+            }
+            Err(error) if error.class == ErrorClass::Fatal => Err(ProcessorError::Fatal {
+                transactional_id: transactional_id(&self.settings),
+                source: Box::new(error),
+            }),
+            Err(error) => {
+                self.totals.aborts += 1;
+                tracing::warn!(%error, records = self.batch.len(), "transaction failed; aborting and rewinding");
+                if let Err(abort_error) = self.producer.abort() {
+                    if abort_error.class == ErrorClass::Fatal {
+                        return Err(ProcessorError::Fatal {
+                            transactional_id: transactional_id(&self.settings),
+                            source: Box::new(abort_error),
+                        });
+                    }
+                    tracing::warn!(error = %abort_error, "abort failed");
+                }
+                let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+                for record in &self.batch {
+                    first.entry(record.partition).or_insert(record.offset);
+                }
+                self.rewind(&first);
+                self.batch.clear();
+                std::thread::sleep(Duration::from_millis(100 * self.totals.aborts.min(20)));
+                Ok(())
+            }
+        }
+    }
+
+    fn transaction(&self, output: &batch::BatchOutput, batch_number: u64) -> Result<(), TxnError> {
+        self.producer.begin()?;
+        for record in &output.records {
+            self.producer.send(record)?;
+        }
+        self.producer.wait_for_deliveries()?;
+        self.failpoint.before_commit(batch_number);
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, &next) in &output.next_offsets {
+            offsets
+                .add_partition_offset(
+                    &self.settings.topics.requests,
+                    partition,
+                    Offset::Offset(next),
+                )
+                .map_err(|source| TxnError {
+                    operation: "build offsets",
+                    class: ErrorClass::Abortable,
+                    source,
+                })?;
+        }
+        let group = self.consumer.group_metadata().ok_or(TxnError {
+            operation: "group_metadata",
+            class: ErrorClass::Abortable,
+            source: KafkaError::Canceled,
+        })?;
+        self.producer.send_offsets(&offsets, &group)?;
+        self.producer.commit()
+    }
+}
+
+fn to_input(message: &BorrowedMessage<'_>) -> InputRecord {
+    let headers = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|header| {
+                    (
+                        header.key.to_string(),
+                        header.value.unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    InputRecord {
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}

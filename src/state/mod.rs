@@ -1,0 +1,53 @@
+//! Order state per owned partition: the committed cache decisions read, and its restore from the
+//! compacted state topic.
+
+pub mod restore;
+
+use std::collections::HashMap;
+
+use crate::machine::OrderState;
+
+/// The committed state of every known order of one partition.
+#[derive(Debug, Default, Clone)]
+pub struct PartitionCache {
+    orders: HashMap<String, OrderState>,
+}
+
+impl PartitionCache {
+    /// An empty cache.
+    pub fn new() -> PartitionCache {
+        PartitionCache::default()
+    }
+
+    /// The committed state of an order.
+    pub fn get(&self, order_id: &str) -> Option<&OrderState> {
+        self.orders.get(order_id)
+    }
+
+    /// Records a committed state (`Some`) or forgets the order (`None`, a tombstone).
+    pub fn apply(&mut self, order_id: String, state: Option<OrderState>) {
+        match state {
+            Some(state) => {
+                self.orders.insert(order_id, state);
+            }
+            None => {
+                self.orders.remove(&order_id);
+            }
+        }
+    }
+
+    /// How many orders are cached.
+    pub fn len(&self) -> usize {
+        self.orders.len()
+    }
+
+    /// True when no order is cached.
+    pub fn is_empty(&self) -> bool {
+        self.orders.is_empty()
+    }
+
+    /// Every cached order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &OrderState)> {
+        self.orders.iter()
+    }
+}
