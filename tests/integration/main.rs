@@ -5,7 +5,9 @@
 
 mod support;
 
+mod crash;
 mod java_avro;
 mod java_partitioning;
+mod processor;
 mod round_trip;
 mod topics;

@@ -72,3 +72,253 @@ pub fn read_all(
 pub fn payload(message: &OwnedMessage) -> &[u8] {
     message.payload().unwrap_or_default()
 }
+
+/// The shipped definition.
+pub fn definition() -> std::sync::Arc<orderflow::machine::Definition> {
+    std::sync::Arc::new(
+        orderflow::machine::Definition::parse(
+            include_str!("../../machines/order-lifecycle.toml"),
+            "order-lifecycle.toml",
+        )
+        .unwrap(),
+    )
+}
+
+/// A processor running on its own thread in this test process.
+pub struct RunningProcessor {
+    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl RunningProcessor {
+    /// Starts a processor for `settings`.
+    pub fn start(settings: &Settings) -> RunningProcessor {
+        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let settings = std::sync::Arc::new(settings.clone());
+        let flag = std::sync::Arc::clone(&shutdown);
+        let handle = std::thread::spawn(move || {
+            orderflow::processor::Processor::new(settings, definition())
+                .and_then(|p| p.run(&flag))
+                .map_err(|e| e.to_string())
+        });
+        RunningProcessor {
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// Asks it to stop and waits; panics if it failed.
+    pub fn stop(mut self) {
+        self.shutdown
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            handle
+                .join()
+                .expect("processor thread")
+                .expect("processor ran cleanly");
+        }
+    }
+}
+
+impl Drop for RunningProcessor {
+    fn drop(&mut self) {
+        self.shutdown
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Settings for a processor test: its own topics and group, short batches.
+pub fn processor_settings(partitions: i32, instance: &str) -> Settings {
+    let mut s = settings(partitions);
+    s.instance_id = instance.to_string();
+    s.processor.batch_max_wait_ms = 20;
+    s.processor.session_timeout_ms = 6000;
+    s
+}
+
+/// Creates the topics of `settings`.
+pub async fn create_topics(settings: &Settings) {
+    orderflow::kafka::Topics::connect(&settings.kafka)
+        .unwrap()
+        .ensure(&settings.topics)
+        .await
+        .expect("topics created");
+}
+
+/// A request with a fresh id.
+pub fn request(order_id: &str, transition: &str) -> orderflow::machine::TransitionRequest {
+    orderflow::machine::TransitionRequest {
+        request_id: Uuid::new_v4(),
+        order_id: order_id.into(),
+        transition: transition.into(),
+        expected_version: None,
+        requested_at_ms: 1_764_000_000_000,
+        source: "test".into(),
+        attributes: Default::default(),
+    }
+}
+
+/// Produces raw records (key, value) to the requests topic in order; returns (partition, offset) of each.
+pub async fn produce_raw(
+    settings: &Settings,
+    records: &[(Option<Vec<u8>>, Vec<u8>)],
+) -> Vec<(i32, i64)> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer =
+        orderflow::kafka::request_producer_config(&settings.kafka, "test")
+            .unwrap()
+            .create()
+            .unwrap();
+    let mut positions = Vec::new();
+    for (key, value) in records {
+        let mut record = FutureRecord::to(&settings.topics.requests).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        let delivery = producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("delivered");
+        positions.push((delivery.partition, delivery.offset));
+    }
+    positions
+}
+
+/// Produces requests in order; returns (partition, offset) of each.
+pub async fn produce(
+    settings: &Settings,
+    requests: &[orderflow::machine::TransitionRequest],
+) -> Vec<(i32, i64)> {
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = requests
+        .iter()
+        .map(|r| {
+            let mut bytes = Vec::new();
+            orderflow::codec::encode_request(r, &mut bytes);
+            (Some(r.order_id.clone().into_bytes()), bytes)
+        })
+        .collect();
+    produce_raw(settings, &records).await
+}
+
+/// Every outcome so far, read with read_committed.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    /// Accepted records.
+    pub accepted: Vec<orderflow::codec::AcceptedRecord>,
+    /// Rejected records.
+    pub rejected: Vec<orderflow::codec::RejectedRecord>,
+    /// Dead letters.
+    pub dead_letters: Vec<OwnedMessage>,
+}
+
+impl Outcomes {
+    /// Outcomes per input position: (partition, offset) → count.
+    pub fn per_input(&self) -> std::collections::HashMap<(i32, i64), usize> {
+        let mut map = std::collections::HashMap::new();
+        for a in &self.accepted {
+            *map.entry((a.input.partition, a.input.offset)).or_default() += 1;
+        }
+        for r in &self.rejected {
+            *map.entry((r.input.partition, r.input.offset)).or_default() += 1;
+        }
+        for d in &self.dead_letters {
+            let p = header(d, "orderflow.dlq.original.partition")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1);
+            let o = header(d, "orderflow.dlq.original.offset")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1);
+            *map.entry((p, o)).or_default() += 1;
+        }
+        map
+    }
+
+    /// Total outcomes.
+    pub fn len(&self) -> usize {
+        self.accepted.len() + self.rejected.len() + self.dead_letters.len()
+    }
+}
+
+/// A header's value as text.
+pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    message.headers().and_then(|h| {
+        h.iter()
+            .find(|x| x.key == name)
+            .and_then(|x| x.value)
+            .map(|v| String::from_utf8_lossy(v).to_string())
+    })
+}
+
+/// Reads every committed record of `topic` up to its current end (last stable offset).
+pub fn read_to_end(settings: &Settings, topic: &str, isolation: &str) -> Vec<OwnedMessage> {
+    let mut config = orderflow::kafka::committed_reader_config(
+        &settings.kafka,
+        "test-reader",
+        &unique("reader"),
+    )
+    .unwrap();
+    config
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation);
+    let consumer: BaseConsumer = config.create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut pending = std::collections::HashSet::new();
+    for p in 0..settings.topics.partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        if high > 0 {
+            pending.insert(p);
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+    }
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while !pending.is_empty() && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => out.push(m.detach()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "did not reach the end of {topic} partitions {pending:?}"
+    );
+    out
+}
+
+/// Reads outcomes (read_committed) until at least `expected` arrived or `timeout` passed.
+pub fn wait_for_outcomes(settings: &Settings, expected: usize, timeout: Duration) -> Outcomes {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut outcomes = Outcomes::default();
+        for m in read_to_end(settings, &settings.topics.accepted, "read_committed") {
+            outcomes.accepted.push(
+                orderflow::codec::decode_accepted(payload(&m)).expect("accepted record decodes"),
+            );
+        }
+        for m in read_to_end(settings, &settings.topics.rejected, "read_committed") {
+            outcomes.rejected.push(
+                orderflow::codec::decode_rejected(payload(&m)).expect("rejected record decodes"),
+            );
+        }
+        outcomes.dead_letters =
+            read_to_end(settings, &settings.topics.dead_letters, "read_committed");
+        if outcomes.len() >= expected || std::time::Instant::now() >= deadline {
+            return outcomes;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

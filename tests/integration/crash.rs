@@ -1,0 +1,119 @@
+//! Exactly once across a crash: the processor is SIGKILLed between producing a batch and committing
+//! it, then restarted with the same instance id.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use orderflow::config::Settings;
+
+use crate::support::{
+    create_topics, processor_settings, produce, read_to_end, request, unique, wait_for_outcomes,
+};
+
+/// Starts the `orderflow run` binary for `settings`, with an optional failpoint.
+pub fn spawn_binary(settings: &Settings, failpoint: Option<&str>) -> Child {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let t = &settings.topics;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    command
+        .arg("run")
+        .current_dir(repo)
+        .env(
+            "ORDERFLOW_DEFINITION",
+            format!("{repo}/machines/order-lifecycle.toml"),
+        )
+        .env("ORDERFLOW_INSTANCE_ID", &settings.instance_id)
+        .env(
+            "ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS",
+            &settings.kafka.bootstrap_servers,
+        )
+        .env("ORDERFLOW_KAFKA__GROUP_ID", &settings.kafka.group_id)
+        .env("ORDERFLOW_TOPICS__REQUESTS", &t.requests)
+        .env("ORDERFLOW_TOPICS__STATE", &t.state)
+        .env("ORDERFLOW_TOPICS__ACCEPTED", &t.accepted)
+        .env("ORDERFLOW_TOPICS__REJECTED", &t.rejected)
+        .env("ORDERFLOW_TOPICS__DEAD_LETTERS", &t.dead_letters)
+        .env("ORDERFLOW_TOPICS__PARTITIONS", t.partitions.to_string())
+        .env(
+            "ORDERFLOW_PROCESSOR__BATCH_MAX_RECORDS",
+            settings.processor.batch_max_records.to_string(),
+        )
+        .env(
+            "ORDERFLOW_PROCESSOR__SESSION_TIMEOUT_MS",
+            settings.processor.session_timeout_ms.to_string(),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    match failpoint {
+        Some(f) => command.env("ORDERFLOW_FAILPOINT", f),
+        None => command.env_remove("ORDERFLOW_FAILPOINT"),
+    };
+    command.spawn().expect("orderflow binary starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decides_every_input_once()
+{
+    let mut settings = processor_settings(3, &unique("crash"));
+    settings.processor.batch_max_records = 40;
+    create_topics(&settings).await;
+    let mut requests = Vec::new();
+    let orders: Vec<String> = (0..60).map(|i| format!("{}-{i}", unique("o"))).collect();
+    for transition in ["create", "confirm", "ship"] {
+        for o in &orders {
+            requests.push(request(o, transition));
+        }
+    }
+    let positions = produce(&settings, &requests).await;
+
+    let mut doomed = spawn_binary(&settings, Some("kill-before-commit:2"));
+    let status = tokio::task::spawn_blocking(move || doomed.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the failpoint SIGKILLed the processor: {status}"
+    );
+
+    let mut restarted = spawn_binary(&settings, None);
+    let outcomes = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, requests.len(), Duration::from_secs(90))
+    })
+    .await
+    .unwrap();
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+
+    let per_input = outcomes.per_input();
+    for position in &positions {
+        assert_eq!(
+            per_input.get(position),
+            Some(&1),
+            "input {position:?} has exactly one committed outcome"
+        );
+    }
+    assert_eq!(outcomes.len(), positions.len());
+    assert!(outcomes.rejected.is_empty(), "{:?}", outcomes.rejected);
+    for o in &orders {
+        let mut versions: Vec<u64> = outcomes
+            .accepted
+            .iter()
+            .filter(|r| &r.order_id == o)
+            .map(|r| r.version)
+            .collect();
+        versions.sort();
+        assert_eq!(versions, vec![1, 2, 3], "order {o}");
+    }
+    // The killed batch's records were written and aborted: visible only to read_uncommitted.
+    let uncommitted = read_to_end(&settings, &settings.topics.accepted, "read_uncommitted").len();
+    assert!(
+        uncommitted > outcomes.accepted.len(),
+        "read_uncommitted sees the aborted batch ({uncommitted} vs {} committed)",
+        outcomes.accepted.len()
+    );
+}

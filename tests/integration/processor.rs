@@ -1,0 +1,299 @@
+//! The processor against a real broker: every path of a request, dead letters, restore on takeover.
+
+use std::time::Duration;
+
+use orderflow::machine::RejectCode;
+
+use crate::support::{
+    create_topics, header, processor_settings, produce, produce_raw, read_to_end, request, unique,
+    wait_for_outcomes, RunningProcessor,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_accepted_rejected_or_repeated_and_each_outcome_names_its_input() {
+    let settings = processor_settings(3, &unique("i"));
+    create_topics(&settings).await;
+    let processor = RunningProcessor::start(&settings);
+
+    let a = unique("order");
+    let create = request(&a, "create");
+    let confirm = request(&a, "confirm");
+    let mut stale = request(&a, "ship");
+    stale.expected_version = Some(1);
+    let mut ship = request(&a, "ship");
+    ship.expected_version = Some(2);
+    let requests = vec![
+        create.clone(),
+        request(&a, "deliver"), // invalid from Pending
+        confirm.clone(),
+        confirm.clone(), // redelivery: duplicate
+        stale,           // version conflict
+        ship,
+        request(&a, "cancel"),             // invalid once shipped
+        request(&a, "teleport"),           // unknown transition
+        request(&unique("ghost"), "ship"), // unknown order
+        create.clone(),                    // redelivered create: duplicate of the first
+    ];
+    let positions = produce(&settings, &requests).await;
+    let outcomes = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 10, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    processor.stop();
+
+    assert_eq!(outcomes.len(), 10, "{outcomes:?}");
+    let per_input = outcomes.per_input();
+    for position in &positions {
+        assert_eq!(
+            per_input.get(position),
+            Some(&1),
+            "exactly one outcome for input {position:?}"
+        );
+    }
+    let fresh: Vec<_> = outcomes.accepted.iter().filter(|r| !r.duplicate).collect();
+    let path: Vec<(&str, u64)> = fresh
+        .iter()
+        .map(|r| (r.to_state.as_str(), r.version))
+        .collect();
+    assert_eq!(path, vec![("Pending", 1), ("Confirmed", 2), ("Shipped", 3)]);
+    let duplicates: Vec<_> = outcomes.accepted.iter().filter(|r| r.duplicate).collect();
+    assert_eq!(duplicates.len(), 2);
+    assert!(duplicates
+        .iter()
+        .any(|d| d.request_id == confirm.request_id && d.version == 2));
+    assert!(duplicates
+        .iter()
+        .any(|d| d.request_id == create.request_id && d.version == 1));
+    let mut reasons: Vec<RejectCode> = outcomes.rejected.iter().map(|r| r.reason).collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            RejectCode::UnknownTransition,
+            RejectCode::InvalidTransition,
+            RejectCode::InvalidTransition,
+            RejectCode::UnknownOrder,
+            RejectCode::VersionConflict,
+        ]
+    );
+    let cancel = outcomes
+        .rejected
+        .iter()
+        .find(|r| r.transition == "cancel")
+        .unwrap();
+    assert_eq!(
+        cancel.allowed_from,
+        vec!["Pending".to_string(), "Confirmed".to_string()]
+    );
+    assert_eq!(cancel.current_state.as_deref(), Some("Shipped"));
+    for outcome in &outcomes.accepted {
+        assert_eq!(outcome.input.topic, settings.topics.requests);
+        assert_eq!(
+            outcome.definition_hash,
+            crate::support::definition().short_hash()
+        );
+    }
+
+    // The compacted state topic holds the order's latest state, in the input's partition.
+    let state_records = read_to_end(&settings, &settings.topics.state, "read_committed");
+    let latest = state_records
+        .iter()
+        .filter(|m| rdkafka::message::Message::key(*m) == Some(a.as_bytes()))
+        .last()
+        .expect("state record");
+    let (_, state) = orderflow::codec::decode_order_state(
+        &crate::support::definition(),
+        crate::support::payload(latest),
+    )
+    .unwrap();
+    assert_eq!(state.version, 3);
+    assert_eq!(rdkafka::message::Message::partition(latest), positions[0].0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_go_to_the_dead_letter_topic_with_provenance_and_later_records_are_processed(
+) {
+    let mut settings = processor_settings(2, &unique("i"));
+    settings.processor.max_attributes = 2;
+    create_topics(&settings).await;
+    let processor = RunningProcessor::start(&settings);
+
+    let order = unique("order");
+    let mut valid = Vec::new();
+    orderflow::codec::encode_request(&request(&order, "create"), &mut valid);
+    let mut crowded = request(&order, "confirm");
+    for i in 0..5 {
+        crowded.attributes.insert(format!("k{i}"), "v".into());
+    }
+    let mut crowded_bytes = Vec::new();
+    orderflow::codec::encode_request(&crowded, &mut crowded_bytes);
+    let mut after = Vec::new();
+    orderflow::codec::encode_request(&request(&order, "confirm"), &mut after);
+    let key = Some(order.clone().into_bytes());
+    let records = vec![
+        (key.clone(), b"{\"not\": \"avro\"}".to_vec()), // not Avro
+        (key.clone(), valid[..valid.len() - 3].to_vec()), // truncated
+        (None, valid.clone()),                          // no key
+        (Some(b"someone-else".to_vec()), valid.clone()), // key mismatch
+        (key.clone(), valid.clone()),                   // fine: create
+        (key.clone(), crowded_bytes),                   // too many attributes
+        (key.clone(), after),                           // fine: confirm
+    ];
+    let positions = produce_raw(&settings, &records).await;
+    let outcomes = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 7, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    processor.stop();
+
+    assert_eq!(outcomes.dead_letters.len(), 5, "{:?}", outcomes.per_input());
+    let kinds: Vec<String> = positions[..4]
+        .iter()
+        .chain(std::iter::once(&positions[5]))
+        .map(|(p, o)| {
+            let dl = outcomes
+                .dead_letters
+                .iter()
+                .find(|m| {
+                    header(m, "orderflow.dlq.original.partition") == Some(p.to_string())
+                        && header(m, "orderflow.dlq.original.offset") == Some(o.to_string())
+                })
+                .unwrap_or_else(|| panic!("dead letter for {p}/{o}"));
+            assert_eq!(
+                header(dl, "orderflow.dlq.original.topic").as_deref(),
+                Some(settings.topics.requests.as_str())
+            );
+            assert_eq!(
+                header(dl, "orderflow.dlq.consumer.group").as_deref(),
+                Some(settings.kafka.group_id.as_str())
+            );
+            assert!(header(dl, "orderflow.dlq.original.timestamp").is_some());
+            assert!(!header(dl, "orderflow.dlq.error.message")
+                .unwrap_or_default()
+                .is_empty());
+            assert_eq!(
+                rdkafka::message::Message::partition(dl),
+                *p,
+                "dead letters stay in the input's partition"
+            );
+            header(dl, "orderflow.dlq.error.kind").unwrap()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "not_avro",
+            "truncated",
+            "missing_key",
+            "key_mismatch",
+            "oversized_attributes"
+        ]
+    );
+    // The original bytes are kept.
+    let first = outcomes
+        .dead_letters
+        .iter()
+        .find(|m| header(m, "orderflow.dlq.error.kind").as_deref() == Some("not_avro"))
+        .unwrap();
+    assert_eq!(crate::support::payload(first), b"{\"not\": \"avro\"}");
+    // Valid records around the poison ones were processed in order.
+    let path: Vec<u64> = outcomes.accepted.iter().map(|r| r.version).collect();
+    assert_eq!(path, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_dead_letter_is_truncated_and_says_so() {
+    let mut settings = processor_settings(1, &unique("i"));
+    settings.processor.dead_letter_max_bytes = 4096;
+    create_topics(&settings).await;
+    let processor = RunningProcessor::start(&settings);
+    let order = unique("order");
+    let huge = vec![b'x'; 200_000];
+    produce_raw(&settings, &[(Some(order.clone().into_bytes()), huge)]).await;
+    let mut ok = Vec::new();
+    orderflow::codec::encode_request(&request(&order, "create"), &mut ok);
+    produce_raw(&settings, &[(Some(order.into_bytes()), ok)]).await;
+    let outcomes = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 2, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    processor.stop();
+    assert_eq!(outcomes.dead_letters.len(), 1);
+    let dl = &outcomes.dead_letters[0];
+    assert_eq!(
+        header(dl, "orderflow.dlq.truncated.from.bytes").as_deref(),
+        Some("200000")
+    );
+    assert!(crate::support::payload(dl).len() < 4096);
+    assert_eq!(
+        outcomes.accepted.len(),
+        1,
+        "the record after it is processed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_processor_takes_over_partitions_with_their_restored_state() {
+    let settings = processor_settings(4, &unique("a"));
+    create_topics(&settings).await;
+    let first = RunningProcessor::start(&settings);
+    let orders: Vec<String> = (0..40)
+        .map(|i| format!("{}-{i}", unique("order")))
+        .collect();
+    let mut requests = Vec::new();
+    for o in &orders {
+        requests.push(request(o, "create"));
+        requests.push(request(o, "confirm"));
+    }
+    produce(&settings, &requests).await;
+    let settled = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 80, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(settled.accepted.len(), 80);
+
+    // A second instance joins the same group, then the first leaves: the second owns everything
+    // and must have restored every order's state from the compacted topic.
+    let mut second_settings = settings.clone();
+    second_settings.instance_id = unique("b");
+    let second = RunningProcessor::start(&second_settings);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.stop();
+
+    let ships: Vec<_> = orders.iter().map(|o| request(o, "ship")).collect();
+    produce(&settings, &ships).await;
+    let outcomes = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 120, Duration::from_secs(90))
+    })
+    .await
+    .unwrap();
+    second.stop();
+    let shipped: Vec<_> = outcomes
+        .accepted
+        .iter()
+        .filter(|r| r.transition == "ship")
+        .collect();
+    assert_eq!(
+        shipped.len(),
+        40,
+        "rejected: {:?}",
+        outcomes
+            .rejected
+            .iter()
+            .map(|r| (&r.order_id, r.reason))
+            .collect::<Vec<_>>()
+    );
+    assert!(shipped
+        .iter()
+        .all(|r| r.version == 3 && r.from_state.as_deref() == Some("Confirmed")));
+    assert_eq!(outcomes.len(), 120, "no input decided twice");
+}
