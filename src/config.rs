@@ -114,6 +114,12 @@ pub struct ProcessorSettings {
     /// Most bytes of attribute keys and values a request may carry; more is a dead letter.
     /// Default: 16384.
     pub max_attribute_bytes: usize,
+    /// Early requests an order may hold while waiting for a source state (0 turns parking off).
+    /// Default: 4.
+    pub parking_max_per_order: usize,
+    /// How long an early request may wait before it is rejected as EXPIRED, in ms.
+    /// Default: 600000 (10 minutes).
+    pub parking_max_wait_ms: u64,
     /// Largest dead-letter value; larger ones are truncated and say so in a header. Keep it below
     /// the DLQ topic's `max.message.bytes`. Default: 900000.
     pub dead_letter_max_bytes: usize,
@@ -129,6 +135,8 @@ impl Default for ProcessorSettings {
             recent_requests: crate::machine::DEFAULT_RECENT_WINDOW,
             max_attributes: 64,
             max_attribute_bytes: 16_384,
+            parking_max_per_order: 4,
+            parking_max_wait_ms: 600_000,
             dead_letter_max_bytes: 900_000,
         }
     }
@@ -352,6 +360,15 @@ impl Settings {
                 format!(
                     "{} is not between 1000 and 900000 (the broker's transaction.max.timeout.ms)",
                     p.transaction_timeout_ms
+                ),
+            ));
+        }
+        if p.parking_max_per_order > 64 {
+            return Err(invalid(
+                "processor.parking_max_per_order",
+                format!(
+                    "{} is above 64: parked requests live in the order's state record",
+                    p.parking_max_per_order
                 ),
             ));
         }

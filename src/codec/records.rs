@@ -11,7 +11,7 @@ use super::binary::{AvroReader, AvroWriter};
 use super::schemas::{registry, RecordKind};
 use super::{CodecError, SINGLE_OBJECT_MAGIC};
 use crate::machine::{
-    Definition, OrderState, ParkedRequest, RecentRequest, RecordedOutcome, RejectCode,
+    Definition, OrderState, Origin, ParkedRequest, RecentRequest, RecordedOutcome, RejectCode,
     TransitionRequest,
 };
 
@@ -292,6 +292,12 @@ pub fn encode_order_state(
         w.long(parked.offset);
         w.long(parked.parked_at_ms);
         w.long(parked.deadline_ms);
+        w.block_start(parked.redeliveries.len());
+        for origin in &parked.redeliveries {
+            w.int(origin.partition);
+            w.long(origin.offset);
+        }
+        w.block_end();
     }
     w.block_end();
 }
@@ -349,6 +355,17 @@ pub fn decode_order_state(
             offset: r.long("parked.offset")?,
             parked_at_ms: r.long("parked.parked_at")?,
             deadline_ms: r.long("parked.deadline")?,
+            redeliveries: {
+                let mut origins = Vec::new();
+                r.blocks("parked.redeliveries", |r| {
+                    origins.push(Origin {
+                        partition: r.int("parked.redeliveries.partition")?,
+                        offset: r.long("parked.redeliveries.offset")?,
+                    });
+                    Ok(())
+                })?;
+                origins
+            },
         });
         Ok(())
     })?;

@@ -78,6 +78,10 @@ fn sample_state(d: &Definition) -> OrderState {
             offset: 99,
             parked_at_ms: 1_764_000_000_450,
             deadline_ms: 1_764_000_600_450,
+            redeliveries: vec![crate::machine::Origin {
+                partition: 3,
+                offset: 120,
+            }],
         }],
     }
 }

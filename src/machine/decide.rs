@@ -72,6 +72,10 @@ pub enum Rejection {
     },
     /// See [`RejectCode::TerminalState`].
     TerminalState,
+    /// See [`RejectCode::Expired`]: parked until its deadline without becoming applicable.
+    Expired,
+    /// See [`RejectCode::ParkingFull`]: it could have waited, but the order's parking slots are full.
+    ParkingFull,
     /// A reason recorded earlier and repeated for a duplicate (details are not kept).
     Recorded(RejectCode),
 }
@@ -86,6 +90,8 @@ impl Rejection {
             Rejection::OrderAlreadyExists => RejectCode::OrderAlreadyExists,
             Rejection::VersionConflict { .. } => RejectCode::VersionConflict,
             Rejection::TerminalState => RejectCode::TerminalState,
+            Rejection::Expired => RejectCode::Expired,
+            Rejection::ParkingFull => RejectCode::ParkingFull,
             Rejection::Recorded(code) => *code,
         }
     }
@@ -98,6 +104,8 @@ pub enum StateChange {
     Unchanged,
     /// Write this state (a new order, a transition, or a remembered rejection).
     Put(OrderState),
+    /// Forget the order (its retention in its state ended): a tombstone.
+    Delete,
 }
 
 /// The result of deciding one request.
@@ -114,6 +122,25 @@ pub struct Decision {
 pub struct Decider {
     definition: Arc<Definition>,
     recent_window: usize,
+    parking: ParkingPolicy,
+}
+
+/// How many early requests an order may hold, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParkingPolicy {
+    /// Parked requests per order; 0 turns parking off.
+    pub max_per_order: usize,
+    /// How long a request may stay parked before it is rejected as expired (ms).
+    pub max_wait_ms: i64,
+}
+
+impl Default for ParkingPolicy {
+    fn default() -> ParkingPolicy {
+        ParkingPolicy {
+            max_per_order: 4,
+            max_wait_ms: 10 * 60 * 1000,
+        }
+    }
 }
 
 impl Decider {
@@ -122,7 +149,19 @@ impl Decider {
         Decider {
             definition,
             recent_window,
+            parking: ParkingPolicy::default(),
         }
+    }
+
+    /// The same decider with another parking policy.
+    pub fn with_parking(mut self, parking: ParkingPolicy) -> Decider {
+        self.parking = parking;
+        self
+    }
+
+    /// The parking policy.
+    pub fn parking(&self) -> ParkingPolicy {
+        self.parking
     }
 
     /// The definition decisions are made against.

@@ -92,6 +92,9 @@ pub struct Definition {
     transition_by_name: HashMap<String, TransitionId>,
     /// `allowed[t * states.len() + s]`: transition `t` applies to an order in state `s`.
     allowed: Vec<bool>,
+    /// `ahead[t * states.len() + s]`: from state `s`, one or more transitions lead to a source
+    /// state of transition `t` (so a request for `t` may be early rather than wrong).
+    ahead: Vec<bool>,
 }
 
 /// One thing wrong with a definition file, with where and how to fix it.
@@ -272,6 +275,12 @@ impl Definition {
     /// Whether `transition` applies to an order in `state`.
     pub fn allows(&self, transition: TransitionId, state: StateId) -> bool {
         self.allowed[usize::from(transition.0) * self.states.len() + usize::from(state.0)]
+    }
+
+    /// Whether an order in `state` can still reach a source state of `transition` (the request is
+    /// early, not wrong).
+    pub fn sources_ahead(&self, transition: TransitionId, state: StateId) -> bool {
+        self.ahead[usize::from(transition.0) * self.states.len() + usize::from(state.0)]
     }
 
     /// The names of a transition's source states.
@@ -504,6 +513,7 @@ fn compile(raw: RawDefinition) -> Result<Definition, Vec<Problem>> {
             allowed[t * states.len() + usize::from(source.0)] = true;
         }
     }
+    let ahead = sources_ahead(&states, &transitions);
     let hash = content_hash(&raw);
     Ok(Definition {
         name: raw.name,
@@ -514,7 +524,41 @@ fn compile(raw: RawDefinition) -> Result<Definition, Vec<Problem>> {
         state_by_name,
         transition_by_name,
         allowed,
+        ahead,
     })
+}
+
+/// For each (transition, state): can an order in that state still reach one of the transition's
+/// source states by one or more transitions?
+fn sources_ahead(states: &[State], transitions: &[Transition]) -> Vec<bool> {
+    let n = states.len();
+    // successors[s]: states reachable from s in one or more steps.
+    let mut successors = vec![vec![false; n]; n];
+    for (s, row) in successors.iter_mut().enumerate() {
+        let mut queue: VecDeque<usize> = transitions
+            .iter()
+            .filter(|t| t.from.iter().any(|f| usize::from(f.0) == s))
+            .map(|t| usize::from(t.to.0))
+            .collect();
+        while let Some(next) = queue.pop_front() {
+            if std::mem::replace(&mut row[next], true) {
+                continue;
+            }
+            for t in transitions
+                .iter()
+                .filter(|t| t.from.iter().any(|f| usize::from(f.0) == next))
+            {
+                queue.push_back(usize::from(t.to.0));
+            }
+        }
+    }
+    let mut ahead = vec![false; transitions.len() * n];
+    for (t, transition) in transitions.iter().enumerate() {
+        for (s, row) in successors.iter().enumerate() {
+            ahead[t * n + s] = transition.from.iter().any(|f| row[usize::from(f.0)]);
+        }
+    }
+    ahead
 }
 
 fn reachable_states(states: &[State], transitions: &[Transition]) -> Vec<bool> {
@@ -642,6 +686,26 @@ to = "Closed"
         assert!(d.allows(close, d.state_id("Open").unwrap()));
         assert!(!d.allows(close, d.state_id("Closed").unwrap()));
         assert_eq!(d.source_names(close), vec!["Open".to_string()]);
+    }
+
+    #[test]
+    fn sources_ahead_tells_early_requests_from_wrong_ones() {
+        let d = Definition::parse(LIFECYCLE, "t").unwrap();
+        let s = |n| d.state_id(n).unwrap();
+        let t = |n| d.transition_id(n).unwrap();
+        assert!(
+            d.sources_ahead(t("ship"), s("Pending")),
+            "Pending reaches Confirmed"
+        );
+        assert!(d.sources_ahead(t("deliver"), s("Pending")));
+        assert!(
+            !d.sources_ahead(t("ship"), s("Shipped")),
+            "no way back to Confirmed"
+        );
+        assert!(!d.sources_ahead(t("confirm"), s("Confirmed")));
+        assert!(!d.sources_ahead(t("ship"), s("Cancelled")));
+        assert!(d.sources_ahead(t("return"), s("OutForDelivery")));
+        assert!(!d.sources_ahead(t("cancel"), s("Shipped")));
     }
 
     #[test]

@@ -8,14 +8,19 @@ pub mod definition;
 pub mod diagram;
 pub mod diff;
 pub mod order;
+pub mod parking;
 
-pub use decide::{Decider, Decision, Outcome, Rejection, StateChange, DEFAULT_RECENT_WINDOW};
+pub use decide::{
+    Decider, Decision, Outcome, ParkingPolicy, Rejection, StateChange, DEFAULT_RECENT_WINDOW,
+};
 pub use definition::{
     Definition, DefinitionError, Problem, State, StateId, Transition, TransitionId,
 };
 pub use order::{
-    OrderState, ParkedRequest, RecentRequest, RecordedOutcome, RejectCode, TransitionRequest,
+    OrderState, Origin, ParkedRequest, RecentRequest, RecordedOutcome, RejectCode,
+    TransitionRequest,
 };
+pub use parking::{Answer, Step};
 
 #[cfg(test)]
 mod tests;

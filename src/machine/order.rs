@@ -49,6 +49,15 @@ pub struct RecentRequest {
     pub version: u64,
 }
 
+/// Where a request was read from: its input record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    /// Input partition.
+    pub partition: i32,
+    /// Input offset.
+    pub offset: i64,
+}
+
 /// A request that arrived before its order reached a source state and waits with the order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParkedRequest {
@@ -62,6 +71,8 @@ pub struct ParkedRequest {
     pub parked_at_ms: i64,
     /// When it expires unless it applied before (ms since the Unix epoch).
     pub deadline_ms: i64,
+    /// Later input records carrying the same request, answered as duplicates with it.
+    pub redeliveries: Vec<Origin>,
 }
 
 /// The current state of one order: everything a decision about it needs.

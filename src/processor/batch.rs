@@ -13,7 +13,8 @@ use crate::codec::{
 use crate::config::{ProcessorSettings, TopicSettings};
 use crate::kafka::OutgoingRecord;
 use crate::machine::{
-    Decider, Definition, OrderState, Outcome, Rejection, StateChange, TransitionRequest,
+    Decider, Definition, OrderState, Origin, Outcome, Rejection, StateChange, StateId, Step,
+    TransitionRequest,
 };
 use crate::state::PartitionCache;
 
@@ -81,6 +82,12 @@ pub struct BatchStats {
     pub duplicates: u64,
     /// Records sent to the dead-letter topic.
     pub dead_letters: u64,
+    /// Requests parked (answered later).
+    pub parked: u64,
+    /// Parked requests rejected at their deadline.
+    pub expired: u64,
+    /// Orders forgotten after their retention.
+    pub forgotten: u64,
 }
 
 /// The decided batch.
@@ -165,7 +172,6 @@ pub fn decide_batch(
     inputs: &[InputRecord],
     now_ms: i64,
 ) -> BatchOutput {
-    let definition = context.decider.definition();
     let mut output = BatchOutput::default();
     let mut overlay: HashMap<(i32, String), Option<OrderState>> = HashMap::new();
     let mut order_of_changes: Vec<(i32, String)> = Vec::new();
@@ -188,52 +194,146 @@ pub fn decide_batch(
                 .get(&input.partition)
                 .and_then(|c| c.get(&request.order_id)),
         };
-        let decision = context.decider.decide(current, &request, now_ms);
-        let position = InputPosition {
-            topic: context.topics.requests.clone(),
+        let origin = Origin {
             partition: input.partition,
             offset: input.offset,
         };
+        let step = context
+            .decider
+            .decide_input(current, &request, origin, now_ms);
+        if step.answers.is_empty() {
+            output.stats.parked += 1;
+        }
         let trace = input
             .headers
             .iter()
             .find(|(k, _)| k == TRACEPARENT)
             .cloned();
-        let outcome = outcome_record(
-            definition,
-            context.topics,
-            &request,
-            current,
-            &decision.outcome,
-            position,
+        emit_step(
+            context,
+            &mut output,
+            &mut overlay,
+            &mut order_of_changes,
+            slot,
+            step,
             now_ms,
-            trace,
+            trace.map(|t| (origin, t)),
         );
-        match &decision.outcome {
+    }
+    for slot in order_of_changes {
+        if let Some(state) = overlay.remove(&slot) {
+            output.changes.push((slot.0, slot.1, state));
+        }
+    }
+    output
+}
+
+/// Records a step's state change and answers in the batch output and overlay.
+#[allow(clippy::too_many_arguments)]
+fn emit_step(
+    context: &BatchContext<'_>,
+    output: &mut BatchOutput,
+    overlay: &mut HashMap<(i32, String), Option<OrderState>>,
+    order_of_changes: &mut Vec<(i32, String)>,
+    slot: (i32, String),
+    step: Step,
+    now_ms: i64,
+    trace: Option<(Origin, (String, Vec<u8>))>,
+) {
+    let definition = context.decider.definition();
+    let (partition, order_id) = (slot.0, slot.1.clone());
+    let next = match step.change {
+        StateChange::Unchanged => None,
+        StateChange::Put(next) => {
+            let mut value = Vec::with_capacity(256);
+            encode_order_state(definition, &order_id, &next, &mut value);
+            Some((Some(value), Some(next)))
+        }
+        StateChange::Delete => {
+            output.stats.forgotten += 1;
+            Some((None, None))
+        }
+    };
+    if let Some((value, state)) = next {
+        output.records.push(OutgoingRecord {
+            topic: context.topics.state.clone(),
+            partition,
+            key: order_id.clone().into_bytes(),
+            value,
+            headers: Vec::new(),
+        });
+        if !overlay.contains_key(&slot) {
+            order_of_changes.push(slot.clone());
+        }
+        overlay.insert(slot, state);
+    }
+    for answer in step.answers {
+        match &answer.outcome {
             Outcome::Accepted {
                 duplicate: false, ..
             } => output.stats.accepted += 1,
             Outcome::Rejected {
-                duplicate: false, ..
-            } => output.stats.rejected += 1,
+                duplicate: false,
+                reason,
+                ..
+            } => {
+                output.stats.rejected += 1;
+                if reason.code() == crate::machine::RejectCode::Expired {
+                    output.stats.expired += 1;
+                }
+            }
             _ => output.stats.duplicates += 1,
         }
-        if let StateChange::Put(next) = decision.change {
-            let mut value = Vec::with_capacity(256);
-            encode_order_state(definition, &request.order_id, &next, &mut value);
-            output.records.push(OutgoingRecord {
-                topic: context.topics.state.clone(),
-                partition: input.partition,
-                key: request.order_id.clone().into_bytes(),
-                value: Some(value),
-                headers: Vec::new(),
-            });
-            if !overlay.contains_key(&slot) {
-                order_of_changes.push(slot.clone());
-            }
-            overlay.insert(slot, Some(next));
+        let header = trace
+            .as_ref()
+            .filter(|(origin, _)| *origin == answer.origin)
+            .map(|(_, h)| h.clone());
+        let position = InputPosition {
+            topic: context.topics.requests.clone(),
+            partition: answer.origin.partition,
+            offset: answer.origin.offset,
+        };
+        output.records.push(outcome_record(
+            definition,
+            context.topics,
+            &answer.request,
+            &answer.outcome,
+            position,
+            now_ms,
+            header,
+        ));
+    }
+}
+
+/// Runs the expiry pass for orders whose deadline is due: expired parked requests are rejected,
+/// orders past their state's retention are forgotten (tombstones).
+pub fn expire_orders(
+    context: &BatchContext<'_>,
+    caches: &HashMap<i32, PartitionCache>,
+    due: &[(i32, String)],
+    now_ms: i64,
+) -> BatchOutput {
+    let mut output = BatchOutput::default();
+    let mut overlay: HashMap<(i32, String), Option<OrderState>> = HashMap::new();
+    let mut order_of_changes: Vec<(i32, String)> = Vec::new();
+    for (partition, order_id) in due {
+        let Some(state) = caches.get(partition).and_then(|c| c.get(order_id)) else {
+            continue;
+        };
+        let step = context.decider.expire(state, now_ms);
+        if step.change == StateChange::Unchanged && step.answers.is_empty() {
+            continue;
         }
-        output.records.push(outcome);
+        emit_step(
+            context,
+            &mut output,
+            &mut overlay,
+            &mut order_of_changes,
+            (*partition, order_id.clone()),
+            step,
+            now_ms,
+            None,
+        );
     }
     for slot in order_of_changes {
         if let Some(state) = overlay.remove(&slot) {
@@ -244,12 +344,10 @@ pub fn decide_batch(
 }
 
 /// The accepted or rejected record for a decision.
-#[allow(clippy::too_many_arguments)]
 fn outcome_record(
     definition: &Definition,
     topics: &TopicSettings,
     request: &TransitionRequest,
-    current: Option<&OrderState>,
     outcome: &Outcome,
     input: InputPosition,
     now_ms: i64,
@@ -303,7 +401,9 @@ fn outcome_record(
                     order_id: request.order_id.clone(),
                     transition: request.transition.clone(),
                     reason: reason.code(),
-                    detail: rejection_detail(definition, request, reason, current, *duplicate),
+                    detail: rejection_detail(
+                        definition, request, reason, *state, *version, *duplicate,
+                    ),
                     allowed_from,
                     expected_version: request.expected_version,
                     current_state: state.map(name),
@@ -335,10 +435,11 @@ fn rejection_detail(
     definition: &Definition,
     request: &TransitionRequest,
     reason: &Rejection,
-    current: Option<&OrderState>,
+    state: Option<StateId>,
+    version: u64,
     duplicate: bool,
 ) -> String {
-    let state_name = |s: &OrderState| definition.state(s.state).name.clone();
+    let state_name = || state.map_or("missing".to_string(), |s| definition.state(s).name.clone());
     let text = match reason {
         Rejection::UnknownTransition => format!(
             "transition \"{}\" is not defined in {} v{}",
@@ -350,23 +451,28 @@ fn rejection_detail(
             "{} applies from {}; the order is {}",
             request.transition,
             definition.source_names(*transition).join(", "),
-            current.map_or("missing".into(), state_name)
+            state_name()
         ),
         Rejection::UnknownOrder => {
             format!("order {} does not exist: create it first", request.order_id)
         }
         Rejection::OrderAlreadyExists => format!(
-            "order {} already exists (version {})",
-            request.order_id,
-            current.map_or(0, |s| s.version)
+            "order {} already exists (version {version})",
+            request.order_id
         ),
-        Rejection::VersionConflict { expected } => format!(
-            "expected version {expected}, but the order is at version {}",
-            current.map_or(0, |s| s.version)
+        Rejection::VersionConflict { expected } => {
+            format!("expected version {expected}, but the order is at version {version}")
+        }
+        Rejection::TerminalState => format!("the order is in terminal state {}", state_name()),
+        Rejection::Expired => format!(
+            "parked until its deadline, but the order stayed {}: {} never applied",
+            state_name(),
+            request.transition
         ),
-        Rejection::TerminalState => format!(
-            "the order is in terminal state {}",
-            current.map_or("?".into(), state_name)
+        Rejection::ParkingFull => format!(
+            "{} arrived early (the order is {}), but the order already holds the most parked requests",
+            request.transition,
+            state_name()
         ),
         Rejection::Recorded(code) => format!("rejected earlier as {}", code.as_str()),
     };

@@ -34,13 +34,15 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use self::batch::{decide_batch, BatchContext, BatchStats, InputRecord};
+use self::batch::{
+    decide_batch, expire_orders, BatchContext, BatchOutput, BatchStats, InputRecord,
+};
 use crate::config::Settings;
 use crate::kafka::{
     processor_consumer_config, transactional_id, transactional_producer_config, ClientConfigError,
     ErrorClass, TxnError, TxnProducer,
 };
-use crate::machine::{Decider, Definition};
+use crate::machine::{Decider, Definition, OrderState, ParkingPolicy};
 use crate::state::restore::{spawn_restore, RestoreError, RestoreEvent};
 use crate::state::PartitionCache;
 
@@ -158,11 +160,57 @@ impl Failpoint {
     }
 }
 
-/// Milliseconds since the Unix epoch on the wall clock.
-fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// The time decisions, parking deadlines and retention are measured in (ms since the Unix epoch).
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now_ms(&self) -> i64;
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
+/// When each order next needs an expiry pass (parked deadline or end of retention).
+#[derive(Debug, Default)]
+struct DeadlineIndex {
+    by_time: std::collections::BTreeSet<(i64, i32, String)>,
+    by_order: HashMap<(i32, String), i64>,
+}
+
+impl DeadlineIndex {
+    fn set(&mut self, partition: i32, order_id: &str, deadline: Option<i64>) {
+        let key = (partition, order_id.to_string());
+        if let Some(old) = self.by_order.remove(&key) {
+            self.by_time.remove(&(old, partition, key.1.clone()));
+        }
+        if let Some(deadline) = deadline {
+            self.by_time.insert((deadline, partition, key.1.clone()));
+            self.by_order.insert(key, deadline);
+        }
+    }
+
+    fn drop_partition(&mut self, partition: i32) {
+        self.by_time.retain(|(_, p, _)| *p != partition);
+        self.by_order.retain(|(p, _), _| *p != partition);
+    }
+
+    /// Orders due at `now`, at most `limit`.
+    fn due(&self, now: i64, limit: usize) -> Vec<(i32, String)> {
+        self.by_time
+            .iter()
+            .take_while(|(deadline, _, _)| *deadline <= now)
+            .take(limit)
+            .map(|(_, p, o)| (*p, o.clone()))
+            .collect()
+    }
 }
 
 /// Running totals, logged periodically.
@@ -180,12 +228,18 @@ pub struct Processor {
     consumer: BaseConsumer<ProcessorContext>,
     producer: TxnProducer,
     caches: HashMap<i32, PartitionCache>,
-    restoring: HashMap<i32, Arc<AtomicBool>>,
+    /// Partitions being restored, with the job restoring them.
+    restoring: HashMap<i32, u64>,
+    restore_jobs: u64,
+    /// Set on shutdown: running restores stop.
+    restore_cancel: Arc<AtomicBool>,
     restore_tx: Sender<RestoreEvent>,
     restore_rx: Receiver<RestoreEvent>,
     batch: Vec<InputRecord>,
     failpoint: Failpoint,
     totals: Totals,
+    clock: Arc<dyn Clock>,
+    deadlines: DeadlineIndex,
 }
 
 impl Processor {
@@ -195,7 +249,21 @@ impl Processor {
         settings: Arc<Settings>,
         definition: Arc<Definition>,
     ) -> Result<Processor, ProcessorError> {
-        let decider = Decider::new(definition, settings.processor.recent_requests);
+        Processor::with_clock(settings, definition, Arc::new(SystemClock))
+    }
+
+    /// Like [`Processor::new`], with the clock decisions and deadlines use (tests move time).
+    pub fn with_clock(
+        settings: Arc<Settings>,
+        definition: Arc<Definition>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Processor, ProcessorError> {
+        let decider = Decider::new(definition, settings.processor.recent_requests).with_parking(
+            ParkingPolicy {
+                max_per_order: settings.processor.parking_max_per_order,
+                max_wait_ms: settings.processor.parking_max_wait_ms as i64,
+            },
+        );
         let producer_config = transactional_producer_config(&settings)?;
         let timeout = Duration::from_millis(settings.processor.transaction_timeout_ms);
         let producer = TxnProducer::create(&producer_config, timeout).map_err(|source| {
@@ -228,11 +296,15 @@ impl Processor {
             producer,
             caches: HashMap::new(),
             restoring: HashMap::new(),
+            restore_jobs: 0,
+            restore_cancel: Arc::new(AtomicBool::new(false)),
             restore_tx,
             restore_rx,
             batch: Vec::new(),
             failpoint: Failpoint::from_env(),
             totals: Totals::default(),
+            clock,
+            deadlines: DeadlineIndex::default(),
         })
     }
 
@@ -243,6 +315,7 @@ impl Processor {
             self.handle_rebalance_events()?;
             self.handle_restore_events()?;
             self.fill_batch(shutdown)?;
+            self.expire_due()?;
             if !self.batch.is_empty() {
                 self.commit_batch()?;
             }
@@ -255,6 +328,9 @@ impl Processor {
                     rejected = t.stats.rejected,
                     duplicates = t.stats.duplicates,
                     dead_letters = t.stats.dead_letters,
+                    parked = t.stats.parked,
+                    expired = t.stats.expired,
+                    forgotten = t.stats.forgotten,
                     partitions = self.caches.len(),
                     orders = self.caches.values().map(PartitionCache::len).sum::<usize>(),
                     "progress"
@@ -263,9 +339,7 @@ impl Processor {
             }
         }
         tracing::info!("shutting down: no transaction is open; leaving the group");
-        for cancel in self.restoring.values() {
-            cancel.store(true, Ordering::Relaxed);
-        }
+        self.restore_cancel.store(true, Ordering::Relaxed);
         self.consumer.unsubscribe();
         Ok(())
     }
@@ -276,9 +350,10 @@ impl Processor {
                 RebalanceEvent::Revoked(partitions) => {
                     for p in &partitions {
                         self.caches.remove(p);
-                        if let Some(cancel) = self.restoring.remove(p) {
-                            cancel.store(true, Ordering::Relaxed);
-                        }
+                        self.deadlines.drop_partition(*p);
+                        // A restore in progress finishes for its other partitions; this one's
+                        // result will be dropped as stale.
+                        self.restoring.remove(p);
                     }
                     // Unprocessed records of revoked partitions: the new owner reads them again.
                     self.batch.retain(|r| !partitions.contains(&r.partition));
@@ -291,16 +366,18 @@ impl Processor {
                     if partitions.is_empty() {
                         continue;
                     }
-                    let cancel = Arc::new(AtomicBool::new(false));
+                    self.restore_jobs += 1;
+                    let job = self.restore_jobs;
                     for p in &partitions {
-                        self.restoring.insert(*p, Arc::clone(&cancel));
+                        self.restoring.insert(*p, job);
                     }
                     spawn_restore(
+                        job,
                         Arc::clone(&self.settings),
                         Arc::clone(self.decider.definition()),
                         partitions,
                         self.restore_tx.clone(),
-                        cancel,
+                        Arc::clone(&self.restore_cancel),
                     )?;
                 }
             }
@@ -313,10 +390,12 @@ impl Processor {
             match event {
                 RestoreEvent::Failed(error) => return Err(error.into()),
                 RestoreEvent::Done(restored) => {
-                    // A restore of a partition revoked meanwhile is stale: drop it.
-                    if self.restoring.remove(&restored.partition).is_none() {
+                    // A restore of a partition revoked meanwhile (and maybe assigned again, to a
+                    // newer job) is stale: another instance may have written to it since.
+                    if self.restoring.get(&restored.partition) != Some(&restored.job) {
                         continue;
                     }
+                    self.restoring.remove(&restored.partition);
                     tracing::info!(
                         partition = restored.partition,
                         orders = restored.cache.len(),
@@ -324,6 +403,10 @@ impl Processor {
                         elapsed_ms = restored.elapsed.as_millis() as u64,
                         "partition ready"
                     );
+                    for (order_id, state) in restored.cache.iter() {
+                        let deadline = self.decider.next_deadline(state);
+                        self.deadlines.set(restored.partition, order_id, deadline);
+                    }
                     self.caches.insert(restored.partition, restored.cache);
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&self.settings.topics.requests, restored.partition);
@@ -402,6 +485,43 @@ impl Processor {
         }
     }
 
+    /// Runs the expiry pass for orders whose deadline is due, in its own transaction.
+    fn expire_due(&mut self) -> Result<(), ProcessorError> {
+        let now = self.clock.now_ms();
+        let due = self
+            .deadlines
+            .due(now, self.settings.processor.batch_max_records);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let context = BatchContext {
+            decider: &self.decider,
+            topics: &self.settings.topics,
+            limits: &self.settings.processor,
+            group_id: &self.settings.kafka.group_id,
+        };
+        let output = expire_orders(&context, &self.caches, &due, now);
+        if output.records.is_empty() {
+            // Nothing to write (e.g. a deadline moved): recompute those orders' deadlines.
+            for (partition, order_id) in due {
+                let deadline = self
+                    .caches
+                    .get(&partition)
+                    .and_then(|c| c.get(&order_id))
+                    .and_then(|s| self.decider.next_deadline(s))
+                    .filter(|d| *d > now);
+                self.deadlines.set(partition, &order_id, deadline);
+            }
+            return Ok(());
+        }
+        if self.run_transaction(output)? {
+            Ok(())
+        } else {
+            // Aborted: the orders stay due and are tried again on the next pass.
+            Ok(())
+        }
+    }
+
     /// Decides the batch and writes it in one transaction; on an abortable failure, aborts and
     /// rewinds so the batch is read again.
     fn commit_batch(&mut self) -> Result<(), ProcessorError> {
@@ -411,13 +531,30 @@ impl Processor {
             limits: &self.settings.processor,
             group_id: &self.settings.kafka.group_id,
         };
-        let output = decide_batch(&context, &self.caches, &self.batch, wall_clock_ms());
+        let output = decide_batch(&context, &self.caches, &self.batch, self.clock.now_ms());
+        if !self.run_transaction(output)? {
+            let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+            for record in &self.batch {
+                first.entry(record.partition).or_insert(record.offset);
+            }
+            self.rewind(&first);
+        }
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// Writes an output in one transaction and, once committed, applies its state changes.
+    /// Returns false when the transaction was aborted (the caller redoes the work).
+    fn run_transaction(&mut self, output: BatchOutput) -> Result<bool, ProcessorError> {
         let batch_number = self.totals.batches + 1;
         let started = Instant::now();
-        let result = self.transaction(&output, batch_number);
-        match result {
+        match self.transaction(&output, batch_number) {
             Ok(()) => {
                 for (partition, order_id, state) in output.changes {
+                    let deadline = state
+                        .as_ref()
+                        .and_then(|s: &OrderState| self.decider.next_deadline(s));
+                    self.deadlines.set(partition, &order_id, deadline);
                     if let Some(cache) = self.caches.get_mut(&partition) {
                         cache.apply(order_id, state);
                     }
@@ -428,13 +565,15 @@ impl Processor {
                 s.rejected += output.stats.rejected;
                 s.duplicates += output.stats.duplicates;
                 s.dead_letters += output.stats.dead_letters;
+                s.parked += output.stats.parked;
+                s.expired += output.stats.expired;
+                s.forgotten += output.stats.forgotten;
                 tracing::debug!(
-                    records = self.batch.len(),
+                    records = output.records.len(),
                     commit_ms = started.elapsed().as_millis() as u64,
-                    "batch committed"
+                    "transaction committed"
                 );
-                self.batch.clear();
-                Ok(())
+                Ok(true)
             }
             Err(error) if error.class == ErrorClass::Fatal => Err(ProcessorError::Fatal {
                 transactional_id: transactional_id(&self.settings),
@@ -442,7 +581,7 @@ impl Processor {
             }),
             Err(error) => {
                 self.totals.aborts += 1;
-                tracing::warn!(%error, records = self.batch.len(), "transaction failed; aborting and rewinding");
+                tracing::warn!(%error, records = output.records.len(), "transaction failed; aborting");
                 if let Err(abort_error) = self.producer.abort() {
                     if abort_error.class == ErrorClass::Fatal {
                         return Err(ProcessorError::Fatal {
@@ -452,19 +591,13 @@ impl Processor {
                     }
                     tracing::warn!(error = %abort_error, "abort failed");
                 }
-                let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-                for record in &self.batch {
-                    first.entry(record.partition).or_insert(record.offset);
-                }
-                self.rewind(&first);
-                self.batch.clear();
                 std::thread::sleep(Duration::from_millis(100 * self.totals.aborts.min(20)));
-                Ok(())
+                Ok(false)
             }
         }
     }
 
-    fn transaction(&self, output: &batch::BatchOutput, batch_number: u64) -> Result<(), TxnError> {
+    fn transaction(&self, output: &BatchOutput, batch_number: u64) -> Result<(), TxnError> {
         self.producer.begin()?;
         for record in &output.records {
             self.producer.send(record)?;
@@ -485,12 +618,14 @@ impl Processor {
                     source,
                 })?;
         }
-        let group = self.consumer.group_metadata().ok_or(TxnError {
-            operation: "group_metadata",
-            class: ErrorClass::Abortable,
-            source: KafkaError::Canceled,
-        })?;
-        self.producer.send_offsets(&offsets, &group)?;
+        if !output.next_offsets.is_empty() {
+            let group = self.consumer.group_metadata().ok_or(TxnError {
+                operation: "group_metadata",
+                class: ErrorClass::Abortable,
+                source: KafkaError::Canceled,
+            })?;
+            self.producer.send_offsets(&offsets, &group)?;
+        }
         self.producer.commit()
     }
 }

@@ -55,6 +55,9 @@ pub enum RestoreError {
 /// A finished restore of one partition.
 #[derive(Debug)]
 pub struct Restored {
+    /// The restore job that produced it (a partition revoked and assigned again gets a new job;
+    /// results of older jobs are stale).
+    pub job: u64,
     /// The partition.
     pub partition: i32,
     /// Its committed state.
@@ -77,6 +80,7 @@ pub enum RestoreEvent {
 /// Restores `partitions` of the state topic on the calling thread, reporting each partition as
 /// soon as it is complete. Stops early when `cancel` is set.
 pub fn restore_partitions(
+    job: u64,
     settings: &Settings,
     definition: &Definition,
     partitions: &[i32],
@@ -119,6 +123,7 @@ pub fn restore_partitions(
                 "partition restored"
             );
             let _ = events.send(RestoreEvent::Done(Restored {
+                job,
                 partition,
                 cache,
                 records,
@@ -196,6 +201,7 @@ pub fn restore_partitions(
 
 /// Runs [`restore_partitions`] on a new thread, reporting a failure as an event too.
 pub fn spawn_restore(
+    job: u64,
     settings: Arc<Settings>,
     definition: Arc<Definition>,
     partitions: Vec<i32>,
@@ -206,7 +212,7 @@ pub fn spawn_restore(
         .name("orderflow-restore".into())
         .spawn(move || {
             if let Err(error) =
-                restore_partitions(&settings, &definition, &partitions, &events, &cancel)
+                restore_partitions(job, &settings, &definition, &partitions, &events, &cancel)
             {
                 let _ = events.send(RestoreEvent::Failed(error));
             }

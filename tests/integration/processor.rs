@@ -24,7 +24,7 @@ async fn requests_are_accepted_rejected_or_repeated_and_each_outcome_names_its_i
     ship.expected_version = Some(2);
     let requests = vec![
         create.clone(),
-        request(&a, "deliver"), // invalid from Pending
+        request(&a, "return"), // invalid from Pending, and "return" does not park
         confirm.clone(),
         confirm.clone(), // redelivery: duplicate
         stale,           // version conflict
@@ -100,8 +100,7 @@ async fn requests_are_accepted_rejected_or_repeated_and_each_outcome_names_its_i
     let state_records = read_to_end(&settings, &settings.topics.state, "read_committed");
     let latest = state_records
         .iter()
-        .filter(|m| rdkafka::message::Message::key(*m) == Some(a.as_bytes()))
-        .last()
+        .rfind(|m| rdkafka::message::Message::key(*m) == Some(a.as_bytes()))
         .expect("state record");
     let (_, state) = orderflow::codec::decode_order_state(
         &crate::support::definition(),
