@@ -184,10 +184,16 @@ pub fn committed_reader_config(
 
 /// The processor's consumer: one group for all instances, read_committed, offsets committed only
 /// inside transactions, cooperative rebalancing so a rebalance moves only the partitions that move.
-pub fn processor_consumer_config(settings: &Settings) -> Result<ClientConfig, ClientConfigError> {
+///
+/// The client id names the instance and the definition's short hash
+/// ([`processor_client_id`]), so members of a group can see which rules the others run.
+pub fn processor_consumer_config(
+    settings: &Settings,
+    definition_hash: &str,
+) -> Result<ClientConfig, ClientConfigError> {
     let mut config = base_config(
         &settings.kafka,
-        &format!("orderflow-{}", settings.instance_id),
+        &processor_client_id(&settings.instance_id, definition_hash),
     )?;
     config
         .set("group.id", &settings.kafka.group_id)
@@ -210,6 +216,18 @@ pub fn processor_consumer_config(settings: &Settings) -> Result<ClientConfig, Cl
         // A batch never takes long; a stuck loop should lose its partitions within a minute.
         .set("max.poll.interval.ms", "60000");
     Ok(config)
+}
+
+/// The processor consumer's `client.id`: `orderflow.<instance id>.<definition short hash>`.
+pub fn processor_client_id(instance_id: &str, definition_hash: &str) -> String {
+    format!("orderflow.{instance_id}.{definition_hash}")
+}
+
+/// Splits a processor client id into (instance id, definition hash); `None` for other clients.
+pub fn parse_processor_client_id(client_id: &str) -> Option<(&str, &str)> {
+    let rest = client_id.strip_prefix("orderflow.")?;
+    let (instance, hash) = rest.rsplit_once('.')?;
+    (hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit())).then_some((instance, hash))
 }
 
 /// The `transactional.id` of an instance: stable across restarts, so a restarted instance fences
@@ -318,6 +336,21 @@ mod tests {
         let config = request_producer_config(&KafkaSettings::default(), "t").unwrap();
         assert_eq!(config.get("partitioner"), Some("murmur2_random"));
         assert_eq!(config.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn processor_client_ids_carry_instance_and_definition_hash() {
+        let id = processor_client_id("orderflow-2", "0123456789abcdef");
+        assert_eq!(
+            parse_processor_client_id(&id),
+            Some(("orderflow-2", "0123456789abcdef"))
+        );
+        assert_eq!(
+            parse_processor_client_id("orderflow.a.b.0123456789abcdef"),
+            Some(("a.b", "0123456789abcdef"))
+        );
+        assert_eq!(parse_processor_client_id("rdkafka"), None);
+        assert_eq!(parse_processor_client_id("orderflow.x.nothex"), None);
     }
 
     #[test]

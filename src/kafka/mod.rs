@@ -6,8 +6,9 @@ pub mod topics;
 pub mod transactions;
 
 pub use client::{
-    base_config, committed_reader_config, processor_consumer_config, request_producer_config,
-    restore_consumer_config, transactional_id, transactional_producer_config, ClientConfigError,
+    base_config, committed_reader_config, parse_processor_client_id, processor_client_id,
+    processor_consumer_config, request_producer_config, restore_consumer_config, transactional_id,
+    transactional_producer_config, ClientConfigError,
 };
 pub use topics::{TopicError, TopicStatus, Topics};
 pub use transactions::{classify, ErrorClass, OutgoingRecord, TxnError, TxnProducer};

@@ -39,8 +39,8 @@ use self::batch::{
 };
 use crate::config::Settings;
 use crate::kafka::{
-    processor_consumer_config, transactional_id, transactional_producer_config, ClientConfigError,
-    ErrorClass, TxnError, TxnProducer,
+    parse_processor_client_id, processor_consumer_config, transactional_id,
+    transactional_producer_config, ClientConfigError, ErrorClass, TxnError, TxnProducer,
 };
 use crate::machine::{Decider, Definition, OrderState, ParkingPolicy};
 use crate::state::restore::{spawn_restore, RestoreError, RestoreEvent};
@@ -62,6 +62,16 @@ pub enum ProcessorError {
         transactional_id: String,
         /// The failure.
         source: Box<TxnError>,
+    },
+    /// Other members of the group run another definition.
+    #[error("group {group} has members running another state-machine definition: {others}; this instance runs {ours}. Instances of one group must decide with the same rules: roll a definition change out to all instances at once (stop the group, then start it with the new definition), or use a new group")]
+    DefinitionMismatch {
+        /// The consumer group.
+        group: String,
+        /// Our definition's short hash.
+        ours: String,
+        /// The other members as `instance (hash)`.
+        others: String,
     },
     /// Restoring state failed.
     #[error("restore failed: {0}")]
@@ -276,9 +286,11 @@ impl Processor {
             topic: settings.topics.requests.clone(),
             events: Mutex::new(Vec::new()),
         };
-        let consumer: BaseConsumer<ProcessorContext> = processor_consumer_config(&settings)?
+        let hash = decider.definition().short_hash().to_string();
+        let consumer: BaseConsumer<ProcessorContext> = processor_consumer_config(&settings, &hash)?
             .create_with_context(context)
             .map_err(ProcessorError::Consumer)?;
+        check_group_definition(&consumer, &settings, &hash)?;
         consumer
             .subscribe(&[&settings.topics.requests])
             .map_err(ProcessorError::Consumer)?;
@@ -627,6 +639,36 @@ impl Processor {
             self.producer.send_offsets(&offsets, &group)?;
         }
         self.producer.commit()
+    }
+}
+
+/// Refuses to join a group whose other members decide with another definition (their consumer
+/// client ids carry their definition's short hash). An earlier incarnation of this same instance
+/// may still be listed until its session times out; it does not count.
+fn check_group_definition(
+    consumer: &BaseConsumer<ProcessorContext>,
+    settings: &Settings,
+    ours: &str,
+) -> Result<(), ProcessorError> {
+    let groups = consumer
+        .fetch_group_list(Some(&settings.kafka.group_id), Duration::from_secs(15))
+        .map_err(ProcessorError::Consumer)?;
+    let others: Vec<String> = groups
+        .groups()
+        .iter()
+        .flat_map(|g| g.members())
+        .filter_map(|m| parse_processor_client_id(m.client_id()))
+        .filter(|(instance, hash)| *hash != ours && *instance != settings.instance_id)
+        .map(|(instance, hash)| format!("{instance} ({hash})"))
+        .collect();
+    if others.is_empty() {
+        Ok(())
+    } else {
+        Err(ProcessorError::DefinitionMismatch {
+            group: settings.kafka.group_id.clone(),
+            ours: ours.to_string(),
+            others: others.join(", "),
+        })
     }
 }
 

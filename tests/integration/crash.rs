@@ -43,7 +43,14 @@ pub fn spawn_binary(settings: &Settings, failpoint: Option<&str>) -> Child {
             "ORDERFLOW_PROCESSOR__SESSION_TIMEOUT_MS",
             settings.processor.session_timeout_ms.to_string(),
         )
-        .env("RUST_LOG", "warn")
+        .env(
+            "ORDERFLOW_PROCESSOR__PARKING_MAX_WAIT_MS",
+            settings.processor.parking_max_wait_ms.to_string(),
+        )
+        .env(
+            "RUST_LOG",
+            std::env::var("ORDERFLOW_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     match failpoint {

@@ -8,6 +8,7 @@ mod support;
 mod crash;
 mod java_avro;
 mod java_partitioning;
+mod lifecycle;
 mod processor;
 mod round_trip;
 mod topics;

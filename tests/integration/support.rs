@@ -91,13 +91,21 @@ pub struct RunningProcessor {
 }
 
 impl RunningProcessor {
-    /// Starts a processor for `settings`.
+    /// Starts a processor for `settings` with the shipped definition.
     pub fn start(settings: &Settings) -> RunningProcessor {
+        RunningProcessor::start_with(settings, definition())
+    }
+
+    /// Starts a processor for `settings` with `definition`.
+    pub fn start_with(
+        settings: &Settings,
+        definition: std::sync::Arc<orderflow::machine::Definition>,
+    ) -> RunningProcessor {
         let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let settings = std::sync::Arc::new(settings.clone());
         let flag = std::sync::Arc::clone(&shutdown);
         let handle = std::thread::spawn(move || {
-            orderflow::processor::Processor::new(settings, definition())
+            orderflow::processor::Processor::new(settings, definition)
                 .and_then(|p| p.run(&flag))
                 .map_err(|e| e.to_string())
         });
