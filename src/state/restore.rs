@@ -77,6 +77,29 @@ pub enum RestoreEvent {
     Failed(RestoreError),
 }
 
+/// The end offset of a partition (with read_committed: the last stable offset). Retries for up to
+/// a minute while leadership is unknown or moving (e.g. right after a topic was created or while a
+/// broker restarts).
+pub fn end_offset<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok((_, high)) => return Ok(high),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, topic, partition, "end offset not known yet; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Restores `partitions` of the state topic on the calling thread, reporting each partition as
 /// soon as it is complete. Stops early when `cancel` is set.
 pub fn restore_partitions(
@@ -103,10 +126,7 @@ pub fn restore_partitions(
     let mut caches: HashMap<i32, (PartitionCache, u64)> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for &partition in partitions {
-        // With read_committed this is the last stable offset.
-        let (_low, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(30))
-            .map_err(kafka(partition))?;
+        let high = end_offset(&consumer, topic, partition).map_err(kafka(partition))?;
         ends.insert(partition, high);
         caches.insert(partition, (PartitionCache::new(), 0));
         tpl.add_partition_offset(topic, partition, Offset::Beginning)

@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::kafka::{committed_reader_config, request_producer_config};
 use crate::machine::TransitionRequest;
 use crate::processor::batch::dlq_headers;
+use crate::state::restore::end_offset;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -68,60 +69,36 @@ fn steps(run: &str, orders: u32) -> Vec<Step> {
             steps.push(request_step(&format!("{order}: {t}"), &order, t, None).0);
         }
     }
-    let order = format!("demo-{run}-x");
-    let (create, create_request) =
-        request_step(&format!("{order}: create"), &order, "create", None);
+    let x = format!("demo-{run}-x");
+    let (create, create_request) = request_step(&format!("{x}: create"), &x, "create", None);
     steps.push(create);
     steps.push(step_of(
-        &format!("{order}: create again (same request id: a redelivery)"),
+        &format!("{x}: create again (same request id: a redelivery)"),
         &create_request,
     ));
-    steps.push(
-        request_step(
-            &format!("{order}: ship before confirm"),
-            &order,
-            "ship",
-            None,
-        )
-        .0,
+    let mut add = |label: &str, order: &str, transition: &str, expected: Option<u64>| {
+        steps.push(request_step(&format!("{order}: {label}"), order, transition, expected).0);
+    };
+    add(
+        "ship before confirm (waits until confirmed)",
+        &x,
+        "ship",
+        None,
     );
-    steps.push(
-        request_step(
-            &format!("{order}: confirm expecting version 7"),
-            &order,
-            "confirm",
-            Some(7),
-        )
-        .0,
-    );
-    steps.push(
-        request_step(
-            &format!("{order}: confirm expecting version 1"),
-            &order,
-            "confirm",
-            Some(1),
-        )
-        .0,
-    );
-    steps.push(request_step(&format!("{order}: teleport"), &order, "teleport", None).0);
-    steps.push(request_step(&format!("{order}: cancel"), &order, "cancel", None).0);
-    steps.push(
-        request_step(
-            &format!("{order}: ship a cancelled order"),
-            &order,
-            "ship",
-            None,
-        )
-        .0,
-    );
-    steps.push(
-        request_step(
-            &format!("demo-{run}-nobody: confirm an order that does not exist"),
-            &format!("demo-{run}-nobody"),
-            "confirm",
-            None,
-        )
-        .0,
+    add("confirm expecting version 7", &x, "confirm", Some(7));
+    add("confirm expecting version 1", &x, "confirm", Some(1));
+    add("teleport", &x, "teleport", None);
+    add("cancel after shipping", &x, "cancel", None);
+    let c = format!("demo-{run}-c");
+    add("create", &c, "create", None);
+    add("cancel", &c, "cancel", None);
+    add("ship a cancelled order", &c, "ship", None);
+    let nobody = format!("demo-{run}-nobody");
+    add(
+        "confirm an order that does not exist",
+        &nobody,
+        "confirm",
+        None,
     );
     steps.push(Step {
         label: format!("demo-{run}-poison: JSON instead of Avro (poison)"),
@@ -157,10 +134,8 @@ pub async fn run(settings: &Settings, orders: u32, wait: Duration) -> anyhow::Re
     let mut tpl = TopicPartitionList::new();
     for topic in [&topics.accepted, &topics.rejected, &topics.dead_letters] {
         for partition in 0..topics.partitions {
-            let (_, high) = tokio::task::block_in_place(|| {
-                reader.fetch_watermarks(topic, partition, Duration::from_secs(10))
-            })
-            .with_context(|| format!("reading the end of {topic}"))?;
+            let high = tokio::task::block_in_place(|| end_offset(&reader, topic, partition))
+                .with_context(|| format!("reading the end of {topic}"))?;
             tpl.add_partition_offset(topic, partition, Offset::Offset(high))?;
         }
     }
