@@ -126,7 +126,7 @@ pub enum DefinitionError {
         source: std::io::Error,
     },
     /// The file was read but is not a valid definition; every problem found is listed.
-    #[error("{file}: {} problem!(s) in the state-machine definition:\n{}", problems.len(), render_problems(problems))]
+    #[error("{file}: {} problem(s) in the state-machine definition:\n{}", problems.len(), render_problems(problems))]
     Invalid {
         /// The file (or label) the definition came from.
         file: String,
@@ -752,6 +752,19 @@ to = "Closed"
     }
 
     #[test]
+    fn the_error_message_lists_every_problem_with_the_file() {
+        let text = format!(
+            "{TINY}\n[[transitions]]\nname = \"close\"\nfrom = [\"Open\"]\nto = \"Nowhere\"\n"
+        );
+        let err = Definition::parse(&text, "shop.toml").unwrap_err();
+        let message = err.to_string();
+        assert!(message.starts_with("shop.toml: 2 problem(s)"), "{message}");
+        for problem in err.problems() {
+            assert!(message.contains(&format!("  - {problem}")), "{message}");
+        }
+    }
+
+    #[test]
     fn a_duplicate_transition_name_is_a_problem() {
         let text = format!(
             "{TINY}\n[[transitions]]\nname = \"close\"\nfrom = [\"Open\"]\nto = \"Closed\"\n"
@@ -830,6 +843,8 @@ to = "Closed"
             Some(Duration::from_secs(30 * 86_400))
         );
         assert_eq!(parse_duration("90m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("12h"), Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("45s"), Some(Duration::from_secs(45)));
         assert_eq!(parse_duration("0s"), None);
         assert_eq!(parse_duration("5w"), None);
         assert_eq!(parse_duration("d"), None);

@@ -597,6 +597,29 @@ fn a_full_parking_slot_rejects_with_its_own_reason() {
 }
 
 #[test]
+fn parking_rejections_and_expiries_are_remembered_within_the_window() {
+    let definition = Definition::parse(LIFECYCLE, "t").unwrap();
+    let d = Decider::new(Arc::new(definition), 3).with_parking(ParkingPolicy {
+        max_per_order: 1,
+        max_wait_ms: 10,
+    });
+    assert_eq!(d.recent_window(), 3);
+    let pending = order_through(&d, &["create"]);
+    let parked = put(&d.decide_input(Some(&pending), &request("ship"), origin(1), 0));
+    let full = put(&d.decide_input(Some(&parked), &request("deliver"), origin(2), 0));
+    let expired = put(&d.expire(&full, 10));
+    let kinds: Vec<RecordedOutcome> = expired.recent.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            RecordedOutcome::Accepted,
+            RecordedOutcome::Rejected(RejectCode::ParkingFull),
+            RecordedOutcome::Rejected(RejectCode::Expired),
+        ]
+    );
+}
+
+#[test]
 fn parking_can_be_turned_off() {
     let d = parking_decider(0);
     let pending = order_through(&d, &["create"]);
