@@ -296,3 +296,78 @@ async fn a_second_processor_takes_over_partitions_with_their_restored_state() {
         .all(|r| r.version == 3 && r.from_state.as_deref() == Some("Confirmed")));
     assert_eq!(outcomes.len(), 120, "no input decided twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_is_processed_while_another_is_still_restoring_a_large_state() {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let settings = processor_settings(2, &unique("i"));
+    create_topics(&settings).await;
+
+    // 300k orders of state in partition 0 of the state topic, none in partition 1.
+    let definition = crate::support::definition();
+    let producer: FutureProducer = orderflow::kafka::base_config(&settings.kafka, "preload")
+        .unwrap()
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let state = orderflow::machine::OrderState {
+        state: definition.state_id("Confirmed").unwrap(),
+        version: 2,
+        created_at_ms: 1,
+        updated_at_ms: 2,
+        recent: vec![],
+        parked: vec![],
+    };
+    let mut futures = Vec::new();
+    for n in 0..300_000 {
+        let order = format!("preloaded-{n}");
+        let mut value = Vec::new();
+        orderflow::codec::encode_order_state(&definition, &order, &state, &mut value);
+        futures.push(
+            producer
+                .send_result(
+                    FutureRecord::to(&settings.topics.state)
+                        .partition(0)
+                        .key(&order)
+                        .payload(&value),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap(),
+        );
+    }
+    for f in futures {
+        f.await.unwrap().unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let processor = RunningProcessor::start(&settings);
+    let orders: Vec<_> = (0..12)
+        .map(|n| request(&format!("{}-{n}", unique("o")), "create"))
+        .collect();
+    let positions = produce(&settings, &orders).await;
+    assert!(positions.iter().any(|(p, _)| *p == 0) && positions.iter().any(|(p, _)| *p == 1));
+    let outcomes = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 12, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    processor.stop();
+    assert_eq!(outcomes.accepted.len(), 12);
+    let decided = |partition: i32| -> Vec<i64> {
+        outcomes
+            .accepted
+            .iter()
+            .filter(|r| r.input.partition == partition)
+            .map(|r| r.decided_at_ms)
+            .collect()
+    };
+    let last_of_1 = decided(1).into_iter().max().unwrap();
+    let first_of_0 = decided(0).into_iter().min().unwrap();
+    assert!(
+        last_of_1 < first_of_0,
+        "partition 1 was decided ({last_of_1}) before partition 0 finished restoring ({first_of_0})"
+    );
+}
