@@ -765,6 +765,27 @@ to = "Closed"
     }
 
     #[test]
+    fn names_must_be_short_words() {
+        for bad in ["Out For Delivery", "", "ünïcode", &"x".repeat(65)] {
+            let text = TINY
+                .replace("name = \"Closed\"", &format!("name = \"{bad}\""))
+                .replace("to = \"Closed\"", &format!("to = \"{bad}\""));
+            let m = messages(&text);
+            assert!(m.contains("invalid state name"), "{bad:?}: {m}");
+        }
+        assert!(
+            messages(&TINY.replace("name = \"close\"", "name = \"close it\""))
+                .contains("invalid transition name")
+        );
+        for good in ["Out-For_Delivery2", &"x".repeat(64)] {
+            let text = TINY
+                .replace("name = \"Closed\"", &format!("name = \"{good}\""))
+                .replace("to = \"Closed\"", &format!("to = \"{good}\""));
+            assert!(problems_of(&text).is_empty(), "{good:?}");
+        }
+    }
+
+    #[test]
     fn a_duplicate_transition_name_is_a_problem() {
         let text = format!(
             "{TINY}\n[[transitions]]\nname = \"close\"\nfrom = [\"Open\"]\nto = \"Closed\"\n"
