@@ -195,3 +195,45 @@ async fn a_processor_refuses_to_join_a_group_running_another_definition() {
         "names the other member: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_follows_the_processors_clock_not_the_tests_patience() {
+    let settings = processor_settings(1, &unique("i"));
+    create_topics(&settings).await;
+    let clock = Arc::new(crate::support::ManualClock::at(1_800_000_000_000));
+    let processor =
+        RunningProcessor::start_with_clock(&settings, crate::support::definition(), clock.clone());
+    let order = unique("order");
+    produce(
+        &settings,
+        &[request(&order, "create"), request(&order, "ship")],
+    )
+    .await;
+    let created = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 1, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(created.accepted.len(), 1);
+    assert_eq!(
+        created.accepted[0].decided_at_ms, 1_800_000_000_000,
+        "decisions use the processor's clock"
+    );
+
+    // Ten minutes (the default parking wait) pass in an instant.
+    clock.advance(settings.processor.parking_max_wait_ms as i64);
+    let outcomes = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 2, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    processor.stop();
+    assert_eq!(outcomes.rejected.len(), 1);
+    assert_eq!(outcomes.rejected[0].reason, RejectCode::Expired);
+    assert_eq!(
+        outcomes.rejected[0].decided_at_ms,
+        1_800_000_000_000 + 600_000
+    );
+}

@@ -101,11 +101,24 @@ impl RunningProcessor {
         settings: &Settings,
         definition: std::sync::Arc<orderflow::machine::Definition>,
     ) -> RunningProcessor {
+        RunningProcessor::start_with_clock(
+            settings,
+            definition,
+            std::sync::Arc::new(orderflow::processor::SystemClock),
+        )
+    }
+
+    /// Starts a processor for `settings` with `definition`, deciding on `clock`'s time.
+    pub fn start_with_clock(
+        settings: &Settings,
+        definition: std::sync::Arc<orderflow::machine::Definition>,
+        clock: std::sync::Arc<dyn orderflow::processor::Clock>,
+    ) -> RunningProcessor {
         let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let settings = std::sync::Arc::new(settings.clone());
         let flag = std::sync::Arc::clone(&shutdown);
         let handle = std::thread::spawn(move || {
-            orderflow::processor::Processor::new(settings, definition)
+            orderflow::processor::Processor::with_clock(settings, definition, clock)
                 .and_then(|p| p.run(&flag))
                 .map_err(|e| e.to_string())
         });
@@ -328,5 +341,27 @@ pub fn wait_for_outcomes(settings: &Settings, expected: usize, timeout: Duration
             return outcomes;
         }
         std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    /// A clock showing `now_ms`.
+    pub fn at(now_ms: i64) -> ManualClock {
+        ManualClock(std::sync::atomic::AtomicI64::new(now_ms))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl orderflow::processor::Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
