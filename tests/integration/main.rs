@@ -9,6 +9,7 @@ mod crash;
 mod java_avro;
 mod java_partitioning;
 mod lifecycle;
+mod outage;
 mod processor;
 mod round_trip;
 mod topics;
