@@ -5,7 +5,7 @@ BIN := target/release/orderflow
 KAFKA := deploy/local/kafka.sh
 
 
-.PHONY: run serve test lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
+.PHONY: run serve test bench-core lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
 
 ## run: local broker (127.0.0.1:9092), topics, the processor, and a demo load with its outcomes
 run: build
@@ -18,6 +18,11 @@ serve: build
 ## test: start a test broker (127.0.0.1:19092), run unit + integration tests, stop it
 test:
 	bash deploy/local/test.sh
+
+## bench-core: criterion micro-benchmarks of decide and the codec, written to docs/benchmarks.md
+bench-core:
+	$(CARGO) bench --bench core
+	python3 bench/core_report.py
 
 ## lint: formatting and clippy with warnings as errors
 lint:

@@ -122,7 +122,11 @@ fn benches(c: &mut Criterion) {
         b.iter(|| reader.read_value(&mut Cursor::new(black_box(body))))
     });
     c.bench_function("state/encode_apache_avro_generic", |b| {
-        b.iter(|| writer.write_value_to_vec(black_box(value.clone())))
+        let mut buf = Vec::with_capacity(1024);
+        b.iter(|| {
+            buf.clear();
+            writer.write_value_ref(&mut buf, black_box(&value))
+        })
     });
 }
 

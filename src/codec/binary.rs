@@ -183,6 +183,17 @@ impl<'a> AvroReader<'a> {
         }
     }
 
+    /// An Avro `string` or `bytes` as raw bytes, borrowed from the input (no UTF-8 check: for
+    /// comparing against known names).
+    pub fn raw(&mut self, field: &'static str) -> Result<&'a [u8], CodecError> {
+        let len = self.long(field)?;
+        let len = usize::try_from(len).map_err(|_| CodecError::Corrupt {
+            field,
+            problem: format!("negative length {len}"),
+        })?;
+        self.take(len, field)
+    }
+
     /// An Avro `string`, borrowed from the input.
     pub fn str(&mut self, field: &'static str) -> Result<&'a str, CodecError> {
         let len = self.long(field)?;

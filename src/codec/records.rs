@@ -309,20 +309,20 @@ pub fn decode_order_state(
 ) -> Result<(String, OrderState), CodecError> {
     let body = body_of(RecordKind::OrderState, value)?;
     let mut r = AvroReader::new(&body);
-    let state_id = |name: &str| {
+    let state_id = |name: &[u8]| {
         definition
-            .state_id(name)
+            .state_id_bytes(name)
             .ok_or_else(|| CodecError::UnknownState {
-                name: name.to_string(),
+                name: String::from_utf8_lossy(name).into_owned(),
             })
     };
     let order_id = r.string("order_id")?;
-    let state = state_id(r.str("state")?)?;
+    let state = state_id(r.raw("state")?)?;
     let version = r.unsigned("version")?;
     let created_at_ms = r.long("created_at")?;
     let updated_at_ms = r.long("updated_at")?;
-    r.str("definition_hash")?;
-    let mut recent = Vec::new();
+    r.raw("definition_hash")?;
+    let mut recent = Vec::with_capacity(crate::machine::DEFAULT_RECENT_WINDOW);
     r.blocks("recent_requests", |r| {
         let request_id = read_uuid(r, "recent_requests.request_id")?;
         let outcome = match r.enum_index("recent_requests.outcome", RECORDED_OUTCOMES)? {
@@ -332,8 +332,8 @@ pub fn decode_order_state(
         recent.push(RecentRequest {
             request_id,
             outcome,
-            from: state_id(r.str("recent_requests.from")?)?,
-            to: state_id(r.str("recent_requests.to")?)?,
+            from: state_id(r.raw("recent_requests.from")?)?,
+            to: state_id(r.raw("recent_requests.to")?)?,
             version: r.unsigned("recent_requests.version")?,
         });
         Ok(())

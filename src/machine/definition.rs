@@ -267,6 +267,21 @@ impl Definition {
         self.state_by_name.get(name).copied()
     }
 
+    /// Looks a state up by its name's bytes; the hot path of decoding state records, so small
+    /// definitions are scanned (faster than hashing) and large ones hashed.
+    pub fn state_id_bytes(&self, name: &[u8]) -> Option<StateId> {
+        if self.states.len() <= 32 {
+            self.states
+                .iter()
+                .position(|s| s.name.as_bytes() == name)
+                .map(|i| StateId(i as u16))
+        } else {
+            std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| self.state_id(n))
+        }
+    }
+
     /// Looks a transition up by name.
     pub fn transition_id(&self, name: &str) -> Option<TransitionId> {
         self.transition_by_name.get(name).copied()
@@ -677,6 +692,26 @@ to = "Closed"
         ] {
             assert!(d.transition_id(t).is_some(), "{t} missing");
         }
+    }
+
+    #[test]
+    fn states_are_found_by_the_bytes_of_their_names() {
+        let d = Definition::parse(LIFECYCLE, "t").unwrap();
+        for state in d.states() {
+            assert_eq!(
+                d.state_id_bytes(state.name.as_bytes()),
+                d.state_id(&state.name)
+            );
+        }
+        assert_eq!(d.state_id_bytes(b"Pend"), None);
+        assert_eq!(d.state_id_bytes(b"\xff"), None);
+        let many: String = (0..40)
+            .map(|i| format!("[[states]]\nname = \"S{i}\"\nterminal = true\n[[transitions]]\nname = \"to{i}\"\nfrom = [\"Open\"]\nto = \"S{i}\"\n"))
+            .collect();
+        let big = Definition::parse(&format!("{TINY}\n{many}"), "big").unwrap();
+        assert!(big.states().len() > 32);
+        assert_eq!(big.state_id_bytes(b"S39"), big.state_id("S39"));
+        assert_eq!(big.state_id_bytes(b"S40"), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod support;
 mod crash;
 mod java_avro;
 mod java_partitioning;
+mod kafka_script;
 mod lifecycle;
 mod outage;
 mod processor;

@@ -1,0 +1,47 @@
+//! deploy/local/kafka.sh refuses clearly when its port is taken by something else.
+
+use std::net::TcpListener;
+use std::process::Command;
+
+#[test]
+fn a_port_taken_by_another_program_is_refused_with_the_cause_and_the_fix() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/local/kafka.sh"
+    ))
+    .arg("up")
+    .env("KAFKA_PORT", port.to_string())
+    .env("KAFKA_DATA_DIR", dir.path())
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("port {port} is taken")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("KAFKA_PORT="), "names the fix: {stderr}");
+    assert!(
+        !dir.path().join("broker.pid").exists(),
+        "nothing was started"
+    );
+}
+
+#[test]
+fn status_of_a_broker_that_is_not_running_says_so_with_its_own_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/local/kafka.sh"
+    ))
+    .arg("status")
+    .env("KAFKA_PORT", "1")
+    .env("KAFKA_DATA_DIR", dir.path())
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("stopped"));
+}
