@@ -289,9 +289,8 @@ pub fn read_to_end(settings: &Settings, topic: &str, isolation: &str) -> Vec<Own
     let mut tpl = TopicPartitionList::new();
     let mut pending = std::collections::HashSet::new();
     for p in 0..settings.topics.partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
+        let high = orderflow::state::restore::end_offset(&consumer, topic, p)
+            .unwrap_or_else(|e| panic!("end offset of {topic}/{p}: {e}"));
         if high > 0 {
             pending.insert(p);
             tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
