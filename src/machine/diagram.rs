@@ -147,6 +147,22 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_diagram_is_the_generated_one() {
+        let readme = include_str!("../../README.md");
+        let start = "<!-- generated: orderflow machine draw machines/order-lifecycle.toml -->\n```mermaid\n";
+        let begin = readme
+            .find(start)
+            .expect("README has the generated diagram")
+            + start.len();
+        let end = begin + readme[begin..].find("```").expect("closed code block");
+        assert_eq!(
+            &readme[begin..end],
+            mermaid(&lifecycle()),
+            "regenerate it: orderflow machine draw machines/order-lifecycle.toml"
+        );
+    }
+
+    #[test]
     fn dot_is_a_digraph_with_dashed_parkable_edges() {
         let text = dot(&lifecycle());
         assert!(text.starts_with("digraph \"order-lifecycle\" {"));

@@ -777,3 +777,10 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn per_order_memory_is_what_docs_state_machine_md_says() {
+    // docs/state-machine.md, "Memory per cached order", quotes these sizes.
+    assert_eq!(std::mem::size_of::<OrderState>(), 80);
+    assert_eq!(std::mem::size_of::<RecentRequest>(), 32);
+}
