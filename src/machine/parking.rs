@@ -249,12 +249,12 @@ impl Decider {
             .map(|d| state.updated_at_ms.saturating_add(d.as_millis() as i64))
     }
 
-    /// The earliest time [`Decider::expire`] has something to do for this order.
+    /// The earliest time [`Decider::expire`] has something to do for this order: the first parked
+    /// deadline while requests are parked (retention waits for them), else the end of retention.
     pub fn next_deadline(&self, state: &OrderState) -> Option<i64> {
-        let parked = state.parked.iter().map(|p| p.deadline_ms).min();
-        match (parked, self.retention_deadline(state)) {
-            (Some(p), Some(r)) => Some(p.min(r)),
-            (p, r) => p.or(r),
+        match state.parked.iter().map(|p| p.deadline_ms).min() {
+            Some(parked) => Some(parked),
+            None => self.retention_deadline(state),
         }
     }
 }

@@ -720,6 +720,9 @@ fn an_order_with_parked_requests_is_not_forgotten_before_they_are_answered() {
     });
     let step = d.expire(&with_parked, delivered.updated_at_ms + 31 * 86_400_000);
     assert_ne!(step.change, StateChange::Delete);
+    // Its next deadline is the parked request's, not the (earlier) end of retention, so the
+    // processor comes back when there is something to do.
+    assert_eq!(d.next_deadline(&with_parked), Some(i64::MAX));
 }
 
 proptest! {
