@@ -180,11 +180,15 @@ pub fn restore_partitions(
         return Ok(());
     }
     consumer.assign(&tpl).map_err(kafka(-1))?;
+    let mut polls: u64 = 0;
     while !pending.is_empty() {
         if cancel.load(Ordering::Relaxed) {
             return Ok(());
         }
-        match consumer.poll(Duration::from_millis(100)) {
+        polls += 1;
+        let polled = consumer.poll(Duration::from_millis(100));
+        let idle = polled.is_none();
+        match polled {
             None => {}
             Some(Err(KafkaError::PartitionEOF(partition))) if pending.remove(&partition) => {
                 finish(partition, &mut caches);
@@ -222,6 +226,10 @@ pub fn restore_partitions(
             }
         }
         // End offsets are compared with positions, not counts: markers are never delivered.
+        // Asking for positions allocates, so only when idle or every few thousand records.
+        if !(idle || polls % 4096 == 0) {
+            continue;
+        }
         if let Ok(positions) = consumer.position() {
             for element in positions.elements() {
                 let partition = element.partition();
