@@ -868,8 +868,56 @@ to = "Closed"
 
     #[test]
     fn a_machine_without_terminal_states_is_refused() {
-        let m = messages(&TINY.replace("terminal = true", ""));
-        assert!(m.contains("no terminal state"), "{m}");
+        let p = problems_of(&TINY.replace("terminal = true", ""));
+        assert!(
+            p.iter()
+                .any(|p| p.item == "states" && p.message == "no terminal state"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_machine_without_states_says_so_and_nothing_about_terminals() {
+        let p = problems_of(
+            "name = \"x\"\nversion = 1\n[[transitions]]\nname = \"c\"\ncreate = true\nto = \"A\"\n",
+        );
+        assert!(
+            p.iter().any(|p| p.message == "no states are defined"),
+            "{p:?}"
+        );
+        assert!(!p.iter().any(|p| p.message == "no terminal state"), "{p:?}");
+    }
+
+    #[test]
+    fn a_source_listed_twice_is_a_problem() {
+        let m = messages(&TINY.replace("from = [\"Open\"]", "from = [\"Open\", \"Open\"]"));
+        assert!(m.contains("`from` lists \"Open\" twice"), "{m}");
+    }
+
+    /// `Open` plus `states - 1` terminal states, each reached from `Open`; `states` transitions.
+    fn fan_out(states: usize) -> String {
+        let mut text = String::from("name = \"fan\"\nversion = 1\n[[states]]\nname = \"Open\"\n[[transitions]]\nname = \"open\"\ncreate = true\nto = \"Open\"\n");
+        for i in 1..states {
+            text.push_str(&format!("[[states]]\nname = \"S{i}\"\nterminal = true\n[[transitions]]\nname = \"t{i}\"\nfrom = [\"Open\"]\nto = \"S{i}\"\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn definitions_may_have_up_to_max_items_states_and_transitions() {
+        let at_limit = Definition::parse(&fan_out(MAX_ITEMS), "fan").expect("valid at the limit");
+        assert_eq!(at_limit.states().len(), MAX_ITEMS);
+        assert_eq!(at_limit.transitions().len(), MAX_ITEMS);
+        let m = messages(&fan_out(MAX_ITEMS + 1));
+        assert!(
+            m.contains(&format!("more than {MAX_ITEMS} states or transitions")),
+            "{m}"
+        );
+        let extra_transition = format!(
+            "{}[[transitions]]\nname = \"again\"\nfrom = [\"Open\"]\nto = \"S1\"\n",
+            fan_out(MAX_ITEMS)
+        );
+        assert!(messages(&extra_transition).contains("more than"));
     }
 
     #[test]

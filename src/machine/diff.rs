@@ -122,7 +122,11 @@ pub fn diff(old: &Definition, new: &Definition) -> DiffReport {
             continue;
         };
         let new_t = new.transition(new_id);
-        let old_sources = old.source_names(old.transition_id(&transition.name).unwrap_or(new_id));
+        let old_sources: Vec<String> = transition
+            .from
+            .iter()
+            .map(|s| old.state(*s).name.clone())
+            .collect();
         let new_sources = new.source_names(new_id);
         let lost: Vec<&String> = old_sources
             .iter()
