@@ -147,6 +147,13 @@ mod tests {
     }
 
     #[test]
+    fn draw_picks_the_format_asked_for() {
+        let d = lifecycle();
+        assert_eq!(draw(&d, DiagramFormat::Mermaid), mermaid(&d));
+        assert_eq!(draw(&d, DiagramFormat::Dot), dot(&d));
+    }
+
+    #[test]
     fn the_readme_diagram_is_the_generated_one() {
         let readme = include_str!("../../README.md");
         let start = "<!-- generated: orderflow machine draw machines/order-lifecycle.toml -->\n```mermaid\n";

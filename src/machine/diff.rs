@@ -257,6 +257,23 @@ mod tests {
     }
 
     #[test]
+    fn an_added_state_is_a_note_naming_it() {
+        let new = format!(
+            "{}\n[[states]]\nname = \"OnHold\"\n[[transitions]]\nname = \"hold\"\nfrom = [\"Confirmed\"]\nto = \"OnHold\"\n[[transitions]]\nname = \"drop\"\nfrom = [\"OnHold\"]\nto = \"Cancelled\"\n",
+            bumped(LIFECYCLE)
+        );
+        let report = diff(&parse(LIFECYCLE), &parse(&new));
+        assert!(report.is_safe(), "{:?}", report.findings);
+        let added: Vec<&str> = report
+            .findings
+            .iter()
+            .filter(|f| f.message.starts_with("state "))
+            .map(|f| f.message.as_str())
+            .collect();
+        assert_eq!(added, vec!["state \"OnHold\" is added"]);
+    }
+
+    #[test]
     fn a_shorter_retention_is_reported() {
         let new = bumped(LIFECYCLE).replace("expires_after = \"30d\"", "expires_after = \"14d\"");
         let report = diff(&parse(LIFECYCLE), &parse(&new));
