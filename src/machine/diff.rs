@@ -274,6 +274,37 @@ mod tests {
     }
 
     #[test]
+    fn findings_print_their_severity_first() {
+        let new = bumped(LIFECYCLE).replace("\"Shipped\"", "\"InTransit\"");
+        let report = diff(&parse(LIFECYCLE), &parse(&new));
+        let printed: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
+        assert!(
+            printed[0].starts_with("UNSAFE: state \"Shipped\""),
+            "{printed:?}"
+        );
+        assert!(
+            printed
+                .iter()
+                .any(|p| p.starts_with("note: state \"InTransit\" is added")),
+            "{printed:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_retention_is_reported() {
+        let new = bumped(LIFECYCLE).replace(
+            "[[states]]\nname = \"Shipped\"\n",
+            "[[states]]\nname = \"Shipped\"\nexpires_after = \"90d\"\n",
+        );
+        let report = diff(&parse(LIFECYCLE), &parse(&new));
+        assert!(report.is_safe());
+        assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+        assert!(report.findings[0]
+            .message
+            .contains("\"Shipped\" now expires after 90d"));
+    }
+
+    #[test]
     fn a_shorter_retention_is_reported() {
         let new = bumped(LIFECYCLE).replace("expires_after = \"30d\"", "expires_after = \"14d\"");
         let report = diff(&parse(LIFECYCLE), &parse(&new));
