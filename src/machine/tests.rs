@@ -625,7 +625,17 @@ fn parking_can_be_turned_off() {
     let pending = order_through(&d, &["create"]);
     let step = d.decide_input(Some(&pending), &request("ship"), origin(1), 0);
     assert_eq!(step.answers.len(), 1);
-    assert!(!step.answers[0].outcome.is_accepted());
+    assert!(
+        matches!(
+            step.answers[0].outcome,
+            Outcome::Rejected {
+                reason: Rejection::InvalidTransition { .. },
+                ..
+            }
+        ),
+        "{:?}",
+        step.answers[0].outcome
+    );
 }
 
 #[test]
