@@ -78,6 +78,24 @@ pub struct Settings {
     pub topics: TopicSettings,
     /// Batching, transactions and limits of the processor.
     pub processor: ProcessorSettings,
+    /// The ops HTTP server (metrics, health).
+    pub ops: OpsSettings,
+}
+
+/// The ops HTTP server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsSettings {
+    /// Address of `/metrics`, `/healthz` and `/readyz`. Default: `0.0.0.0:9400`.
+    pub listen: String,
+}
+
+impl Default for OpsSettings {
+    fn default() -> OpsSettings {
+        OpsSettings {
+            listen: "0.0.0.0:9400".into(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -88,6 +106,7 @@ impl Default for Settings {
             kafka: KafkaSettings::default(),
             topics: TopicSettings::default(),
             processor: ProcessorSettings::default(),
+            ops: OpsSettings::default(),
         }
     }
 }

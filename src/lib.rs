@@ -14,6 +14,7 @@ pub mod codec;
 pub mod config;
 pub mod kafka;
 pub mod machine;
+pub mod ops;
 pub mod processor;
 pub mod state;
 pub mod telemetry;

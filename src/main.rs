@@ -16,7 +16,8 @@ use orderflow::kafka::{TopicError, Topics};
 use orderflow::machine::diagram::{draw, DiagramFormat};
 use orderflow::machine::diff::diff;
 use orderflow::machine::Definition;
-use orderflow::processor::Processor;
+use orderflow::ops::{Health, Metrics, OpsState};
+use orderflow::processor::{Processor, SystemClock};
 use orderflow::{telemetry, tools};
 
 /// A failure and the exit code it maps to.
@@ -187,6 +188,28 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
         hash = definition.short_hash(),
         "definition loaded"
     );
+    let metrics = Metrics::new(&definition)?;
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(&settings.ops.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on ops.listen = {} (in use? set ORDERFLOW_OPS__LISTEN to another address)",
+                settings.ops.listen
+            )
+        })?;
+    tracing::info!(address = %settings.ops.listen, "ops server: /metrics /healthz /readyz");
+    let (ops_stop_tx, ops_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(orderflow::ops::serve(
+        listener,
+        OpsState {
+            metrics: metrics.clone(),
+            health: Arc::clone(&health),
+        },
+        async move {
+            let _ = ops_stop_rx.await;
+        },
+    ));
     let shutdown = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     {
@@ -195,7 +218,14 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
         std::thread::Builder::new()
             .name("orderflow-processor".into())
             .spawn(move || {
-                let result = Processor::new(settings, definition).and_then(|p| p.run(&shutdown));
+                let result = Processor::with_parts(
+                    settings,
+                    definition,
+                    Arc::new(SystemClock),
+                    metrics,
+                    health,
+                )
+                .and_then(|p| p.run(&shutdown));
                 let _ = done_tx.send(result);
             })?;
     }
@@ -213,6 +243,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
             }
         }
     };
+    let _ = ops_stop_tx.send(());
     match result {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
         Ok(Err(e)) => Err(e.into()),

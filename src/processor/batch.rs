@@ -101,6 +101,14 @@ pub struct BatchOutput {
     pub next_offsets: BTreeMap<i32, i64>,
     /// What happened.
     pub stats: BatchStats,
+    /// Accepted transitions by transition name (duplicates excluded).
+    pub accepted_by_transition: BTreeMap<String, u64>,
+    /// Rejections by reason (duplicates excluded).
+    pub rejected_by_reason: BTreeMap<crate::machine::RejectCode, u64>,
+    /// Dead letters by error kind.
+    pub dead_letters_by_kind: BTreeMap<&'static str, u64>,
+    /// For each request answered for the first time: decision time minus `requested_at` (ms).
+    pub decision_latencies_ms: Vec<i64>,
 }
 
 /// Why a record is a dead letter rather than a request.
@@ -184,6 +192,10 @@ pub fn decide_batch(
             Err(poison) => {
                 output.records.push(dead_letter(context, input, &poison));
                 output.stats.dead_letters += 1;
+                *output
+                    .dead_letters_by_kind
+                    .entry(poison.kind())
+                    .or_default() += 1;
                 continue;
             }
         };
@@ -271,13 +283,26 @@ fn emit_step(
         match &answer.outcome {
             Outcome::Accepted {
                 duplicate: false, ..
-            } => output.stats.accepted += 1,
+            } => {
+                output.stats.accepted += 1;
+                *output
+                    .accepted_by_transition
+                    .entry(answer.request.transition.clone())
+                    .or_default() += 1;
+                output
+                    .decision_latencies_ms
+                    .push(now_ms - answer.request.requested_at_ms);
+            }
             Outcome::Rejected {
                 duplicate: false,
                 reason,
                 ..
             } => {
                 output.stats.rejected += 1;
+                *output.rejected_by_reason.entry(reason.code()).or_default() += 1;
+                output
+                    .decision_latencies_ms
+                    .push(now_ms - answer.request.requested_at_ms);
                 if reason.code() == crate::machine::RejectCode::Expired {
                     output.stats.expired += 1;
                 }

@@ -43,6 +43,8 @@ use crate::kafka::{
     transactional_producer_config, ClientConfigError, ErrorClass, TxnError, TxnProducer,
 };
 use crate::machine::{Decider, Definition, OrderState, ParkingPolicy};
+use crate::ops::metrics::reason_label;
+use crate::ops::{Health, Metrics};
 use crate::state::restore::{spawn_restore, RestoreError, RestoreEvent};
 use crate::state::PartitionCache;
 
@@ -73,6 +75,9 @@ pub enum ProcessorError {
         /// The other members as `instance (hash)`.
         others: String,
     },
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
     /// Restoring state failed.
     #[error("restore failed: {0}")]
     Restore(#[from] RestoreError),
@@ -250,6 +255,9 @@ pub struct Processor {
     totals: Totals,
     clock: Arc<dyn Clock>,
     deadlines: DeadlineIndex,
+    metrics: Metrics,
+    health: Arc<Health>,
+    assigned_once: bool,
 }
 
 impl Processor {
@@ -259,7 +267,14 @@ impl Processor {
         settings: Arc<Settings>,
         definition: Arc<Definition>,
     ) -> Result<Processor, ProcessorError> {
-        Processor::with_clock(settings, definition, Arc::new(SystemClock))
+        let metrics = Metrics::new(&definition).map_err(ProcessorError::Metrics)?;
+        Processor::with_parts(
+            settings,
+            definition,
+            Arc::new(SystemClock),
+            metrics,
+            Arc::new(Health::default()),
+        )
     }
 
     /// Like [`Processor::new`], with the clock decisions and deadlines use (tests move time).
@@ -267,6 +282,24 @@ impl Processor {
         settings: Arc<Settings>,
         definition: Arc<Definition>,
         clock: Arc<dyn Clock>,
+    ) -> Result<Processor, ProcessorError> {
+        let metrics = Metrics::new(&definition).map_err(ProcessorError::Metrics)?;
+        Processor::with_parts(
+            settings,
+            definition,
+            clock,
+            metrics,
+            Arc::new(Health::default()),
+        )
+    }
+
+    /// A processor reporting to `metrics` and `health` (shared with the ops server).
+    pub fn with_parts(
+        settings: Arc<Settings>,
+        definition: Arc<Definition>,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+        health: Arc<Health>,
     ) -> Result<Processor, ProcessorError> {
         let decider = Decider::new(definition, settings.processor.recent_requests).with_parking(
             ParkingPolicy {
@@ -317,13 +350,37 @@ impl Processor {
             totals: Totals::default(),
             clock,
             deadlines: DeadlineIndex::default(),
+            metrics,
+            health,
+            assigned_once: false,
         })
     }
 
     /// Runs until `shutdown` is set (after finishing the batch in hand) or a fatal error.
-    pub fn run(mut self, shutdown: &AtomicBool) -> Result<(), ProcessorError> {
+    pub fn run(self, shutdown: &AtomicBool) -> Result<(), ProcessorError> {
+        let health = Arc::clone(&self.health);
+        let result = self.run_loop(shutdown);
+        if result.is_err() {
+            health.set_failed();
+        }
+        result
+    }
+
+    fn run_loop(mut self, shutdown: &AtomicBool) -> Result<(), ProcessorError> {
         let mut last_report = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
+            self.health.beat(SystemClock.now_ms());
+            self.health
+                .set_ready(self.assigned_once && self.restoring.is_empty());
+            self.metrics
+                .owned_partitions
+                .set((self.caches.len() + self.restoring.len()) as i64);
+            self.metrics
+                .restoring_partitions
+                .set(self.restoring.len() as i64);
+            self.metrics
+                .cached_orders
+                .set(self.caches.values().map(PartitionCache::len).sum::<usize>() as i64);
             self.handle_rebalance_events()?;
             self.handle_restore_events()?;
             self.fill_batch(shutdown)?;
@@ -371,6 +428,7 @@ impl Processor {
                     self.batch.retain(|r| !partitions.contains(&r.partition));
                 }
                 RebalanceEvent::Assigned(partitions) => {
+                    self.assigned_once = true;
                     let partitions: Vec<i32> = partitions
                         .into_iter()
                         .filter(|p| !self.caches.contains_key(p) && !self.restoring.contains_key(p))
@@ -408,6 +466,10 @@ impl Processor {
                         continue;
                     }
                     self.restoring.remove(&restored.partition);
+                    self.metrics.restored_records.inc_by(restored.records);
+                    self.metrics
+                        .restore_seconds
+                        .observe(restored.elapsed.as_secs_f64());
                     tracing::info!(
                         partition = restored.partition,
                         orders = restored.cache.len(),
@@ -526,7 +588,7 @@ impl Processor {
             }
             return Ok(());
         }
-        if self.run_transaction(output)? {
+        if self.run_transaction(output, 0)? {
             Ok(())
         } else {
             // Aborted: the orders stay due and are tried again on the next pass.
@@ -544,7 +606,8 @@ impl Processor {
             group_id: &self.settings.kafka.group_id,
         };
         let output = decide_batch(&context, &self.caches, &self.batch, self.clock.now_ms());
-        if !self.run_transaction(output)? {
+        let inputs = self.batch.len();
+        if !self.run_transaction(output, inputs)? {
             let mut first: BTreeMap<i32, i64> = BTreeMap::new();
             for record in &self.batch {
                 first.entry(record.partition).or_insert(record.offset);
@@ -557,11 +620,16 @@ impl Processor {
 
     /// Writes an output in one transaction and, once committed, applies its state changes.
     /// Returns false when the transaction was aborted (the caller redoes the work).
-    fn run_transaction(&mut self, output: BatchOutput) -> Result<bool, ProcessorError> {
+    fn run_transaction(
+        &mut self,
+        output: BatchOutput,
+        inputs: usize,
+    ) -> Result<bool, ProcessorError> {
         let batch_number = self.totals.batches + 1;
         let started = Instant::now();
         match self.transaction(&output, batch_number) {
             Ok(()) => {
+                self.record_metrics(&output, inputs, started.elapsed());
                 for (partition, order_id, state) in output.changes {
                     let deadline = state
                         .as_ref()
@@ -593,6 +661,10 @@ impl Processor {
             }),
             Err(error) => {
                 self.totals.aborts += 1;
+                self.metrics
+                    .transactions
+                    .with_label_values(&["abort"])
+                    .inc();
                 tracing::warn!(%error, records = output.records.len(), "transaction failed; aborting");
                 if let Err(abort_error) = self.producer.abort() {
                     if abort_error.class == ErrorClass::Fatal {
@@ -606,6 +678,34 @@ impl Processor {
                 std::thread::sleep(Duration::from_millis(100 * self.totals.aborts.min(20)));
                 Ok(false)
             }
+        }
+    }
+
+    fn record_metrics(&self, output: &BatchOutput, inputs: usize, elapsed: Duration) {
+        let m = &self.metrics;
+        m.transactions.with_label_values(&["commit"]).inc();
+        m.transaction_seconds.observe(elapsed.as_secs_f64());
+        if inputs > 0 {
+            m.batch_records.observe(inputs as f64);
+            m.requests_consumed.inc_by(inputs as u64);
+        }
+        m.record_batch(&output.stats);
+        for (transition, n) in &output.accepted_by_transition {
+            m.accepted
+                .with_label_values(&[transition.as_str()])
+                .inc_by(*n);
+        }
+        for (code, n) in &output.rejected_by_reason {
+            m.rejected
+                .with_label_values(&[reason_label(*code)])
+                .inc_by(*n);
+        }
+        for (kind, n) in &output.dead_letters_by_kind {
+            m.dead_letters.with_label_values(&[kind]).inc_by(*n);
+        }
+        for latency in &output.decision_latencies_ms {
+            m.decision_latency_seconds
+                .observe((*latency).max(0) as f64 / 1000.0);
         }
     }
 

@@ -29,6 +29,7 @@ pub fn spawn_binary(settings: &Settings, failpoint: Option<&str>) -> Child {
             &settings.kafka.bootstrap_servers,
         )
         .env("ORDERFLOW_KAFKA__GROUP_ID", &settings.kafka.group_id)
+        .env("ORDERFLOW_OPS__LISTEN", "127.0.0.1:0")
         .env("ORDERFLOW_TOPICS__REQUESTS", &t.requests)
         .env("ORDERFLOW_TOPICS__STATE", &t.state)
         .env("ORDERFLOW_TOPICS__ACCEPTED", &t.accepted)

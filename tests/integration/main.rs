@@ -10,6 +10,7 @@ mod java_avro;
 mod java_partitioning;
 mod kafka_script;
 mod lifecycle;
+mod ops;
 mod outage;
 mod processor;
 mod round_trip;

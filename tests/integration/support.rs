@@ -108,6 +108,32 @@ impl RunningProcessor {
         )
     }
 
+    /// Starts a processor for `settings` that reports to `metrics` and `health`.
+    pub fn start_observed(
+        settings: &Settings,
+        metrics: orderflow::ops::Metrics,
+        health: std::sync::Arc<orderflow::ops::Health>,
+    ) -> RunningProcessor {
+        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let settings = std::sync::Arc::new(settings.clone());
+        let flag = std::sync::Arc::clone(&shutdown);
+        let handle = std::thread::spawn(move || {
+            orderflow::processor::Processor::with_parts(
+                settings,
+                definition(),
+                std::sync::Arc::new(orderflow::processor::SystemClock),
+                metrics,
+                health,
+            )
+            .and_then(|p| p.run(&flag))
+            .map_err(|e| e.to_string())
+        });
+        RunningProcessor {
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
     /// Starts a processor for `settings` with `definition`, deciding on `clock`'s time.
     pub fn start_with_clock(
         settings: &Settings,

@@ -1,0 +1,110 @@
+//! The ops endpoints of a running processor: metrics that count what happened, health, readiness.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderflow::ops::{Health, Metrics, OpsState};
+
+use crate::support::{
+    create_topics, processor_settings, produce, produce_raw, request, unique, wait_for_outcomes,
+    RunningProcessor,
+};
+
+/// A plain HTTP/1.1 GET: (status, body).
+fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
+    let settings = processor_settings(2, &unique("i"));
+    create_topics(&settings).await;
+    let metrics = Metrics::new(&crate::support::definition()).unwrap();
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(orderflow::ops::serve(
+        listener,
+        OpsState {
+            metrics: metrics.clone(),
+            health: Arc::clone(&health),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let (status, _) = tokio::task::spawn_blocking(move || get(address, "/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "not ready before the processor joined");
+
+    let processor = RunningProcessor::start_observed(&settings, metrics, health);
+    let order = unique("order");
+    produce(
+        &settings,
+        &[
+            request(&order, "create"),
+            request(&order, "ship"),
+            request(&order, "teleport"),
+        ],
+    )
+    .await;
+    produce_raw(
+        &settings,
+        &[(Some(order.clone().into_bytes()), b"junk".to_vec())],
+    )
+    .await;
+    tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 3, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+
+    let (health_status, ready_status, body) = tokio::task::spawn_blocking(move || {
+        let health = get(address, "/healthz").0;
+        let ready = get(address, "/readyz").0;
+        (health, ready, get(address, "/metrics").1)
+    })
+    .await
+    .unwrap();
+    processor.stop();
+    let _ = stop.send(());
+    assert_eq!(health_status, 200);
+    assert_eq!(ready_status, 200);
+    for line in [
+        "orderflow_requests_consumed_total 4",
+        "orderflow_accepted_total{transition=\"create\"} 1",
+        "orderflow_accepted_total{transition=\"ship\"} 0",
+        "orderflow_rejected_total{reason=\"unknown_transition\"} 1",
+        "orderflow_dead_letters_total{kind=\"not_avro\"} 1",
+        "orderflow_parked_total 1",
+        "orderflow_owned_partitions 2",
+        "orderflow_restoring_partitions 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing `{line}` in:\n{body}"
+        );
+    }
+    assert!(body.contains("orderflow_transaction_duration_seconds_count"));
+    assert!(body.contains("orderflow_decision_latency_seconds_bucket"));
+}
