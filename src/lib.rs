@@ -2,10 +2,14 @@
 //!
 //! # Layout (in the order a request flows through it)
 //! - [`config`]: settings from file, environment and flags; the only place defaults live.
-//! - [`kafka`]: librdkafka client settings (the one place its keys appear), topic provisioning.
+//! - [`kafka`]: librdkafka client settings (the one place its keys appear), topic provisioning,
+//!   the transactional producer.
 //! - [`codec`]: bytes ⇄ domain records (Avro single-object encoding, schemas in `schemas/`).
-//! - [`machine`]: the pure core — the state machine as data and `decide(state, request)`.
-//! - [`tools`]: tools for people and upstream services (demo round trip).
+//! - [`machine`]: the pure core — the state machine as data, `decide(state, request)`, parking.
+//! - [`state`]: per-partition committed caches and their restore from the compacted topic.
+//! - [`processor`]: the exactly-once loop — poll, decide, produce, commit in one transaction.
+//! - [`ops`]: Prometheus metrics, health and readiness, the ops HTTP server.
+//! - [`tools`]: tools for people and upstream services (the demo).
 //! - [`telemetry`]: logging setup.
 //! - [`cli`]: the command line; `main.rs` only parses it and dispatches.
 
