@@ -18,6 +18,7 @@ use orderflow::machine::diff::diff;
 use orderflow::machine::Definition;
 use orderflow::ops::{Health, Metrics, OpsState};
 use orderflow::processor::{Processor, SystemClock};
+use orderflow::state::SharedCaches;
 use orderflow::{telemetry, tools};
 
 /// A failure and the exit code it maps to.
@@ -173,15 +174,16 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
     let settings = Arc::new(load_settings(cli)?);
     let definition = Arc::new(load_definition(&settings.definition)?);
     let topics = Topics::connect(&settings.kafka).map_err(usage)?;
-    match topics.check(&settings.topics).await {
+    let partitions = match topics.check(&settings.topics).await {
         Ok(partitions) => {
-            tracing::info!(partitions, "topics co-partitioned; state topic compacted")
+            tracing::info!(partitions, "topics co-partitioned; state topic compacted");
+            partitions
         }
         Err(e @ (TopicError::Unreachable { .. } | TopicError::Admin(_) | TopicError::Task(_))) => {
             return Err(e.into())
         }
         Err(e) => return Err(usage(e)),
-    }
+    };
     tracing::info!(
         definition = definition.name(),
         version = definition.version(),
@@ -198,13 +200,17 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
                 settings.ops.listen
             )
         })?;
-    tracing::info!(address = %settings.ops.listen, "ops server: /metrics /healthz /readyz");
+    tracing::info!(address = %settings.ops.listen, "ops server: /metrics /healthz /readyz /orders/{{id}}");
+    let caches = SharedCaches::default();
     let (ops_stop_tx, ops_stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(orderflow::ops::serve(
         listener,
         OpsState {
             metrics: metrics.clone(),
             health: Arc::clone(&health),
+            caches: caches.clone(),
+            definition: Arc::clone(&definition),
+            partitions,
         },
         async move {
             let _ = ops_stop_rx.await;
@@ -224,6 +230,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
                     Arc::new(SystemClock),
                     metrics,
                     health,
+                    caches,
                 )
                 .and_then(|p| p.run(&shutdown));
                 let _ = done_tx.send(result);

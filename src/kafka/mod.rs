@@ -2,6 +2,7 @@
 //! transactional producer.
 
 pub mod client;
+pub mod partitioner;
 pub mod topics;
 pub mod transactions;
 
@@ -10,5 +11,6 @@ pub use client::{
     processor_consumer_config, request_producer_config, restore_consumer_config, transactional_id,
     transactional_producer_config, ClientConfigError,
 };
+pub use partitioner::partition_for;
 pub use topics::{TopicError, TopicStatus, Topics};
 pub use transactions::{classify, ErrorClass, OutgoingRecord, TxnError, TxnProducer};

@@ -1,18 +1,24 @@
 //! The ops HTTP server: `/metrics` (Prometheus text), `/healthz` (the loop is alive), `/readyz`
-//! (assigned partitions restored and processing).
+//! (assigned partitions restored and processing), `GET /orders/{id}` (an order's committed state
+//! when this instance owns its partition).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::Json;
 use axum::Router;
+use serde_json::json;
 
 use super::health::Health;
 use super::metrics::Metrics;
+use crate::kafka::partition_for;
+use crate::machine::Definition;
+use crate::state::SharedCaches;
 
 /// How long the loop may go without a heartbeat before `/healthz` fails (it beats at least every
 /// 100 ms while idle, and once per batch while busy).
@@ -25,6 +31,12 @@ pub struct OpsState {
     pub metrics: Metrics,
     /// The loop's health.
     pub health: Arc<Health>,
+    /// The committed state of the owned partitions.
+    pub caches: SharedCaches,
+    /// The definition, for state names.
+    pub definition: Arc<Definition>,
+    /// Partitions of the requests topic (to find an order's partition).
+    pub partitions: i32,
 }
 
 fn now_ms() -> i64 {
@@ -62,12 +74,48 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
     }
 }
 
+async fn order(State(state): State<OpsState>, Path(order_id): Path<String>) -> impl IntoResponse {
+    let partition = partition_for(order_id.as_bytes(), state.partitions);
+    let caches = state.caches.read();
+    let Some(cache) = caches.get(&partition) else {
+        // Distinct from 404: the order may exist, but another instance owns its partition.
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(json!({
+                "error": "not owned",
+                "order_id": order_id,
+                "partition": partition,
+                "detail": "another instance owns this order's partition (or it is being restored here)",
+            })),
+        );
+    };
+    match cache.get(&order_id) {
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "unknown order", "order_id": order_id, "partition": partition})),
+        ),
+        Some(s) => (
+            StatusCode::OK,
+            Json(json!({
+                "order_id": order_id,
+                "partition": partition,
+                "state": state.definition.state(s.state).name,
+                "version": s.version,
+                "created_at_ms": s.created_at_ms,
+                "updated_at_ms": s.updated_at_ms,
+                "parked_requests": s.parked.len(),
+            })),
+        ),
+    }
+}
+
 /// The routes.
 pub fn router(state: OpsState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/orders/{id}", get(order))
         .with_state(state)
 }
 

@@ -46,7 +46,7 @@ use crate::machine::{Decider, Definition, OrderState, ParkingPolicy};
 use crate::ops::metrics::reason_label;
 use crate::ops::{Health, Metrics};
 use crate::state::restore::{spawn_restore, RestoreError, RestoreEvent};
-use crate::state::PartitionCache;
+use crate::state::SharedCaches;
 
 /// Why the processor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +242,7 @@ pub struct Processor {
     decider: Decider,
     consumer: BaseConsumer<ProcessorContext>,
     producer: TxnProducer,
-    caches: HashMap<i32, PartitionCache>,
+    caches: SharedCaches,
     /// Partitions being restored, with the job restoring them.
     restoring: HashMap<i32, u64>,
     restore_jobs: u64,
@@ -274,6 +274,7 @@ impl Processor {
             Arc::new(SystemClock),
             metrics,
             Arc::new(Health::default()),
+            SharedCaches::default(),
         )
     }
 
@@ -290,16 +291,19 @@ impl Processor {
             clock,
             metrics,
             Arc::new(Health::default()),
+            SharedCaches::default(),
         )
     }
 
-    /// A processor reporting to `metrics` and `health` (shared with the ops server).
+    /// A processor reporting to `metrics` and `health` and publishing its committed state in
+    /// `caches` (all shared with the ops server).
     pub fn with_parts(
         settings: Arc<Settings>,
         definition: Arc<Definition>,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
         health: Arc<Health>,
+        caches: SharedCaches,
     ) -> Result<Processor, ProcessorError> {
         let decider = Decider::new(definition, settings.processor.recent_requests).with_parking(
             ParkingPolicy {
@@ -339,7 +343,7 @@ impl Processor {
             decider,
             consumer,
             producer,
-            caches: HashMap::new(),
+            caches,
             restoring: HashMap::new(),
             restore_jobs: 0,
             restore_cancel: Arc::new(AtomicBool::new(false)),
@@ -374,13 +378,11 @@ impl Processor {
                 .set_ready(self.assigned_once && self.restoring.is_empty());
             self.metrics
                 .owned_partitions
-                .set((self.caches.len() + self.restoring.len()) as i64);
+                .set((self.caches.partitions() + self.restoring.len()) as i64);
             self.metrics
                 .restoring_partitions
                 .set(self.restoring.len() as i64);
-            self.metrics
-                .cached_orders
-                .set(self.caches.values().map(PartitionCache::len).sum::<usize>() as i64);
+            self.metrics.cached_orders.set(self.caches.orders() as i64);
             self.handle_rebalance_events()?;
             self.handle_restore_events()?;
             self.fill_batch(shutdown)?;
@@ -400,8 +402,8 @@ impl Processor {
                     parked = t.stats.parked,
                     expired = t.stats.expired,
                     forgotten = t.stats.forgotten,
-                    partitions = self.caches.len(),
-                    orders = self.caches.values().map(PartitionCache::len).sum::<usize>(),
+                    partitions = self.caches.partitions(),
+                    orders = self.caches.orders(),
                     "progress"
                 );
                 last_report = Instant::now();
@@ -418,7 +420,7 @@ impl Processor {
             match event {
                 RebalanceEvent::Revoked(partitions) => {
                     for p in &partitions {
-                        self.caches.remove(p);
+                        self.caches.write().remove(p);
                         self.deadlines.drop_partition(*p);
                         // A restore in progress finishes for its other partitions; this one's
                         // result will be dropped as stale.
@@ -431,7 +433,7 @@ impl Processor {
                     self.assigned_once = true;
                     let partitions: Vec<i32> = partitions
                         .into_iter()
-                        .filter(|p| !self.caches.contains_key(p) && !self.restoring.contains_key(p))
+                        .filter(|p| !self.caches.owns(*p) && !self.restoring.contains_key(p))
                         .collect();
                     if partitions.is_empty() {
                         continue;
@@ -481,7 +483,9 @@ impl Processor {
                         let deadline = self.decider.next_deadline(state);
                         self.deadlines.set(restored.partition, order_id, deadline);
                     }
-                    self.caches.insert(restored.partition, restored.cache);
+                    self.caches
+                        .write()
+                        .insert(restored.partition, restored.cache);
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&self.settings.topics.requests, restored.partition);
                     if let Err(e) = self.consumer.resume(&tpl) {
@@ -511,7 +515,7 @@ impl Processor {
                     tracing::warn!(error = %e, "consumer error");
                 }
                 Some(Ok(input)) => {
-                    if self.caches.contains_key(&input.partition) {
+                    if self.caches.owns(input.partition) {
                         self.batch.push(input);
                         deadline.get_or_insert_with(|| Instant::now() + max_wait);
                     } else {
@@ -574,12 +578,13 @@ impl Processor {
             limits: &self.settings.processor,
             group_id: &self.settings.kafka.group_id,
         };
-        let output = expire_orders(&context, &self.caches, &due, now);
+        let output = expire_orders(&context, &self.caches.read(), &due, now);
         if output.records.is_empty() {
             // Nothing to write (e.g. a deadline moved): recompute those orders' deadlines.
             for (partition, order_id) in due {
                 let deadline = self
                     .caches
+                    .read()
                     .get(&partition)
                     .and_then(|c| c.get(&order_id))
                     .and_then(|s| self.decider.next_deadline(s))
@@ -605,7 +610,12 @@ impl Processor {
             limits: &self.settings.processor,
             group_id: &self.settings.kafka.group_id,
         };
-        let output = decide_batch(&context, &self.caches, &self.batch, self.clock.now_ms());
+        let output = decide_batch(
+            &context,
+            &self.caches.read(),
+            &self.batch,
+            self.clock.now_ms(),
+        );
         let inputs = self.batch.len();
         if !self.run_transaction(output, inputs)? {
             let mut first: BTreeMap<i32, i64> = BTreeMap::new();
@@ -630,15 +640,17 @@ impl Processor {
         match self.transaction(&output, batch_number) {
             Ok(()) => {
                 self.record_metrics(&output, inputs, started.elapsed());
+                let mut caches = self.caches.write();
                 for (partition, order_id, state) in output.changes {
                     let deadline = state
                         .as_ref()
                         .and_then(|s: &OrderState| self.decider.next_deadline(s));
                     self.deadlines.set(partition, &order_id, deadline);
-                    if let Some(cache) = self.caches.get_mut(&partition) {
+                    if let Some(cache) = caches.get_mut(&partition) {
                         cache.apply(order_id, state);
                     }
                 }
+                drop(caches);
                 self.totals.batches += 1;
                 let s = &mut self.totals.stats;
                 s.accepted += output.stats.accepted;

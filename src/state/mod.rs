@@ -4,6 +4,7 @@
 pub mod restore;
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::machine::OrderState;
 
@@ -49,5 +50,37 @@ impl PartitionCache {
     /// Every cached order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &OrderState)> {
         self.orders.iter()
+    }
+}
+
+/// The committed caches of every owned partition, shared between the processing loop (the only
+/// writer, after each commit) and the ops server's order queries.
+#[derive(Debug, Default, Clone)]
+pub struct SharedCaches(Arc<RwLock<HashMap<i32, PartitionCache>>>);
+
+impl SharedCaches {
+    /// Read access (a poisoned lock is still read: writers replace whole entries).
+    pub fn read(&self) -> RwLockReadGuard<'_, HashMap<i32, PartitionCache>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Write access.
+    pub fn write(&self) -> RwLockWriteGuard<'_, HashMap<i32, PartitionCache>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this instance owns (and has restored) a partition.
+    pub fn owns(&self, partition: i32) -> bool {
+        self.read().contains_key(&partition)
+    }
+
+    /// Owned, restored partitions.
+    pub fn partitions(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Cached orders over all partitions.
+    pub fn orders(&self) -> usize {
+        self.read().values().map(PartitionCache::len).sum()
     }
 }

@@ -96,6 +96,11 @@ async fn java_and_orderflow_producers_agree_on_the_partition_of_each_key() {
             .find(|m| m.key() == Some(key.as_bytes()) && m.payload() == Some(b"java".as_slice()))
             .unwrap_or_else(|| panic!("java record for {key}"));
         assert_eq!(java_record.partition(), rust_partition, "key {key}");
+        assert_eq!(
+            orderflow::kafka::partition_for(key.as_bytes(), 12),
+            rust_partition,
+            "orderflow's own murmur2 for {key}"
+        );
         distinct.insert(rust_partition);
     }
     assert!(

@@ -38,6 +38,7 @@ async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
     create_topics(&settings).await;
     let metrics = Metrics::new(&crate::support::definition()).unwrap();
     let health = Arc::new(Health::default());
+    let caches = orderflow::state::SharedCaches::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -46,6 +47,9 @@ async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
         OpsState {
             metrics: metrics.clone(),
             health: Arc::clone(&health),
+            caches: caches.clone(),
+            definition: crate::support::definition(),
+            partitions: settings.topics.partitions,
         },
         async move {
             let _ = stopped.await;
@@ -56,7 +60,7 @@ async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
         .unwrap();
     assert_eq!(status, 503, "not ready before the processor joined");
 
-    let processor = RunningProcessor::start_observed(&settings, metrics, health);
+    let processor = RunningProcessor::start_observed(&settings, metrics, health, caches);
     let order = unique("order");
     produce(
         &settings,
@@ -79,16 +83,26 @@ async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
     .await
     .unwrap();
 
-    let (health_status, ready_status, body) = tokio::task::spawn_blocking(move || {
-        let health = get(address, "/healthz").0;
-        let ready = get(address, "/readyz").0;
-        (health, ready, get(address, "/metrics").1)
-    })
-    .await
-    .unwrap();
+    let known = format!("/orders/{order}");
+    let (health_status, ready_status, body, found, missing) =
+        tokio::task::spawn_blocking(move || {
+            let health = get(address, "/healthz").0;
+            let ready = get(address, "/readyz").0;
+            let found = get(address, &known);
+            let missing = get(address, "/orders/no-such-order");
+            (health, ready, get(address, "/metrics").1, found, missing)
+        })
+        .await
+        .unwrap();
     processor.stop();
     let _ = stop.send(());
     assert_eq!(health_status, 200);
+    assert_eq!(found.0, 200, "{}", found.1);
+    let state: serde_json::Value = serde_json::from_str(&found.1).unwrap();
+    assert_eq!(state["state"], "Pending");
+    assert_eq!(state["version"], 1);
+    assert_eq!(state["parked_requests"], 1, "ship waits for confirm");
+    assert!(missing.0 == 404 || missing.0 == 421, "{}", missing.1);
     assert_eq!(ready_status, 200);
     for line in [
         "orderflow_requests_consumed_total 4",
@@ -107,4 +121,42 @@ async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
     }
     assert!(body.contains("orderflow_transaction_duration_seconds_count"));
     assert!(body.contains("orderflow_decision_latency_seconds_bucket"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_of_a_partition_owned_elsewhere_is_not_a_404() {
+    let caches = orderflow::state::SharedCaches::default();
+    caches
+        .write()
+        .insert(0, orderflow::state::PartitionCache::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let definition = crate::support::definition();
+    tokio::spawn(orderflow::ops::serve(
+        listener,
+        OpsState {
+            metrics: Metrics::new(&definition).unwrap(),
+            health: Arc::new(Health::default()),
+            caches,
+            definition,
+            partitions: 12,
+        },
+        std::future::pending(),
+    ));
+    // One order id whose partition (of 12) is owned here (0), one whose partition is not.
+    let partition = |o: &String| orderflow::kafka::partition_for(o.as_bytes(), 12);
+    let ids = (0..).map(|n| format!("o-{n}"));
+    let elsewhere = ids.clone().find(|o| partition(o) != 0).unwrap();
+    let here = ids.clone().find(|o| partition(o) == 0).unwrap();
+    let (not_owned, unknown) = tokio::task::spawn_blocking(move || {
+        (
+            get(address, &format!("/orders/{elsewhere}")),
+            get(address, &format!("/orders/{here}")),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(not_owned.0, 421, "{}", not_owned.1);
+    assert!(not_owned.1.contains("not owned"));
+    assert_eq!(unknown.0, 404, "{}", unknown.1);
 }

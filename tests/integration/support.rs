@@ -113,6 +113,7 @@ impl RunningProcessor {
         settings: &Settings,
         metrics: orderflow::ops::Metrics,
         health: std::sync::Arc<orderflow::ops::Health>,
+        caches: orderflow::state::SharedCaches,
     ) -> RunningProcessor {
         let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let settings = std::sync::Arc::new(settings.clone());
@@ -124,6 +125,7 @@ impl RunningProcessor {
                 std::sync::Arc::new(orderflow::processor::SystemClock),
                 metrics,
                 health,
+                caches,
             )
             .and_then(|p| p.run(&flag))
             .map_err(|e| e.to_string())
