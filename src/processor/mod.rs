@@ -636,6 +636,13 @@ impl Processor {
         inputs: usize,
     ) -> Result<bool, ProcessorError> {
         let batch_number = self.totals.batches + 1;
+        let _span = tracing::debug_span!(
+            "transaction",
+            number = batch_number,
+            inputs,
+            records = output.records.len()
+        )
+        .entered();
         let started = Instant::now();
         match self.transaction(&output, batch_number) {
             Ok(()) => {
