@@ -125,3 +125,61 @@ async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decide
         outcomes.accepted.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_cleanly_and_loses_or_repeats_nothing() {
+    let mut settings = processor_settings(3, &unique("term"));
+    settings.processor.batch_max_records = 100;
+    create_topics(&settings).await;
+    let orders: Vec<String> = (0..500).map(|i| format!("{}-{i}", unique("o"))).collect();
+    let mut requests = Vec::new();
+    for transition in ["create", "confirm"] {
+        for o in &orders {
+            requests.push(request(o, transition));
+        }
+    }
+    let mut first = spawn_binary(&settings, None);
+    let positions = produce(&settings, &requests).await;
+    // Stop it while it works through the load.
+    let partial = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 1, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert!(!partial.accepted.is_empty());
+    // SAFETY: kill(2) on a child we own.
+    unsafe {
+        libc::kill(first.id() as i32, libc::SIGTERM);
+    }
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "graceful exit: {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "within the shutdown deadline"
+    );
+
+    let mut second = spawn_binary(&settings, None);
+    let outcomes = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || wait_for_outcomes(&settings, 1000, Duration::from_secs(90))
+    })
+    .await
+    .unwrap();
+    let _ = second.kill();
+    let _ = second.wait();
+    let per_input = outcomes.per_input();
+    for position in &positions {
+        assert_eq!(per_input.get(position), Some(&1), "input {position:?}");
+    }
+    assert_eq!(
+        outcomes.accepted.len(),
+        1000,
+        "{:?}",
+        outcomes.rejected.first()
+    );
+}
