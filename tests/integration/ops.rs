@@ -160,3 +160,36 @@ async fn an_order_of_a_partition_owned_elsewhere_is_not_a_404() {
     assert!(not_owned.1.contains("not owned"));
     assert_eq!(unknown.0, 404, "{}", unknown.1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_fails_when_the_loop_stops_beating_or_failed() {
+    let definition = crate::support::definition();
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(orderflow::ops::serve(
+        listener,
+        OpsState {
+            metrics: Metrics::new(&definition).unwrap(),
+            health: Arc::clone(&health),
+            caches: orderflow::state::SharedCaches::default(),
+            definition,
+            partitions: 1,
+        },
+        std::future::pending(),
+    ));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let probe = move || get(address, "/healthz").0;
+    // A beat 31 s ago: the loop is stuck.
+    health.beat(now() - 31_000);
+    assert_eq!(tokio::task::spawn_blocking(probe).await.unwrap(), 503);
+    health.beat(now());
+    assert_eq!(tokio::task::spawn_blocking(probe).await.unwrap(), 200);
+    health.set_failed();
+    assert_eq!(tokio::task::spawn_blocking(probe).await.unwrap(), 503);
+}
