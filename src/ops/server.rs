@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -18,6 +17,7 @@ use super::health::Health;
 use super::metrics::Metrics;
 use crate::kafka::partition_for;
 use crate::machine::Definition;
+use crate::processor::{Clock, SystemClock};
 use crate::state::SharedCaches;
 
 /// How long the loop may go without a heartbeat before `/healthz` fails (it beats at least every
@@ -39,12 +39,6 @@ pub struct OpsState {
     pub partitions: i32,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -53,7 +47,10 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(state): State<OpsState>) -> impl IntoResponse {
-    if state.health.is_alive(now_ms(), MAX_LOOP_SILENCE_MS) {
+    if state
+        .health
+        .is_alive(SystemClock.now_ms(), MAX_LOOP_SILENCE_MS)
+    {
         (StatusCode::OK, "ok\n")
     } else {
         (

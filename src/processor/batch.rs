@@ -90,6 +90,18 @@ pub struct BatchStats {
     pub forgotten: u64,
 }
 
+impl std::ops::AddAssign for BatchStats {
+    fn add_assign(&mut self, other: BatchStats) {
+        self.accepted += other.accepted;
+        self.rejected += other.rejected;
+        self.duplicates += other.duplicates;
+        self.dead_letters += other.dead_letters;
+        self.parked += other.parked;
+        self.expired += other.expired;
+        self.forgotten += other.forgotten;
+    }
+}
+
 /// The decided batch.
 #[derive(Debug, Default)]
 pub struct BatchOutput {
@@ -173,6 +185,39 @@ pub fn parse_request(
     Ok(request)
 }
 
+/// The batch's own state changes: read before the committed caches, applied to them after commit.
+#[derive(Debug, Default)]
+struct Overlay {
+    states: HashMap<(i32, String), Option<OrderState>>,
+    /// Slots in the order they first changed, so changes are applied in a stable order.
+    order: Vec<(i32, String)>,
+}
+
+impl Overlay {
+    /// The batch's latest state for a slot (`Some(None)`: forgotten in this batch).
+    fn get(&self, slot: &(i32, String)) -> Option<&Option<OrderState>> {
+        self.states.get(slot)
+    }
+
+    fn set(&mut self, slot: (i32, String), state: Option<OrderState>) {
+        if !self.states.contains_key(&slot) {
+            self.order.push(slot.clone());
+        }
+        self.states.insert(slot, state);
+    }
+
+    /// The last state of each changed order, in first-change order.
+    fn into_changes(mut self) -> Vec<(i32, String, Option<OrderState>)> {
+        self.order
+            .into_iter()
+            .filter_map(|slot| {
+                let state = self.states.remove(&slot)?;
+                Some((slot.0, slot.1, state))
+            })
+            .collect()
+    }
+}
+
 /// Decides every record of a batch against the committed `caches` plus the batch's own changes.
 pub fn decide_batch(
     context: &BatchContext<'_>,
@@ -181,8 +226,7 @@ pub fn decide_batch(
     now_ms: i64,
 ) -> BatchOutput {
     let mut output = BatchOutput::default();
-    let mut overlay: HashMap<(i32, String), Option<OrderState>> = HashMap::new();
-    let mut order_of_changes: Vec<(i32, String)> = Vec::new();
+    let mut overlay = Overlay::default();
     for input in inputs {
         output
             .next_offsets
@@ -225,28 +269,21 @@ pub fn decide_batch(
             context,
             &mut output,
             &mut overlay,
-            &mut order_of_changes,
             slot,
             step,
             now_ms,
             trace.map(|t| (origin, t)),
         );
     }
-    for slot in order_of_changes {
-        if let Some(state) = overlay.remove(&slot) {
-            output.changes.push((slot.0, slot.1, state));
-        }
-    }
+    output.changes = overlay.into_changes();
     output
 }
 
 /// Records a step's state change and answers in the batch output and overlay.
-#[allow(clippy::too_many_arguments)]
 fn emit_step(
     context: &BatchContext<'_>,
     output: &mut BatchOutput,
-    overlay: &mut HashMap<(i32, String), Option<OrderState>>,
-    order_of_changes: &mut Vec<(i32, String)>,
+    overlay: &mut Overlay,
     slot: (i32, String),
     step: Step,
     now_ms: i64,
@@ -274,10 +311,7 @@ fn emit_step(
             value,
             headers: Vec::new(),
         });
-        if !overlay.contains_key(&slot) {
-            order_of_changes.push(slot.clone());
-        }
-        overlay.insert(slot, state);
+        overlay.set(slot, state);
     }
     for answer in step.answers {
         match &answer.outcome {
@@ -339,8 +373,7 @@ pub fn expire_orders(
     now_ms: i64,
 ) -> BatchOutput {
     let mut output = BatchOutput::default();
-    let mut overlay: HashMap<(i32, String), Option<OrderState>> = HashMap::new();
-    let mut order_of_changes: Vec<(i32, String)> = Vec::new();
+    let mut overlay = Overlay::default();
     for (partition, order_id) in due {
         let Some(state) = caches.get(partition).and_then(|c| c.get(order_id)) else {
             continue;
@@ -353,18 +386,13 @@ pub fn expire_orders(
             context,
             &mut output,
             &mut overlay,
-            &mut order_of_changes,
             (*partition, order_id.clone()),
             step,
             now_ms,
             None,
         );
     }
-    for slot in order_of_changes {
-        if let Some(state) = overlay.remove(&slot) {
-            output.changes.push((slot.0, slot.1, state));
-        }
-    }
+    output.changes = overlay.into_changes();
     output
 }
 

@@ -267,15 +267,7 @@ impl Processor {
         settings: Arc<Settings>,
         definition: Arc<Definition>,
     ) -> Result<Processor, ProcessorError> {
-        let metrics = Metrics::new(&definition).map_err(ProcessorError::Metrics)?;
-        Processor::with_parts(
-            settings,
-            definition,
-            Arc::new(SystemClock),
-            metrics,
-            Arc::new(Health::default()),
-            SharedCaches::default(),
-        )
+        Processor::with_clock(settings, definition, Arc::new(SystemClock))
     }
 
     /// Like [`Processor::new`], with the clock decisions and deadlines use (tests move time).
@@ -563,6 +555,15 @@ impl Processor {
         }
     }
 
+    fn batch_context(&self) -> BatchContext<'_> {
+        BatchContext {
+            decider: &self.decider,
+            topics: &self.settings.topics,
+            limits: &self.settings.processor,
+            group_id: &self.settings.kafka.group_id,
+        }
+    }
+
     /// Runs the expiry pass for orders whose deadline is due, in its own transaction.
     fn expire_due(&mut self) -> Result<(), ProcessorError> {
         let now = self.clock.now_ms();
@@ -572,13 +573,7 @@ impl Processor {
         if due.is_empty() {
             return Ok(());
         }
-        let context = BatchContext {
-            decider: &self.decider,
-            topics: &self.settings.topics,
-            limits: &self.settings.processor,
-            group_id: &self.settings.kafka.group_id,
-        };
-        let output = expire_orders(&context, &self.caches.read(), &due, now);
+        let output = expire_orders(&self.batch_context(), &self.caches.read(), &due, now);
         if output.records.is_empty() {
             // Nothing to write (e.g. a deadline moved): recompute those orders' deadlines.
             for (partition, order_id) in due {
@@ -593,25 +588,16 @@ impl Processor {
             }
             return Ok(());
         }
-        if self.run_transaction(output, 0)? {
-            Ok(())
-        } else {
-            // Aborted: the orders stay due and are tried again on the next pass.
-            Ok(())
-        }
+        // If the transaction aborts, the orders stay due and are tried again on the next pass.
+        self.run_transaction(output, 0)?;
+        Ok(())
     }
 
     /// Decides the batch and writes it in one transaction; on an abortable failure, aborts and
     /// rewinds so the batch is read again.
     fn commit_batch(&mut self) -> Result<(), ProcessorError> {
-        let context = BatchContext {
-            decider: &self.decider,
-            topics: &self.settings.topics,
-            limits: &self.settings.processor,
-            group_id: &self.settings.kafka.group_id,
-        };
         let output = decide_batch(
-            &context,
+            &self.batch_context(),
             &self.caches.read(),
             &self.batch,
             self.clock.now_ms(),
@@ -659,14 +645,7 @@ impl Processor {
                 }
                 drop(caches);
                 self.totals.batches += 1;
-                let s = &mut self.totals.stats;
-                s.accepted += output.stats.accepted;
-                s.rejected += output.stats.rejected;
-                s.duplicates += output.stats.duplicates;
-                s.dead_letters += output.stats.dead_letters;
-                s.parked += output.stats.parked;
-                s.expired += output.stats.expired;
-                s.forgotten += output.stats.forgotten;
+                self.totals.stats += output.stats;
                 tracing::debug!(
                     records = output.records.len(),
                     commit_ms = started.elapsed().as_millis() as u64,

@@ -2,7 +2,7 @@
 //! happened to each: accepted, rejected (and why), duplicates, and poison records in the DLQ.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -16,14 +16,8 @@ use crate::config::Settings;
 use crate::kafka::{committed_reader_config, request_producer_config};
 use crate::machine::TransitionRequest;
 use crate::processor::batch::dlq_headers;
+use crate::processor::{Clock, SystemClock};
 use crate::state::restore::end_offset;
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// One demo step: what is sent and what a reader should expect.
 struct Step {
@@ -43,7 +37,7 @@ fn request_step(
         order_id: order_id.into(),
         transition: transition.into(),
         expected_version,
-        requested_at_ms: now_ms(),
+        requested_at_ms: SystemClock.now_ms(),
         source: "demo".into(),
         attributes: BTreeMap::new(),
     };
