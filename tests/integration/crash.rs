@@ -8,7 +8,7 @@ use std::time::Duration;
 use orderflow::config::Settings;
 
 use crate::support::{
-    create_topics, processor_settings, produce, read_to_end, request, unique, wait_for_outcomes,
+    create_topics, outcomes_within, processor_settings, produce, read_to_end, request, unique,
 };
 
 /// Starts the `orderflow run` binary for `settings`, with an optional failpoint.
@@ -88,12 +88,7 @@ async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decide
     );
 
     let mut restarted = spawn_binary(&settings, None);
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, requests.len(), Duration::from_secs(90))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, requests.len(), Duration::from_secs(90)).await;
     let _ = restarted.kill();
     let _ = restarted.wait();
 
@@ -141,12 +136,7 @@ async fn sigterm_under_load_exits_cleanly_and_loses_or_repeats_nothing() {
     let mut first = spawn_binary(&settings, None);
     let positions = produce(&settings, &requests).await;
     // Stop it while it works through the load.
-    let partial = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 1, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let partial = outcomes_within(&settings, 1, Duration::from_secs(60)).await;
     assert!(!partial.accepted.is_empty());
     // SAFETY: kill(2) on a child we own.
     unsafe {
@@ -164,12 +154,7 @@ async fn sigterm_under_load_exits_cleanly_and_loses_or_repeats_nothing() {
     );
 
     let mut second = spawn_binary(&settings, None);
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 1000, Duration::from_secs(90))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 1000, Duration::from_secs(90)).await;
     let _ = second.kill();
     let _ = second.wait();
     let per_input = outcomes.per_input();

@@ -7,7 +7,7 @@ use orderflow::machine::{Definition, RejectCode};
 
 use crate::crash::spawn_binary;
 use crate::support::{
-    create_topics, processor_settings, produce, read_to_end, request, unique, wait_for_outcomes,
+    create_topics, outcomes_within, processor_settings, produce, read_to_end, request, unique,
     RunningProcessor,
 };
 
@@ -28,12 +28,7 @@ async fn an_early_request_waits_for_its_order_and_is_applied_when_it_can_be() {
         ],
     )
     .await;
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 4, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 4, Duration::from_secs(60)).await;
     processor.stop();
     let path: Vec<(&str, u64)> = outcomes
         .accepted
@@ -67,12 +62,7 @@ async fn a_parked_request_survives_a_sigkill_and_expires_with_no_further_traffic
     let positions = produce(&settings, &[request(&order, "create"), ship.clone()]).await;
 
     let mut first = spawn_binary(&settings, None);
-    let created = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 1, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let created = outcomes_within(&settings, 1, Duration::from_secs(60)).await;
     assert_eq!(created.accepted.len(), 1);
     assert!(created.rejected.is_empty(), "ship is parked, not answered");
     // The parked request is in the committed state record, so a crash cannot lose it.
@@ -80,12 +70,7 @@ async fn a_parked_request_survives_a_sigkill_and_expires_with_no_further_traffic
     first.wait().unwrap();
 
     let mut second = spawn_binary(&settings, None);
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 2, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 2, Duration::from_secs(60)).await;
     let _ = second.kill();
     let _ = second.wait();
     assert_eq!(outcomes.rejected.len(), 1, "{:?}", outcomes.rejected);
@@ -117,12 +102,7 @@ async fn an_order_is_forgotten_after_its_retention_and_a_late_request_finds_no_o
         .map(|t| request(&order, t))
         .collect();
     produce(&settings, &lifecycle).await;
-    let delivered = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 4, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let delivered = outcomes_within(&settings, 4, Duration::from_secs(60)).await;
     assert_eq!(delivered.accepted.len(), 4);
 
     // No traffic: the expiry pass writes a tombstone on its own.
@@ -144,12 +124,7 @@ async fn an_order_is_forgotten_after_its_retention_and_a_late_request_finds_no_o
     assert_eq!(rdkafka::message::Message::partition(&tombstone), 0);
 
     produce(&settings, &[request(&order, "return")]).await;
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 5, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 5, Duration::from_secs(60)).await;
     processor.stop();
     assert_eq!(outcomes.rejected.len(), 1);
     assert_eq!(outcomes.rejected[0].reason, RejectCode::UnknownOrder);
@@ -161,12 +136,7 @@ async fn a_processor_refuses_to_join_a_group_running_another_definition() {
     create_topics(&settings).await;
     let first = RunningProcessor::start(&settings);
     produce(&settings, &[request(&unique("order"), "create")]).await;
-    tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 1, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    outcomes_within(&settings, 1, Duration::from_secs(60)).await;
 
     let changed = Definition::parse(
         &include_str!("../../machines/order-lifecycle.toml").replace("version = 1", "version = 2"),
@@ -209,12 +179,7 @@ async fn expiry_follows_the_processors_clock_not_the_tests_patience() {
         &[request(&order, "create"), request(&order, "ship")],
     )
     .await;
-    let created = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 1, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let created = outcomes_within(&settings, 1, Duration::from_secs(60)).await;
     assert_eq!(created.accepted.len(), 1);
     assert_eq!(
         created.accepted[0].decided_at_ms, 1_800_000_000_000,
@@ -223,12 +188,7 @@ async fn expiry_follows_the_processors_clock_not_the_tests_patience() {
 
     // Ten minutes (the default parking wait) pass in an instant.
     clock.advance(settings.processor.parking_max_wait_ms as i64);
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 2, Duration::from_secs(30))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 2, Duration::from_secs(30)).await;
     processor.stop();
     assert_eq!(outcomes.rejected.len(), 1);
     assert_eq!(outcomes.rejected[0].reason, RejectCode::Expired);

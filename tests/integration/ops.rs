@@ -7,7 +7,7 @@ use std::time::Duration;
 use orderflow::ops::{Health, Metrics, OpsState};
 
 use crate::support::{
-    create_topics, processor_settings, produce, produce_raw, request, unique, wait_for_outcomes,
+    create_topics, outcomes_within, processor_settings, produce, produce_raw, request, unique,
     RunningProcessor,
 };
 
@@ -76,12 +76,7 @@ async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
         &[(Some(order.clone().into_bytes()), b"junk".to_vec())],
     )
     .await;
-    tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 3, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    outcomes_within(&settings, 3, Duration::from_secs(60)).await;
 
     let known = format!("/orders/{order}");
     let (health_status, ready_status, body, found, missing) =

@@ -6,8 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{
-    create_topics, processor_settings, produce, request, unique, wait_for_outcomes,
-    RunningProcessor,
+    create_topics, outcomes_within, processor_settings, produce, request, unique, RunningProcessor,
 };
 
 /// A broker of this test's own (the shared test broker must not restart under other tests).
@@ -77,12 +76,7 @@ async fn the_processor_rides_out_a_broker_restart_between_two_waves_of_requests(
     let confirms: Vec<_> = orders.iter().map(|o| request(o, "confirm")).collect();
     positions.extend(produce(&settings, &confirms).await);
 
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 800, Duration::from_secs(180))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 800, Duration::from_secs(180)).await;
     processor.stop();
     drop(broker);
 

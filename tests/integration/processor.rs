@@ -5,8 +5,8 @@ use std::time::Duration;
 use orderflow::machine::RejectCode;
 
 use crate::support::{
-    create_topics, header, processor_settings, produce, produce_raw, read_to_end, request, unique,
-    wait_for_outcomes, RunningProcessor,
+    create_topics, header, outcomes_within, processor_settings, produce, produce_raw, read_to_end,
+    request, unique, RunningProcessor,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,12 +35,7 @@ async fn requests_are_accepted_rejected_or_repeated_and_each_outcome_names_its_i
         create.clone(),                    // redelivered create: duplicate of the first
     ];
     let positions = produce(&settings, &requests).await;
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 10, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 10, Duration::from_secs(60)).await;
     processor.stop();
 
     assert_eq!(outcomes.len(), 10, "{outcomes:?}");
@@ -141,12 +136,7 @@ async fn poison_records_go_to_the_dead_letter_topic_with_provenance_and_later_re
         (key.clone(), after),                           // fine: confirm
     ];
     let positions = produce_raw(&settings, &records).await;
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 7, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 7, Duration::from_secs(60)).await;
     processor.stop();
 
     assert_eq!(outcomes.dead_letters.len(), 5, "{:?}", outcomes.per_input());
@@ -216,12 +206,7 @@ async fn an_oversized_dead_letter_is_truncated_and_says_so() {
     let mut ok = Vec::new();
     orderflow::codec::encode_request(&request(&order, "create"), &mut ok);
     produce_raw(&settings, &[(Some(order.into_bytes()), ok)]).await;
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 2, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 2, Duration::from_secs(60)).await;
     processor.stop();
     assert_eq!(outcomes.dead_letters.len(), 1);
     let dl = &outcomes.dead_letters[0];
@@ -251,12 +236,7 @@ async fn a_second_processor_takes_over_partitions_with_their_restored_state() {
         requests.push(request(o, "confirm"));
     }
     produce(&settings, &requests).await;
-    let settled = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 80, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let settled = outcomes_within(&settings, 80, Duration::from_secs(60)).await;
     assert_eq!(settled.accepted.len(), 80);
 
     // A second instance joins the same group, then the first leaves: the second owns everything
@@ -269,12 +249,7 @@ async fn a_second_processor_takes_over_partitions_with_their_restored_state() {
 
     let ships: Vec<_> = orders.iter().map(|o| request(o, "ship")).collect();
     produce(&settings, &ships).await;
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 120, Duration::from_secs(90))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 120, Duration::from_secs(90)).await;
     second.stop();
     let shipped: Vec<_> = outcomes
         .accepted
@@ -348,12 +323,7 @@ async fn a_partition_is_processed_while_another_is_still_restoring_a_large_state
         .collect();
     let positions = produce(&settings, &orders).await;
     assert!(positions.iter().any(|(p, _)| *p == 0) && positions.iter().any(|(p, _)| *p == 1));
-    let outcomes = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || wait_for_outcomes(&settings, 12, Duration::from_secs(120))
-    })
-    .await
-    .unwrap();
+    let outcomes = outcomes_within(&settings, 12, Duration::from_secs(120)).await;
     processor.stop();
     assert_eq!(outcomes.accepted.len(), 12);
     let decided = |partition: i32| -> Vec<i64> {

@@ -392,3 +392,11 @@ impl orderflow::processor::Clock for ManualClock {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// [`wait_for_outcomes`], run off the async workers.
+pub async fn outcomes_within(settings: &Settings, expected: usize, timeout: Duration) -> Outcomes {
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || wait_for_outcomes(&settings, expected, timeout))
+        .await
+        .expect("outcome reader task")
+}
