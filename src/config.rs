@@ -86,14 +86,22 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpsSettings {
-    /// Address of `/metrics`, `/healthz` and `/readyz`. Default: `0.0.0.0:9400`.
+    /// Address of `/metrics`, `/healthz`, `/readyz` and `/orders/{id}`. Default: `0.0.0.0:9400`.
     pub listen: String,
+    /// The ops URL of another instance, `{instance}` standing for its instance id (e.g.
+    /// `http://{instance}.orderflow-peers:9400`); `GET /orders/{id}` names it for orders owned
+    /// elsewhere. Default: none (only the owner's instance id is named).
+    pub peer_url_template: Option<String>,
+    /// `/healthz` fails when the processing loop has not beaten for this long. Default: `30000`.
+    pub liveness_timeout_ms: u64,
 }
 
 impl Default for OpsSettings {
     fn default() -> OpsSettings {
         OpsSettings {
             listen: "0.0.0.0:9400".into(),
+            peer_url_template: None,
+            liveness_timeout_ms: 30_000,
         }
     }
 }
@@ -142,6 +150,9 @@ pub struct ProcessorSettings {
     /// Largest dead-letter value; larger ones are truncated and say so in a header. Keep it below
     /// the DLQ topic's `max.message.bytes`. Default: 900000.
     pub dead_letter_max_bytes: usize,
+    /// On SIGTERM/SIGINT, how long the batch in hand may take to finish before the process exits
+    /// anyway, in ms. Keep it below Kubernetes' `terminationGracePeriodSeconds`. Default: 25000.
+    pub shutdown_deadline_ms: u64,
 }
 
 impl Default for ProcessorSettings {
@@ -157,6 +168,7 @@ impl Default for ProcessorSettings {
             parking_max_per_order: 4,
             parking_max_wait_ms: 600_000,
             dead_letter_max_bytes: 900_000,
+            shutdown_deadline_ms: 25_000,
         }
     }
 }
@@ -399,6 +411,29 @@ impl Settings {
                     p.dead_letter_max_bytes
                 ),
             ));
+        }
+        if !(1000..=600_000).contains(&p.shutdown_deadline_ms) {
+            return Err(invalid(
+                "processor.shutdown_deadline_ms",
+                format!("{} is not between 1000 and 600000", p.shutdown_deadline_ms),
+            ));
+        }
+        if self.ops.liveness_timeout_ms < 1000 {
+            return Err(invalid(
+                "ops.liveness_timeout_ms",
+                format!(
+                    "{} is below 1000: an idle loop beats every 100 ms, a busy one once per batch",
+                    self.ops.liveness_timeout_ms
+                ),
+            ));
+        }
+        if let Some(template) = &self.ops.peer_url_template {
+            if !template.contains("{instance}") {
+                return Err(invalid(
+                    "ops.peer_url_template",
+                    format!("{template:?} lacks {{instance}}, the placeholder for the owner's instance id"),
+                ));
+            }
         }
         let names: Vec<&str> = self.topics.all().iter().map(|(_, n)| *n).collect();
         for (i, name) in names.iter().enumerate() {

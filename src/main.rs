@@ -16,7 +16,7 @@ use orderflow::kafka::{TopicError, Topics};
 use orderflow::machine::diagram::{draw, DiagramFormat};
 use orderflow::machine::diff::diff;
 use orderflow::machine::Definition;
-use orderflow::ops::{Health, Metrics, OpsState};
+use orderflow::ops::{Health, Metrics, OpsState, OwnerDirectory};
 use orderflow::processor::{Processor, SystemClock};
 use orderflow::state::SharedCaches;
 use orderflow::{telemetry, tools};
@@ -167,9 +167,6 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
-/// How long a graceful shutdown may take: below Kubernetes' default 30 s grace period.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(25);
-
 async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
     let settings = Arc::new(load_settings(cli)?);
     let definition = Arc::new(load_definition(&settings.definition)?);
@@ -206,11 +203,15 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
     tokio::spawn(orderflow::ops::serve(
         listener,
         OpsState {
-            metrics: metrics.clone(),
-            health: Arc::clone(&health),
-            caches: caches.clone(),
-            definition: Arc::clone(&definition),
-            partitions,
+            liveness_timeout_ms: settings.ops.liveness_timeout_ms as i64,
+            owners: Some(Arc::new(OwnerDirectory::new(&settings)?)),
+            ..OpsState::new(
+                metrics.clone(),
+                Arc::clone(&health),
+                caches.clone(),
+                Arc::clone(&definition),
+                partitions,
+            )
         },
         async move {
             let _ = ops_stop_rx.await;
@@ -242,10 +243,11 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
         signal = shutdown_signal() => {
             tracing::info!(signal, "stopping: finishing the batch in hand");
             shutdown.store(true, Ordering::Relaxed);
-            match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut done_rx).await {
+            let deadline = Duration::from_millis(settings.processor.shutdown_deadline_ms);
+            match tokio::time::timeout(deadline, &mut done_rx).await {
                 Ok(result) => result,
                 Err(_) => {
-                    return Err(anyhow::anyhow!("the processor did not stop within {SHUTDOWN_DEADLINE:?}; exiting anyway (open transactions are aborted by the broker or by the next start)").into());
+                    return Err(anyhow::anyhow!("the processor did not stop within processor.shutdown_deadline_ms ({deadline:?}); exiting anyway (open transactions are aborted by the broker or by the next start)").into());
                 }
             }
         }

@@ -17,6 +17,9 @@ pub enum ClientConfigError {
         /// The orderflow setting to use instead, if any.
         instead: String,
     },
+    /// librdkafka refused the configuration.
+    #[error("cannot create a Kafka client: {0}")]
+    Create(#[source] rdkafka::error::KafkaError),
 }
 
 /// Properties orderflow sets on its own, with the reason and the orderflow setting that controls them.
@@ -98,7 +101,15 @@ const OWNED: &[(&str, &str, Option<&str>)] = &[
         None,
     ),
     ("acks", "exactly-once needs acks=all", None),
+    (
+        "statistics.interval.ms",
+        "orderflow's Prometheus metrics are fed by librdkafka's statistics",
+        None,
+    ),
 ];
+
+/// How often the processor's clients report librdkafka statistics (rtt, queues) to the metrics.
+const STATISTICS_INTERVAL_MS: &str = "5000";
 
 /// The settings every orderflow client shares: cluster, security and pass-through properties.
 pub fn base_config(
@@ -214,7 +225,8 @@ pub fn processor_consumer_config(
                 .to_string(),
         )
         // A batch never takes long; a stuck loop should lose its partitions within a minute.
-        .set("max.poll.interval.ms", "60000");
+        .set("max.poll.interval.ms", "60000")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     Ok(config)
 }
 
@@ -259,7 +271,8 @@ pub fn transactional_producer_config(
         .set(
             "message.timeout.ms",
             settings.processor.transaction_timeout_ms.to_string(),
-        );
+        )
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     Ok(config)
 }
 

@@ -2,6 +2,7 @@
 //! transactional producer.
 
 pub mod client;
+pub mod group;
 pub mod partitioner;
 pub mod topics;
 pub mod transactions;
@@ -13,4 +14,6 @@ pub use client::{
 };
 pub use partitioner::partition_for;
 pub use topics::{TopicError, TopicStatus, Topics};
-pub use transactions::{classify, ErrorClass, OutgoingRecord, TxnError, TxnProducer};
+pub use transactions::{
+    classify, ErrorClass, OutgoingRecord, StatsCallback, TxnError, TxnProducer,
+};

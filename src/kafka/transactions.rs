@@ -3,14 +3,14 @@
 //!
 //! Every call here blocks; the processor calls them from its own thread, never from an async worker.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Statistics, TopicPartitionList};
 
 /// What to do about a failed transactional call (librdkafka's classification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,13 +85,23 @@ impl DeliveryTracker {
     }
 }
 
-/// The producer context: delivery reports settle the tracker.
-#[derive(Debug, Default)]
+/// Receives librdkafka's statistics (every `statistics.interval.ms`).
+pub type StatsCallback = Arc<dyn Fn(&Statistics) + Send + Sync>;
+
+/// The producer context: delivery reports settle the tracker; statistics go to the callback.
+#[derive(Default)]
 pub struct TrackingContext {
     tracker: DeliveryTracker,
+    on_stats: Option<StatsCallback>,
 }
 
-impl ClientContext for TrackingContext {}
+impl ClientContext for TrackingContext {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(on_stats) = &self.on_stats {
+            on_stats(&statistics);
+        }
+    }
+}
 
 impl ProducerContext for TrackingContext {
     type DeliveryOpaque = ();
@@ -134,10 +144,18 @@ pub struct TxnProducer {
 impl TxnProducer {
     /// Creates the producer and initialises transactions, which fences any earlier instance with the
     /// same `transactional.id` and aborts its open transaction. Retries while the cluster is away.
-    pub fn create(config: &ClientConfig, timeout: Duration) -> Result<TxnProducer, TxnError> {
-        let producer: ThreadedProducer<TrackingContext> = config
-            .create_with_context(TrackingContext::default())
-            .map_err(|e| TxnError {
+    /// `on_stats` receives librdkafka's statistics when the config enables them.
+    pub fn create(
+        config: &ClientConfig,
+        timeout: Duration,
+        on_stats: Option<StatsCallback>,
+    ) -> Result<TxnProducer, TxnError> {
+        let context = TrackingContext {
+            tracker: DeliveryTracker::default(),
+            on_stats,
+        };
+        let producer: ThreadedProducer<TrackingContext> =
+            config.create_with_context(context).map_err(|e| TxnError {
                 operation: "create producer",
                 class: ErrorClass::Fatal,
                 source: e,

@@ -2,9 +2,10 @@
 //! (transition names come from the definition, reasons from a closed enum; never an order id).
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use rdkafka::Statistics;
 
 use crate::machine::{Definition, RejectCode};
 use crate::processor::batch::BatchStats;
@@ -47,6 +48,18 @@ pub struct Metrics {
     pub restored_records: IntCounter,
     /// Time a partition's restore took.
     pub restore_seconds: Histogram,
+    /// Requests not yet consumed, per owned partition of the requests topic.
+    pub consumer_lag: IntGaugeVec,
+    /// Average round-trip time to each broker, per client (`consumer`, `producer`).
+    pub broker_rtt_seconds: GaugeVec,
+    /// Records waiting in the producer's queue.
+    pub producer_queue_messages: IntGauge,
+    /// Bytes waiting in the producer's queue.
+    pub producer_queue_bytes: IntGauge,
+    /// Records fetched and waiting for the processing loop.
+    pub consumer_fetch_queue_messages: IntGauge,
+    /// Always 1, labelled with the version and the definition's short hash.
+    pub build_info: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -183,8 +196,60 @@ impl Metrics {
                 "Time a partition's restore took.",
                 exponential_buckets(0.01, 2.0, 16)?,
             )?,
+            consumer_lag: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "orderflow_consumer_lag_records",
+                        "Requests not yet consumed per owned partition (high watermark - position).",
+                    ),
+                    &["partition"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            broker_rtt_seconds: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "orderflow_kafka_broker_rtt_seconds",
+                        "Average round-trip time to a broker over the last statistics window.",
+                    ),
+                    &["client", "broker"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            producer_queue_messages: gauge(
+                &r,
+                "orderflow_kafka_producer_queue_messages",
+                "Records waiting in the transactional producer's queue.",
+            )?,
+            producer_queue_bytes: gauge(
+                &r,
+                "orderflow_kafka_producer_queue_bytes",
+                "Bytes waiting in the transactional producer's queue.",
+            )?,
+            consumer_fetch_queue_messages: gauge(
+                &r,
+                "orderflow_kafka_consumer_fetch_queue_messages",
+                "Records fetched and waiting for the processing loop.",
+            )?,
+            build_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "orderflow_build_info",
+                        "Always 1: the running version and state-machine definition.",
+                    ),
+                    &["version", "definition_hash"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             registry: r,
         };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), definition.short_hash()])
+            .set(1);
         for t in definition.transitions() {
             metrics.accepted.with_label_values(&[t.name.as_str()]);
         }
@@ -203,6 +268,71 @@ impl Metrics {
         self.parked.inc_by(stats.parked);
         self.expired.inc_by(stats.expired);
         self.forgotten.inc_by(stats.forgotten);
+    }
+
+    /// Takes what matters from librdkafka's statistics of the processor's `client`
+    /// (`consumer` or `producer`).
+    pub fn record_kafka_statistics(&self, client: &str, statistics: &Statistics) {
+        for broker in statistics.brokers.values() {
+            // Bootstrap entries (node id -1) are not brokers of the cluster.
+            if broker.nodeid < 0 {
+                continue;
+            }
+            if let Some(rtt) = &broker.rtt {
+                self.broker_rtt_seconds
+                    .with_label_values(&[client, &broker.nodeid.to_string()])
+                    .set(rtt.avg as f64 / 1e6);
+            }
+        }
+        match client {
+            "producer" => {
+                self.producer_queue_messages.set(statistics.msg_cnt as i64);
+                self.producer_queue_bytes.set(statistics.msg_size as i64);
+            }
+            _ => {
+                let fetched: i64 = statistics
+                    .topics
+                    .values()
+                    .flat_map(|t| t.partitions.values())
+                    .filter(|p| p.partition >= 0)
+                    .map(|p| p.fetchq_cnt)
+                    .sum();
+                self.consumer_fetch_queue_messages.set(fetched);
+            }
+        }
+    }
+
+    /// Sets the lag of each assigned partition of `topic` from the consumer's statistics: the
+    /// last stable offset minus the next offset the loop will see (or the committed offset, before
+    /// the loop saw any record of the partition). Partitions no longer assigned disappear.
+    pub fn record_consumer_lag(&self, statistics: &Statistics, topic: &str) {
+        let Some(topic) = statistics.topics.get(topic) else {
+            return;
+        };
+        let lags: Vec<(i32, i64)> = topic
+            .partitions
+            .values()
+            .filter(|p| p.partition >= 0 && p.desired)
+            .filter_map(|p| {
+                let position = if p.app_offset >= 0 {
+                    p.app_offset
+                } else {
+                    p.committed_offset
+                };
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                (position >= 0 && end >= 0).then(|| (p.partition, (end - position).max(0)))
+            })
+            .collect();
+        self.consumer_lag.reset();
+        for (partition, lag) in lags {
+            self.consumer_lag
+                .with_label_values(&[&partition.to_string()])
+                .set(lag);
+        }
     }
 
     /// The text exposition of every metric.

@@ -2,8 +2,10 @@
 
 pub mod health;
 pub mod metrics;
+pub mod owners;
 pub mod server;
 
 pub use health::Health;
 pub use metrics::Metrics;
+pub use owners::{Owner, OwnerDirectory};
 pub use server::{serve, OpsState};

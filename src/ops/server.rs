@@ -15,14 +15,11 @@ use serde_json::json;
 
 use super::health::Health;
 use super::metrics::Metrics;
+use super::owners::OwnerDirectory;
 use crate::kafka::partition_for;
 use crate::machine::Definition;
 use crate::processor::{Clock, SystemClock};
 use crate::state::SharedCaches;
-
-/// How long the loop may go without a heartbeat before `/healthz` fails (it beats at least every
-/// 100 ms while idle, and once per batch while busy).
-pub const MAX_LOOP_SILENCE_MS: i64 = 30_000;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -37,6 +34,32 @@ pub struct OpsState {
     pub definition: Arc<Definition>,
     /// Partitions of the requests topic (to find an order's partition).
     pub partitions: i32,
+    /// How long the loop may go without a heartbeat before `/healthz` fails (it beats at least
+    /// every 100 ms while idle, and once per batch while busy).
+    pub liveness_timeout_ms: i64,
+    /// Where to look up the owner of a partition owned elsewhere.
+    pub owners: Option<Arc<OwnerDirectory>>,
+}
+
+impl OpsState {
+    /// The state of an ops server with the default liveness timeout (30 s) and no owner lookup.
+    pub fn new(
+        metrics: Metrics,
+        health: Arc<Health>,
+        caches: SharedCaches,
+        definition: Arc<Definition>,
+        partitions: i32,
+    ) -> OpsState {
+        OpsState {
+            metrics,
+            health,
+            caches,
+            definition,
+            partitions,
+            liveness_timeout_ms: 30_000,
+            owners: None,
+        }
+    }
 }
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
@@ -49,7 +72,7 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
 async fn healthz(State(state): State<OpsState>) -> impl IntoResponse {
     if state
         .health
-        .is_alive(SystemClock.now_ms(), MAX_LOOP_SILENCE_MS)
+        .is_alive(SystemClock.now_ms(), state.liveness_timeout_ms)
     {
         (StatusCode::OK, "ok\n")
     } else {
@@ -73,25 +96,39 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
 
 async fn order(State(state): State<OpsState>, Path(order_id): Path<String>) -> impl IntoResponse {
     let partition = partition_for(order_id.as_bytes(), state.partitions);
-    let caches = state.caches.read();
-    let Some(cache) = caches.get(&partition) else {
-        // Distinct from 404: the order may exist, but another instance owns its partition.
-        return (
-            StatusCode::MISDIRECTED_REQUEST,
-            Json(json!({
-                "error": "not owned",
-                "order_id": order_id,
-                "partition": partition,
-                "detail": "another instance owns this order's partition (or it is being restored here)",
-            })),
-        );
-    };
-    match cache.get(&order_id) {
-        None => (
+    // Outer None: the partition is not owned here; inner None: no such order.
+    let found = state
+        .caches
+        .read()
+        .get(&partition)
+        .map(|cache| cache.get(&order_id).cloned());
+    match found {
+        None => {
+            // Distinct from 404: the order may exist, but another instance owns its partition.
+            let owner = match state.owners.clone() {
+                Some(owners) => tokio::task::spawn_blocking(move || owners.owner(partition))
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                Json(json!({
+                    "error": "not owned",
+                    "order_id": order_id,
+                    "partition": partition,
+                    "owner_instance": owner.as_ref().map(|o| o.instance_id.clone()),
+                    "owner_url": owner.and_then(|o| o.url).map(|u| format!("{u}/orders/{order_id}")),
+                    "detail": "another instance owns this order's partition (or it is being restored here); ask the owner",
+                })),
+            )
+        }
+        Some(None) => (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "unknown order", "order_id": order_id, "partition": partition})),
         ),
-        Some(s) => (
+        Some(Some(s)) => (
             StatusCode::OK,
             Json(json!({
                 "order_id": order_id,

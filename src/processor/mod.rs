@@ -40,7 +40,8 @@ use self::batch::{
 use crate::config::Settings;
 use crate::kafka::{
     parse_processor_client_id, processor_consumer_config, transactional_id,
-    transactional_producer_config, ClientConfigError, ErrorClass, TxnError, TxnProducer,
+    transactional_producer_config, ClientConfigError, ErrorClass, StatsCallback, TxnError,
+    TxnProducer,
 };
 use crate::machine::{Decider, Definition, OrderState, ParkingPolicy};
 use crate::ops::metrics::reason_label;
@@ -98,6 +99,7 @@ enum RebalanceEvent {
 struct ProcessorContext {
     topic: String,
     events: Mutex<Vec<RebalanceEvent>>,
+    metrics: Metrics,
 }
 
 impl ProcessorContext {
@@ -121,7 +123,13 @@ impl ProcessorContext {
     }
 }
 
-impl ClientContext for ProcessorContext {}
+impl ClientContext for ProcessorContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics
+            .record_kafka_statistics("consumer", &statistics);
+        self.metrics.record_consumer_lag(&statistics, &self.topic);
+    }
+}
 
 impl ConsumerContext for ProcessorContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -146,31 +154,57 @@ impl ConsumerContext for ProcessorContext {
     }
 }
 
-/// A process-killing failpoint for crash tests: `ORDERFLOW_FAILPOINT=kill-before-commit:N` sends
-/// SIGKILL to this process after producing the N-th batch, before committing it.
-#[derive(Debug, Clone, Copy)]
+/// Failpoints for crash and health tests, from `ORDERFLOW_FAILPOINT`:
+/// `kill-before-commit:N` sends SIGKILL to this process after producing the N-th batch, before
+/// committing it; `stall-before-commit:N` blocks the processing loop there for good (a stuck loop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Failpoint {
-    kill_before_commit_batch: Option<u64>,
+    action: Option<(FailAction, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailAction {
+    Kill,
+    Stall,
 }
 
 impl Failpoint {
     fn from_env() -> Failpoint {
-        let kill_before_commit_batch = std::env::var("ORDERFLOW_FAILPOINT")
-            .ok()
-            .and_then(|v| v.strip_prefix("kill-before-commit:").map(str::to_owned))
-            .and_then(|n| n.parse().ok());
-        Failpoint {
-            kill_before_commit_batch,
-        }
+        Failpoint::parse(std::env::var("ORDERFLOW_FAILPOINT").ok().as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Failpoint {
+        let action = value.and_then(|v| {
+            let (name, batch) = v.split_once(':')?;
+            let action = match name {
+                "kill-before-commit" => FailAction::Kill,
+                "stall-before-commit" => FailAction::Stall,
+                _ => return None,
+            };
+            Some((action, batch.parse().ok()?))
+        });
+        Failpoint { action }
     }
 
     fn before_commit(&self, batch_number: u64) {
-        if self.kill_before_commit_batch == Some(batch_number) {
-            tracing::warn!(batch_number, "failpoint kill-before-commit: SIGKILL");
-            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
+        match self.action {
+            Some((FailAction::Kill, n)) if n == batch_number => {
+                tracing::warn!(batch_number, "failpoint kill-before-commit: SIGKILL");
+                // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
             }
+            Some((FailAction::Stall, n)) if n == batch_number => {
+                tracing::warn!(
+                    batch_number,
+                    "failpoint stall-before-commit: the loop stops here"
+                );
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -305,15 +339,21 @@ impl Processor {
         );
         let producer_config = transactional_producer_config(&settings)?;
         let timeout = Duration::from_millis(settings.processor.transaction_timeout_ms);
-        let producer = TxnProducer::create(&producer_config, timeout).map_err(|source| {
-            ProcessorError::Fatal {
-                transactional_id: transactional_id(&settings),
-                source: Box::new(source),
-            }
-        })?;
+        let producer_metrics = metrics.clone();
+        let on_stats: StatsCallback = Arc::new(move |statistics| {
+            producer_metrics.record_kafka_statistics("producer", statistics)
+        });
+        let producer =
+            TxnProducer::create(&producer_config, timeout, Some(on_stats)).map_err(|source| {
+                ProcessorError::Fatal {
+                    transactional_id: transactional_id(&settings),
+                    source: Box::new(source),
+                }
+            })?;
         let context = ProcessorContext {
             topic: settings.topics.requests.clone(),
             events: Mutex::new(Vec::new()),
+            metrics: metrics.clone(),
         };
         let hash = decider.definition().short_hash().to_string();
         let consumer: BaseConsumer<ProcessorContext> = processor_consumer_config(&settings, &hash)?
@@ -791,5 +831,31 @@ fn to_input(message: &BorrowedMessage<'_>) -> InputRecord {
         key: message.key().map(<[u8]>::to_vec),
         value: message.payload().map(<[u8]>::to_vec),
         headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failpoints_parse_their_action_and_batch_and_ignore_anything_else() {
+        assert_eq!(
+            Failpoint::parse(Some("kill-before-commit:3")).action,
+            Some((FailAction::Kill, 3))
+        );
+        assert_eq!(
+            Failpoint::parse(Some("stall-before-commit:1")).action,
+            Some((FailAction::Stall, 1))
+        );
+        for ignored in [
+            None,
+            Some(""),
+            Some("stall-before-commit"),
+            Some("nap:1"),
+            Some("kill-before-commit:x"),
+        ] {
+            assert_eq!(Failpoint::parse(ignored).action, None, "{ignored:?}");
+        }
     }
 }

@@ -13,6 +13,15 @@ use crate::support::{
 
 /// Starts the `orderflow run` binary for `settings`, with an optional failpoint.
 pub fn spawn_binary(settings: &Settings, failpoint: Option<&str>) -> Child {
+    spawn_binary_with(settings, failpoint, &[])
+}
+
+/// Like [`spawn_binary`], with further environment variables (set last, so they win).
+pub fn spawn_binary_with(
+    settings: &Settings,
+    failpoint: Option<&str>,
+    environment: &[(&str, &str)],
+) -> Child {
     let repo = env!("CARGO_MANIFEST_DIR");
     let t = &settings.topics;
     let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
@@ -58,6 +67,7 @@ pub fn spawn_binary(settings: &Settings, failpoint: Option<&str>) -> Child {
         Some(f) => command.env("ORDERFLOW_FAILPOINT", f),
         None => command.env_remove("ORDERFLOW_FAILPOINT"),
     };
+    command.envs(environment.iter().copied());
     command.spawn().expect("orderflow binary starts")
 }
 

@@ -44,13 +44,13 @@ async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(orderflow::ops::serve(
         listener,
-        OpsState {
-            metrics: metrics.clone(),
-            health: Arc::clone(&health),
-            caches: caches.clone(),
-            definition: crate::support::definition(),
-            partitions: settings.topics.partitions,
-        },
+        OpsState::new(
+            metrics.clone(),
+            Arc::clone(&health),
+            caches.clone(),
+            crate::support::definition(),
+            settings.topics.partitions,
+        ),
         async move {
             let _ = stopped.await;
         },
@@ -129,13 +129,13 @@ async fn an_order_of_a_partition_owned_elsewhere_is_not_a_404() {
     let definition = crate::support::definition();
     tokio::spawn(orderflow::ops::serve(
         listener,
-        OpsState {
-            metrics: Metrics::new(&definition).unwrap(),
-            health: Arc::new(Health::default()),
+        OpsState::new(
+            Metrics::new(&definition).unwrap(),
+            Arc::new(Health::default()),
             caches,
             definition,
-            partitions: 12,
-        },
+            12,
+        ),
         std::future::pending(),
     ));
     // One order id whose partition (of 12) is owned here (0), one whose partition is not.
@@ -164,13 +164,13 @@ async fn healthz_fails_when_the_loop_stops_beating_or_failed() {
     let address = listener.local_addr().unwrap();
     tokio::spawn(orderflow::ops::serve(
         listener,
-        OpsState {
-            metrics: Metrics::new(&definition).unwrap(),
-            health: Arc::clone(&health),
-            caches: orderflow::state::SharedCaches::default(),
+        OpsState::new(
+            Metrics::new(&definition).unwrap(),
+            Arc::clone(&health),
+            orderflow::state::SharedCaches::default(),
             definition,
-            partitions: 1,
-        },
+            1,
+        ),
         std::future::pending(),
     ));
     let now = || {
@@ -187,4 +187,105 @@ async fn healthz_fails_when_the_loop_stops_beating_or_failed() {
     assert_eq!(tokio::task::spawn_blocking(probe).await.unwrap(), 200);
     health.set_failed();
     assert_eq!(tokio::task::spawn_blocking(probe).await.unwrap(), 503);
+}
+
+/// Like [`get`], but `None` while nothing listens yet.
+fn try_get(address: &str, path: &str) -> Option<(u16, String)> {
+    let address: std::net::SocketAddr = address.parse().ok()?;
+    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
+    Some(get(address, path))
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `path` until its status is `status` (or panics after `timeout`).
+async fn await_status(address: &str, path: &str, status: u16, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (a, p) = (address.to_string(), path.to_string());
+        let seen = tokio::task::spawn_blocking(move || try_get(&a, &p))
+            .await
+            .unwrap();
+        if seen.as_ref().map(|(s, _)| *s) == Some(status) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never answered {status} within {timeout:?}; last: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_turns_503_when_a_failpoint_blocks_the_running_loop() {
+    let settings = processor_settings(1, &unique("stall"));
+    create_topics(&settings).await;
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut child = crate::crash::spawn_binary_with(
+        &settings,
+        Some("stall-before-commit:1"),
+        &[
+            ("ORDERFLOW_OPS__LISTEN", &address),
+            ("ORDERFLOW_OPS__LIVENESS_TIMEOUT_MS", "2000"),
+        ],
+    );
+    await_status(&address, "/readyz", 200, Duration::from_secs(60)).await;
+    await_status(&address, "/healthz", 200, Duration::from_secs(5)).await;
+    // The first batch blocks the loop before its commit; liveness must notice within its timeout.
+    produce(&settings, &[request(&unique("order"), "create")]).await;
+    await_status(&address, "/healthz", 503, Duration::from_secs(30)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_owned_by_another_instance_names_that_instance_and_its_url() {
+    let settings = processor_settings(2, &unique("owner"));
+    create_topics(&settings).await;
+    let owner = RunningProcessor::start(&settings);
+    // Wait until the owner has its partitions: its outcome for a request proves it.
+    produce(&settings, &[request(&unique("order"), "create")]).await;
+    outcomes_within(&settings, 1, Duration::from_secs(60)).await;
+
+    // A second pod that owns nothing yet asks the group who owns the order's partition.
+    let mut other = settings.clone();
+    other.instance_id = "other-pod".into();
+    other.ops.peer_url_template = Some("http://{instance}.peers:9400".into());
+    let owners = Arc::new(orderflow::ops::OwnerDirectory::new(&other).unwrap());
+    let definition = crate::support::definition();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(orderflow::ops::serve(
+        listener,
+        OpsState {
+            owners: Some(owners),
+            ..OpsState::new(
+                Metrics::new(&definition).unwrap(),
+                Arc::new(Health::default()),
+                orderflow::state::SharedCaches::default(),
+                definition,
+                2,
+            )
+        },
+        std::future::pending(),
+    ));
+    let (status, body) = tokio::task::spawn_blocking(move || get(address, "/orders/o-77"))
+        .await
+        .unwrap();
+    owner.stop();
+    assert_eq!(status, 421, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["owner_instance"], settings.instance_id.as_str());
+    assert_eq!(
+        answer["owner_url"],
+        format!("http://{}.peers:9400/orders/o-77", settings.instance_id)
+    );
 }
