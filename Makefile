@@ -5,7 +5,7 @@ BIN := target/release/orderflow
 KAFKA := deploy/local/kafka.sh
 
 
-.PHONY: run serve test bench-core lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
+.PHONY: run serve test deploy-check bench-core lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
 
 ## run: local broker (127.0.0.1:9092), topics, the processor, and a demo load with its outcomes
 run: build
@@ -18,6 +18,10 @@ serve: build
 ## test: start a test broker (127.0.0.1:19092), run unit + integration tests, stop it
 test:
 	bash deploy/local/test.sh
+
+## deploy-check: render deploy/k8s, validate manifests, alert rules, dashboard and cluster config offline
+deploy-check:
+	bash deploy/check.sh
 
 ## bench-core: criterion micro-benchmarks of decide and the codec, written to docs/benchmarks.md
 bench-core:

@@ -111,6 +111,21 @@ pub enum CodecError {
 }
 
 impl CodecError {
+    /// Every value [`CodecError::kind`] returns (metrics start each at 0).
+    pub const KINDS: [&'static str; 11] = [
+        "not_avro",
+        "unknown_schema",
+        "wrong_record_type",
+        "truncated",
+        "corrupt",
+        "invalid_utf8",
+        "schema_resolution",
+        "missing_key",
+        "key_not_utf8",
+        "key_mismatch",
+        "unknown_state",
+    ];
+
     /// A short, stable name for metrics and dead-letter headers.
     pub fn kind(&self) -> &'static str {
         match self {

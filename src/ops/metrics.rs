@@ -7,8 +7,9 @@ use prometheus::{
 };
 use rdkafka::Statistics;
 
+use crate::codec::CodecError;
 use crate::machine::{Definition, RejectCode};
-use crate::processor::batch::BatchStats;
+use crate::processor::batch::{BatchStats, Poison};
 
 /// Every metric orderflow exports, registered in its own registry.
 #[derive(Clone)]
@@ -58,6 +59,8 @@ pub struct Metrics {
     pub producer_queue_bytes: IntGauge,
     /// Records fetched and waiting for the processing loop.
     pub consumer_fetch_queue_messages: IntGauge,
+    /// 1 when every assigned partition is restored and processing (what `/readyz` answers).
+    pub ready: IntGauge,
     /// Always 1, labelled with the version and the definition's short hash.
     pub build_info: IntGaugeVec,
 }
@@ -233,6 +236,11 @@ impl Metrics {
                 "orderflow_kafka_consumer_fetch_queue_messages",
                 "Records fetched and waiting for the processing loop.",
             )?,
+            ready: gauge(
+                &r,
+                "orderflow_ready",
+                "1 when every assigned partition is restored and processing, else 0.",
+            )?,
             build_info: {
                 let g = IntGaugeVec::new(
                     Opts::new(
@@ -255,6 +263,9 @@ impl Metrics {
         }
         for code in RejectCode::ALL {
             metrics.rejected.with_label_values(&[reason_label(code)]);
+        }
+        for kind in CodecError::KINDS.iter().chain(&Poison::OTHER_KINDS) {
+            metrics.dead_letters.with_label_values(&[kind]);
         }
         for result in ["commit", "abort"] {
             metrics.transactions.with_label_values(&[result]);

@@ -140,6 +140,9 @@ pub enum Poison {
 }
 
 impl Poison {
+    /// The kinds that are not codec errors (see [`CodecError::KINDS`]).
+    pub const OTHER_KINDS: [&'static str; 2] = ["empty_value", "oversized_attributes"];
+
     /// The stable kind for headers and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

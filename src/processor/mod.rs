@@ -406,8 +406,9 @@ impl Processor {
         let mut last_report = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
             self.health.beat(SystemClock.now_ms());
-            self.health
-                .set_ready(self.assigned_once && self.restoring.is_empty());
+            let ready = self.assigned_once && self.restoring.is_empty();
+            self.health.set_ready(ready);
+            self.metrics.ready.set(i64::from(ready));
             self.metrics
                 .owned_partitions
                 .set((self.caches.partitions() + self.restoring.len()) as i64);

@@ -289,3 +289,71 @@ async fn an_order_owned_by_another_instance_names_that_instance_and_its_url() {
         format!("http://{}.peers:9400/orders/o-77", settings.instance_id)
     );
 }
+
+/// Every `orderflow_*` name in a file (dashboard queries, alert rules and their annotations).
+fn metric_names_in(path: &str) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("orderflow_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_and_alerts_use_is_exported_by_a_running_orderflow() {
+    let mut used = metric_names_in("deploy/grafana/orderflow.json");
+    let dashboard_count = used.len();
+    used.extend(metric_names_in("deploy/prometheus/alerts.yaml"));
+    assert!(
+        dashboard_count >= 15 && used.len() > dashboard_count,
+        "too few names found: {used:?}"
+    );
+
+    let settings = processor_settings(2, &unique("exported"));
+    create_topics(&settings).await;
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut child =
+        crate::crash::spawn_binary_with(&settings, None, &[("ORDERFLOW_OPS__LISTEN", &address)]);
+    await_status(&address, "/readyz", 200, Duration::from_secs(60)).await;
+    produce(&settings, &[request(&unique("order"), "create")]).await;
+    outcomes_within(&settings, 1, Duration::from_secs(60)).await;
+
+    // Lag and round-trip times come with librdkafka's statistics (every 5 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let missing = loop {
+        let a = address.clone();
+        let (_, body) = tokio::task::spawn_blocking(move || try_get(&a, "/metrics"))
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        let exported: std::collections::BTreeSet<&str> = body
+            .lines()
+            .filter_map(|l| match l.strip_prefix("# TYPE ") {
+                Some(typed) => typed.split_whitespace().next(),
+                None if !l.starts_with('#') => l.split(['{', ' ']).next(),
+                None => None,
+            })
+            .collect();
+        let missing: Vec<&String> = used
+            .iter()
+            .filter(|n| !exported.contains(n.as_str()))
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() > deadline {
+            break missing.into_iter().cloned().collect::<Vec<_>>();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        missing.is_empty(),
+        "used by deploy/ but not exported: {missing:?}"
+    );
+}
