@@ -45,6 +45,11 @@ pub enum ConfigError {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     /// The secret itself, for handing to librdkafka only.
     pub fn expose(&self) -> &str {
         &self.0

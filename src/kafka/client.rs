@@ -367,6 +367,21 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_scram_clients_can_be_created() {
+        // librdkafka refuses SSL protocols and SCRAM at creation when built without OpenSSL.
+        let settings = KafkaSettings {
+            security_protocol: "SASL_SSL".into(),
+            sasl_mechanism: Some("SCRAM-SHA-512".into()),
+            sasl_username: Some("orderflow".into()),
+            sasl_password: Some(crate::config::Secret::new("s3cret")),
+            ..KafkaSettings::default()
+        };
+        let created: Result<rdkafka::consumer::BaseConsumer, _> =
+            base_config(&settings, "tls-test").unwrap().create();
+        assert!(created.is_ok(), "{:?}", created.err());
+    }
+
+    #[test]
     fn described_configs_mask_secrets() {
         let settings = KafkaSettings {
             sasl_password: serde_json::from_str::<Secret>("\"hunter2\"").ok(),
