@@ -51,6 +51,144 @@ pub enum Command {
     },
     /// Send a telling set of requests to a running processor and print each one's outcome.
     Demo(DemoArgs),
+    /// Send one transition request, and with --wait print its outcome.
+    ///
+    /// Exit codes with --wait: 0 accepted, 3 rejected, 4 dead letter, 5 no outcome in time.
+    /// Example: orderflow send --order 42 --transition ship --attr carrier=dhl --wait
+    Send(SendArgs),
+    /// Print an order's current state: from the state topic, or from a running instance (--via).
+    ///
+    /// Exit code 3 when the order is unknown.
+    Get(GetArgs),
+    /// Follow outcomes as they are committed (accepted, rejected, dead letters), like kcat -C.
+    Tail(TailArgs),
+    /// Inspect dead letters and re-publish chosen ones to the requests topic after a fix.
+    Dlq {
+        /// list or replay.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+/// `orderflow send`
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The order id (also the record key).
+    #[arg(long)]
+    pub order: String,
+    /// The transition to ask for (a name from the definition, e.g. ship).
+    #[arg(long)]
+    pub transition: String,
+    /// Apply only if the order is at exactly this version (optimistic concurrency).
+    #[arg(long)]
+    pub expect_version: Option<u64>,
+    /// An attribute carried to the outcome, as key=value; repeat for more.
+    #[arg(long = "attr", value_parser = parse_attribute)]
+    pub attributes: Vec<(String, String)>,
+    /// The sending service, recorded in the outcome.
+    #[arg(long, default_value = "cli")]
+    pub source: String,
+    /// The request id (a UUID); reuse one to retry idempotently. Default: a new one.
+    #[arg(long)]
+    pub request_id: Option<uuid::Uuid>,
+    /// Wait for the outcome and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_secs: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `key=value`.
+pub fn parse_attribute(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not key=value")),
+    }
+}
+
+/// `orderflow get`
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The order id.
+    pub order: String,
+    /// Ask a running instance's ops server instead of reading the state topic, e.g.
+    /// http://127.0.0.1:9400 (follows a 421 answer to the owning instance when it names one).
+    #[arg(long)]
+    pub via: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `orderflow tail`
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Start at the beginning of the output topics instead of their end.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Only outcomes of this order.
+    #[arg(long)]
+    pub order: Option<String>,
+    /// Which outputs to follow; repeat or comma-separate. Default: all three.
+    #[arg(long = "only", value_enum, value_delimiter = ',')]
+    pub only: Vec<OutputKind>,
+    /// Stop after this many outcomes.
+    #[arg(long)]
+    pub max: Option<u64>,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The three output topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputKind {
+    /// Accepted transitions.
+    Accepted,
+    /// Rejected requests.
+    Rejected,
+    /// Dead letters.
+    Dlq,
+}
+
+/// `orderflow dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Print every dead letter with where it came from and why it is there.
+    List {
+        /// Only dead letters of this error kind (e.g. not_avro).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-publish dead letters' original key and value to the requests topic (after the producer
+    /// or the definition was fixed). Truncated dead letters are refused: their bytes are incomplete.
+    Replay {
+        /// A dead letter's position in the dead-letter topic, as PARTITION:OFFSET (see `dlq list`);
+        /// repeat for more.
+        #[arg(long = "record", value_parser = parse_position)]
+        records: Vec<(i32, i64)>,
+        /// Every dead letter of this error kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Show what would be re-published, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Parses `PARTITION:OFFSET`.
+pub fn parse_position(text: &str) -> Result<(i32, i64), String> {
+    let parsed = text
+        .split_once(':')
+        .and_then(|(p, o)| Some((p.parse().ok()?, o.parse().ok()?)));
+    parsed.ok_or_else(|| format!("{text:?} is not PARTITION:OFFSET (e.g. 3:1042)"))
 }
 
 /// `orderflow topics ...`

@@ -9,11 +9,13 @@
 //! - [`state`]: per-partition committed caches and their restore from the compacted topic.
 //! - [`processor`]: the exactly-once loop — poll, decide, produce, commit in one transaction.
 //! - [`ops`]: Prometheus metrics, health and readiness, the ops HTTP server.
-//! - [`tools`]: tools for people and upstream services (the demo).
+//! - [`client`]: requests in, outcomes out, as upstream services see orderflow (send and await).
+//! - [`tools`]: commands for people and scripts (send, get, tail, dlq, demo).
 //! - [`telemetry`]: logging setup.
 //! - [`cli`]: the command line; `main.rs` only parses it and dispatches.
 
 pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod kafka;

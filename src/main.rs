@@ -10,7 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use orderflow::cli::{Cli, Command, ConfigAction, DrawFormat, MachineAction, TopicsAction};
+use orderflow::cli::{
+    Cli, Command, ConfigAction, DlqAction, DrawFormat, MachineAction, TopicsAction,
+};
+use orderflow::client::Gateway;
 use orderflow::config::Settings;
 use orderflow::kafka::{TopicError, Topics};
 use orderflow::machine::diagram::{draw, DiagramFormat};
@@ -154,6 +157,49 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => run(&cli).await,
+        Command::Send(args) => {
+            let settings = connected_settings(&cli).await?;
+            let result = tools::send::run(&settings, args).await?;
+            Ok(ExitCode::from(result.exit_code()))
+        }
+        Command::Get(args) => {
+            let settings = if args.via.is_some() {
+                load_settings(&cli)?
+            } else {
+                connected_settings(&cli).await?
+            };
+            let definition = Arc::new(load_definition(&settings.definition)?);
+            let found =
+                tools::get::run(&settings, &definition, settings.topics.partitions, args).await?;
+            Ok(if found {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        Command::Tail(args) => {
+            let settings = connected_settings(&cli).await?;
+            tools::tail::run(&settings, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { action } => {
+            let settings = connected_settings(&cli).await?;
+            let partitions = settings.topics.partitions;
+            match action {
+                DlqAction::List { kind, json } => {
+                    tools::dlq::list(&settings, partitions, kind.as_deref(), *json).await?
+                }
+                DlqAction::Replay {
+                    records,
+                    kind,
+                    dry_run,
+                } => {
+                    tools::dlq::replay(&settings, partitions, records, kind.as_deref(), *dry_run)
+                        .await?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => {
             let settings = load_settings(&cli)?;
             let topics = Topics::connect(&settings.kafka).map_err(usage)?;
@@ -165,6 +211,18 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Settings for a tool that talks to Kafka: the topics must exist, and their real partition count
+/// (which decides where an order lives) replaces the configured one.
+async fn connected_settings(cli: &Cli) -> Result<Settings, Failure> {
+    let mut settings = load_settings(cli)?;
+    let topics = Topics::connect(&settings.kafka).map_err(usage)?;
+    settings.topics.partitions = topics
+        .check(&settings.topics)
+        .await
+        .context("checking the topics (create them with `orderflow topics create`)")?;
+    Ok(settings)
 }
 
 async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
@@ -205,6 +263,17 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
         OpsState {
             liveness_timeout_ms: settings.ops.liveness_timeout_ms as i64,
             owners: Some(Arc::new(OwnerDirectory::new(&settings)?)),
+            gateway: Some(Arc::new({
+                let settings = Arc::clone(&settings);
+                tokio::task::spawn_blocking(move || {
+                    Gateway::start(
+                        &settings,
+                        &format!("orderflow-{}-http", settings.instance_id),
+                    )
+                })
+                .await
+                .context("starting the HTTP request gateway")??
+            })),
             ..OpsState::new(
                 metrics.clone(),
                 Arc::clone(&health),

@@ -1,23 +1,33 @@
 //! The ops HTTP server: `/metrics` (Prometheus text), `/healthz` (the loop is alive), `/readyz`
 //! (assigned partitions restored and processing), `GET /orders/{id}` (an order's committed state
-//! when this instance owns its partition).
+//! when this instance owns its partition) and `POST /orders/{id}/transitions` (send a request and
+//! answer its outcome).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Json;
 use axum::Router;
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
 
 use super::health::Health;
 use super::metrics::Metrics;
 use super::owners::OwnerDirectory;
+use crate::client::{Gateway, GatewayError, Outcome};
 use crate::kafka::partition_for;
 use crate::machine::Definition;
+use crate::machine::TransitionRequest;
+use crate::processor::batch::TRACEPARENT;
 use crate::processor::{Clock, SystemClock};
 use crate::state::SharedCaches;
 
@@ -39,6 +49,8 @@ pub struct OpsState {
     pub liveness_timeout_ms: i64,
     /// Where to look up the owner of a partition owned elsewhere.
     pub owners: Option<Arc<OwnerDirectory>>,
+    /// Sends requests and awaits their outcomes, for `POST /orders/{id}/transitions`.
+    pub gateway: Option<Arc<Gateway>>,
 }
 
 impl OpsState {
@@ -58,6 +70,7 @@ impl OpsState {
             partitions,
             liveness_timeout_ms: 30_000,
             owners: None,
+            gateway: None,
         }
     }
 }
@@ -143,6 +156,86 @@ async fn order(State(state): State<OpsState>, Path(order_id): Path<String>) -> i
     }
 }
 
+/// The body of `POST /orders/{id}/transitions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    transition: String,
+    expected_version: Option<u64>,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+    source: Option<String>,
+    /// Reuse to retry idempotently; default: a new one.
+    request_id: Option<Uuid>,
+    /// How long to wait for the outcome; default 10 s, at most 60 s.
+    timeout_ms: Option<u64>,
+}
+
+/// Sends a transition request and answers its outcome: 200 accepted, 409 rejected, 422 dead
+/// letter, 504 no outcome in time (retry with the same request id), 400 bad body.
+async fn post_transition(
+    State(state): State<OpsState>,
+    Path(order_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<TransitionBody>, JsonRejection>,
+) -> (StatusCode, Json<Value>) {
+    let Some(gateway) = state.gateway.clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "this instance does not accept requests over HTTP (no gateway)"})),
+        );
+    };
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({
+                    "error": "bad request body",
+                    "detail": rejection.body_text(),
+                    "expected": {"transition": "ship", "expected_version": 2, "attributes": {"carrier": "dhl"}, "source": "warehouse", "request_id": "optional UUID", "timeout_ms": 10000},
+                })),
+            )
+        }
+    };
+    let request = TransitionRequest {
+        request_id: body.request_id.unwrap_or_else(Uuid::new_v4),
+        order_id,
+        transition: body.transition,
+        expected_version: body.expected_version,
+        requested_at_ms: SystemClock.now_ms(),
+        source: body.source.unwrap_or_else(|| "http".into()),
+        attributes: body.attributes,
+    };
+    let trace: Vec<(String, Vec<u8>)> = headers
+        .get(TRACEPARENT)
+        .map(|v| vec![(TRACEPARENT.to_string(), v.as_bytes().to_vec())])
+        .unwrap_or_default();
+    let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(10_000).min(60_000));
+    match gateway.submit(&request, &trace, timeout).await {
+        Ok(outcome) => {
+            let status = match outcome {
+                Outcome::Accepted(_) => StatusCode::OK,
+                Outcome::Rejected(_) => StatusCode::CONFLICT,
+                Outcome::DeadLetter(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (status, Json(outcome.to_json()))
+        }
+        Err(e @ GatewayError::Timeout { .. }) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Json(json!({
+                "error": "no outcome in time",
+                "request_id": request.request_id.to_string(),
+                "detail": e.to_string(),
+            })),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "cannot send the request", "detail": e.to_string()})),
+        ),
+    }
+}
+
 /// The routes.
 pub fn router(state: OpsState) -> Router {
     Router::new()
@@ -150,6 +243,7 @@ pub fn router(state: OpsState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/orders/{id}", get(order))
+        .route("/orders/{id}/transitions", post(post_transition))
         .with_state(state)
 }
 

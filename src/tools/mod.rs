@@ -1,3 +1,8 @@
-//! Tools for people and upstream services that drive orderflow from outside.
+//! Commands for people and scripts that drive orderflow from outside: send a request, read an
+//! order, follow outcomes, inspect and replay dead letters, and the demo.
 
 pub mod demo;
+pub mod dlq;
+pub mod get;
+pub mod send;
+pub mod tail;

@@ -22,11 +22,22 @@ pub fn spawn_binary_with(
     failpoint: Option<&str>,
     environment: &[(&str, &str)],
 ) -> Child {
+    let mut command = binary_command(settings);
+    command.arg("run");
+    match failpoint {
+        Some(f) => command.env("ORDERFLOW_FAILPOINT", f),
+        None => command.env_remove("ORDERFLOW_FAILPOINT"),
+    };
+    command.envs(environment.iter().copied());
+    command.spawn().expect("orderflow binary starts")
+}
+
+/// The orderflow binary, configured by environment variables for `settings` (add the subcommand).
+pub fn binary_command(settings: &Settings) -> Command {
     let repo = env!("CARGO_MANIFEST_DIR");
     let t = &settings.topics;
     let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
     command
-        .arg("run")
         .current_dir(repo)
         .env(
             "ORDERFLOW_DEFINITION",
@@ -63,12 +74,7 @@ pub fn spawn_binary_with(
         )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    match failpoint {
-        Some(f) => command.env("ORDERFLOW_FAILPOINT", f),
-        None => command.env_remove("ORDERFLOW_FAILPOINT"),
-    };
-    command.envs(environment.iter().copied());
-    command.spawn().expect("orderflow binary starts")
+    command
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,4 +14,5 @@ mod ops;
 mod outage;
 mod processor;
 mod round_trip;
+mod tools;
 mod topics;

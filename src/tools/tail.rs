@@ -1,0 +1,94 @@
+//! `orderflow tail`: follow committed outcomes as they arrive.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use uuid::Uuid;
+
+use crate::cli::{OutputKind, TailArgs};
+use crate::client::decode_outcome;
+use crate::config::Settings;
+use crate::kafka::committed_reader_config;
+use crate::state::restore::end_offset;
+
+/// Follows the chosen output topics until `--max` outcomes were printed (or forever).
+pub async fn run(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
+    let settings = settings.clone();
+    let only = if args.only.is_empty() {
+        vec![OutputKind::Accepted, OutputKind::Rejected, OutputKind::Dlq]
+    } else {
+        args.only.clone()
+    };
+    let (from_beginning, order, max, json) =
+        (args.from_beginning, args.order.clone(), args.max, args.json);
+    tokio::task::spawn_blocking(move || {
+        let topics = &settings.topics;
+        let reader: BaseConsumer = committed_reader_config(
+            &settings.kafka,
+            "orderflow-tail",
+            &format!("orderflow-tail-{}", Uuid::new_v4().simple()),
+        )?
+        .create()
+        .context("creating the outcome reader")?;
+        let mut assignment = TopicPartitionList::new();
+        for kind in &only {
+            let topic = match kind {
+                OutputKind::Accepted => &topics.accepted,
+                OutputKind::Rejected => &topics.rejected,
+                OutputKind::Dlq => &topics.dead_letters,
+            };
+            for partition in 0..topics.partitions {
+                let offset = if from_beginning {
+                    Offset::Beginning
+                } else {
+                    Offset::Offset(
+                        end_offset(&reader, topic, partition)
+                            .with_context(|| format!("reading the end of {topic}"))?,
+                    )
+                };
+                assignment.add_partition_offset(topic, partition, offset)?;
+            }
+        }
+        reader.assign(&assignment)?;
+        let mut printed = 0u64;
+        let stdout = std::io::stdout();
+        while max.is_none_or(|m| printed < m) {
+            let Some(message) = reader.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = message.context("reading outcomes")?;
+            let outcome = match decode_outcome(topics, &message) {
+                Some(Ok(outcome)) => outcome,
+                Some(Err(e)) => {
+                    eprintln!(
+                        "orderflow tail: undecodable record at {}:{}: {e}",
+                        rdkafka::Message::partition(&message),
+                        rdkafka::Message::offset(&message)
+                    );
+                    continue;
+                }
+                None => continue,
+            };
+            if order
+                .as_ref()
+                .is_some_and(|o| outcome.order_id().as_ref() != Some(o))
+            {
+                continue;
+            }
+            let line = if json {
+                outcome.to_json().to_string()
+            } else {
+                outcome.describe()
+            };
+            let mut out = stdout.lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+            printed += 1;
+        }
+        Ok(())
+    })
+    .await?
+}
