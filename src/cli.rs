@@ -62,6 +62,15 @@ pub enum Command {
     Get(GetArgs),
     /// Follow outcomes as they are committed (accepted, rejected, dead letters), like kcat -C.
     Tail(TailArgs),
+    /// Drive a running orderflow with realistic order lifecycles and report what came back.
+    ///
+    /// Orders go create -> confirm -> ship -> out_for_delivery -> deliver (some skip
+    /// out_for_delivery, some are cancelled, some returned), interleaved across --concurrency
+    /// orders, with shares of invalid, duplicate, out-of-order and poison records. The report
+    /// checks every request got exactly its planned outcome (exit 1 if not) and gives the latency
+    /// from requested_at to the outcome being visible to a read_committed reader.
+    /// Example: orderflow loadgen --orders 100000 --rate 5800 --seed 7
+    Loadgen(LoadgenArgs),
     /// Inspect dead letters and re-publish chosen ones to the requests topic after a fix.
     Dlq {
         /// list or replay.
@@ -108,6 +117,53 @@ pub fn parse_attribute(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("{text:?} is not key=value")),
     }
+}
+
+/// `orderflow loadgen`
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// Orders to walk through their lifecycle (about 5 requests each).
+    #[arg(long, default_value_t = 10_000)]
+    pub orders: u64,
+    /// Requests per second; 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Seed: the same seed sends the same sequence of requests.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Order ids are PREFIX-N. Default: lg-<random>, so runs do not collide.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Orders in flight at once.
+    #[arg(long, default_value_t = 1_000)]
+    pub concurrency: usize,
+    /// Share of requests that must be rejected (unknown transition, wrong expected version).
+    #[arg(long, default_value_t = 0.02)]
+    pub invalid_share: f64,
+    /// Share of redelivered requests (same request id).
+    #[arg(long, default_value_t = 0.02)]
+    pub duplicate_share: f64,
+    /// Share of steps sent before the step they depend on (they park, then apply).
+    #[arg(long, default_value_t = 0.02)]
+    pub out_of_order_share: f64,
+    /// Share of poison records (not Avro, unknown schema, no key, too many attributes).
+    #[arg(long, default_value_t = 0.002)]
+    pub poison_share: f64,
+    /// Share of orders cancelled before shipping.
+    #[arg(long, default_value_t = 0.10)]
+    pub cancel_share: f64,
+    /// Share of orders returned after delivery.
+    #[arg(long, default_value_t = 0.05)]
+    pub return_share: f64,
+    /// How long to wait for the last outcomes after sending, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub wait_secs: u64,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No live progress line.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 /// `orderflow get`

@@ -177,6 +177,45 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 ExitCode::from(3)
             })
         }
+        Command::Loadgen(args) => {
+            let settings = connected_settings(&cli).await?;
+            let definition = load_definition(&settings.definition)?;
+            let shares = tools::loadgen::plan::Shares {
+                invalid: args.invalid_share,
+                duplicate: args.duplicate_share,
+                out_of_order: args.out_of_order_share,
+                poison: args.poison_share,
+                cancel: args.cancel_share,
+                returned: args.return_share,
+            };
+            let spec = tools::loadgen::LoadSpec {
+                orders: args.orders,
+                rate: args.rate,
+                seed: args.seed,
+                prefix: args.prefix.clone().unwrap_or_else(|| {
+                    format!("lg-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+                }),
+                concurrency: args.concurrency,
+                shares,
+                wait: Duration::from_secs(args.wait_secs),
+                progress: !args.no_progress,
+            };
+            let report = tokio::task::spawn_blocking(move || {
+                tools::loadgen::run(&settings, &definition, &spec)
+            })
+            .await
+            .context("the load generator thread")??;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{}", report.describe());
+            }
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Tail(args) => {
             let settings = connected_settings(&cli).await?;
             tools::tail::run(&settings, args).await?;

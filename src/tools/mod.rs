@@ -1,8 +1,9 @@
 //! Commands for people and scripts that drive orderflow from outside: send a request, read an
-//! order, follow outcomes, inspect and replay dead letters, and the demo.
+//! order, follow outcomes, inspect and replay dead letters, generate load, and the demo.
 
 pub mod demo;
 pub mod dlq;
 pub mod get;
+pub mod loadgen;
 pub mod send;
 pub mod tail;

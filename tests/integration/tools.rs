@@ -289,3 +289,47 @@ async fn the_http_transition_api_answers_each_outcome_with_its_status() {
     assert_eq!(repeated["duplicate"], true);
     assert_eq!(repeated["version"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_gets_every_planned_outcome_from_a_running_processor() {
+    let settings = processor_settings(3, &unique("loadgen"));
+    create_topics(&settings).await;
+    let processor = RunningProcessor::start(&settings);
+    let output = cli_async(
+        &settings,
+        &[
+            "loadgen",
+            "--orders",
+            "300",
+            "--seed",
+            "11",
+            "--invalid-share",
+            "0.05",
+            "--duplicate-share",
+            "0.05",
+            "--out-of-order-share",
+            "0.1",
+            "--poison-share",
+            "0.02",
+            "--wait-secs",
+            "90",
+            "--no-progress",
+            "--json",
+        ],
+    )
+    .await;
+    processor.stop();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report = &json_lines(&output)[0];
+    assert_eq!(report["missing"], 0, "{report}");
+    assert_eq!(report["repeated"], 0, "{report}");
+    assert_eq!(report["unexpected"], 0, "{report}");
+    assert_eq!(report["expected"], report["outcomes"], "{report}");
+    for kind in ["accepted", "rejected", "duplicate", "dead_letter"] {
+        assert!(
+            report["outcomes"][kind].as_u64().unwrap_or(0) > 0,
+            "no {kind} outcome in {report}"
+        );
+    }
+    assert!(report["latency_ms"]["p50"].as_i64().unwrap() > 0);
+}
