@@ -5,7 +5,7 @@ BIN := target/release/orderflow
 KAFKA := deploy/local/kafka.sh
 
 
-.PHONY: run serve test deploy-check bench-core lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
+.PHONY: run serve test deploy-check bench bench-core lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
 
 ## run: local broker (127.0.0.1:9092), topics, the processor, and a demo load with its outcomes
 run: build
@@ -51,3 +51,7 @@ kafka-logs:
 ## clean-kafka: stop the local broker and wipe its data
 clean-kafka:
 	$(KAFKA) down --purge
+
+## bench: end-to-end benchmarks (orderflow vs an exactly-once pipe vs Kafka Streams 4.4, latency, restore) on a fresh broker, written to docs/benchmarks.md
+bench:
+	python3 bench/run.py

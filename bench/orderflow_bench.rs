@@ -1,0 +1,407 @@
+//! `orderflow-bench`: the pieces `bench/run.py` times, one system after another on one broker.
+//!
+//! - `preload`: fresh topics under a prefix and N planned requests in them (no consumer running);
+//! - `pipe`: the floor set by the broker: an exactly-once consume -> produce of two records per
+//!   input (state + outcome, to the input's partition) with orderflow's batching and transactions,
+//!   deciding nothing;
+//! - `await`: reads the outcome topics with read_committed until N records and prints the rate
+//!   between the first and the last;
+//! - `restore`: writes M order states to a state topic and restores all its partitions the way a
+//!   processor does, printing orders/s and resident memory per million cached orders.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use orderflow::codec::encode_order_state;
+use orderflow::config::Settings;
+use orderflow::kafka::{
+    committed_reader_config, processor_consumer_config, request_producer_config,
+    transactional_producer_config, OutgoingRecord, Topics, TxnProducer,
+};
+use orderflow::machine::{Definition, OrderState, RecentRequest, RecordedOutcome};
+use orderflow::tools::loadgen::plan::{Plan, Planned, Shares};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+
+#[derive(Parser)]
+struct Cli {
+    /// Brokers.
+    #[arg(long, default_value = "127.0.0.1:29092")]
+    bootstrap: String,
+    /// Topic name prefix of this run.
+    #[arg(long)]
+    prefix: String,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 12)]
+    partitions: i32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the topics and produce N planned requests.
+    Preload {
+        #[arg(long)]
+        requests: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run the exactly-once pipe until it has passed `count` inputs.
+    Pipe {
+        #[arg(long)]
+        count: u64,
+    },
+    /// Wait for `count` records in the outcome topics; print timing as JSON.
+    Await {
+        #[arg(long)]
+        count: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Write `orders` states and time restoring them.
+    Restore {
+        #[arg(long, default_value_t = 1_000_000)]
+        orders: u64,
+    },
+}
+
+fn settings(cli: &Cli) -> Settings {
+    let mut settings = Settings::default();
+    settings.kafka.bootstrap_servers = cli.bootstrap.clone();
+    settings.kafka.group_id = format!("{}group", cli.prefix);
+    settings.instance_id = "bench".into();
+    settings.topics = settings.topics.with_prefix(&cli.prefix);
+    settings.topics.partitions = cli.partitions;
+    settings
+}
+
+fn definition() -> anyhow::Result<Definition> {
+    Ok(Definition::load(std::path::Path::new(
+        "machines/order-lifecycle.toml",
+    ))?)
+}
+
+fn producer(
+    settings: &Settings,
+) -> anyhow::Result<ThreadedProducer<rdkafka::producer::DefaultProducerContext>> {
+    Ok(request_producer_config(&settings.kafka, "orderflow-bench")?
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+fn send_all(
+    producer: &ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    records: impl Iterator<Item = (Vec<u8>, Vec<u8>)>,
+) -> anyhow::Result<u64> {
+    let mut sent = 0;
+    for (key, value) in records {
+        loop {
+            match producer.send(BaseRecord::to(topic).key(&key).payload(&value)) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => std::thread::sleep(Duration::from_millis(5)),
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        sent += 1;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(sent)
+}
+
+async fn preload(settings: &Settings, requests: u64, seed: u64) -> anyhow::Result<()> {
+    Topics::connect(&settings.kafka)?
+        .ensure(&settings.topics)
+        .await?;
+    let definition = definition()?;
+    // No parking in the throughput input: every system decides each request on arrival.
+    let shares = Shares {
+        invalid: 0.02,
+        duplicate: 0.02,
+        out_of_order: 0.0,
+        poison: 0.0,
+        cancel: 0.10,
+        returned: 0.05,
+    };
+    let orders = requests / 4 + 1;
+    let plan = Plan::new(&definition, seed, "bench", orders, 10_000, shares)
+        .map_err(anyhow::Error::msg)?;
+    let now = orderflow::processor::Clock::now_ms(&orderflow::processor::SystemClock);
+    let records = plan
+        .take(requests as usize)
+        .filter_map(|planned| match planned {
+            Planned::Request { mut request, .. } => {
+                request.requested_at_ms = now;
+                let mut value = Vec::with_capacity(96);
+                orderflow::codec::encode_request(&request, &mut value);
+                Some((request.order_id.into_bytes(), value))
+            }
+            Planned::Poison { .. } => None,
+        });
+    let started = Instant::now();
+    let producer = producer(settings)?;
+    let sent =
+        tokio::task::block_in_place(|| send_all(&producer, &settings.topics.requests, records))?;
+    if sent != requests {
+        bail!("the plan ran out after {sent} of {requests} requests");
+    }
+    println!(
+        "{}",
+        json!({"requests": sent, "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+/// The floor: orderflow's loop shape (batches of up to 2000 records or 20 ms, one transaction
+/// each, offsets in the transaction) with the decision replaced by copying the input twice.
+fn pipe(settings: &Settings, count: u64) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = processor_consumer_config(settings, "0000000000000000")?
+        .set("statistics.interval.ms", "0")
+        .create()?;
+    consumer.subscribe(&[&settings.topics.requests])?;
+    let producer = TxnProducer::create(
+        &transactional_producer_config(settings)?,
+        Duration::from_millis(settings.processor.transaction_timeout_ms),
+        None,
+    )?;
+    let max_records = settings.processor.batch_max_records;
+    let max_wait = Duration::from_millis(settings.processor.batch_max_wait_ms);
+    let mut passed = 0u64;
+    while passed < count {
+        let mut batch = Vec::with_capacity(max_records);
+        let mut deadline: Option<Instant> = None;
+        while batch.len() < max_records {
+            let timeout = deadline.map_or(Duration::from_millis(100), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            match consumer.poll(timeout) {
+                Some(Ok(m)) => {
+                    batch.push((
+                        m.partition(),
+                        m.offset(),
+                        m.key().unwrap_or_default().to_vec(),
+                        m.payload().unwrap_or_default().to_vec(),
+                    ));
+                    deadline.get_or_insert_with(|| Instant::now() + max_wait);
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "pipe consumer"),
+                None => {}
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d)
+                || (deadline.is_none() && batch.is_empty() && passed >= count)
+            {
+                break;
+            }
+            if deadline.is_none() {
+                continue;
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        producer.begin()?;
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for (partition, offset, key, value) in &batch {
+            for topic in [&settings.topics.state, &settings.topics.accepted] {
+                producer.send(&OutgoingRecord {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    key: key.clone(),
+                    value: Some(value.clone()),
+                    headers: Vec::new(),
+                })?;
+            }
+            next.insert(*partition, offset + 1);
+        }
+        // As orderflow does: commit only once the batch's records are acknowledged (committing
+        // earlier makes librdkafka flush in slow steps).
+        producer.wait_for_deliveries()?;
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in next {
+            offsets.add_partition_offset(
+                &settings.topics.requests,
+                partition,
+                Offset::Offset(offset),
+            )?;
+        }
+        let metadata = consumer
+            .group_metadata()
+            .context("the pipe's consumer has no group metadata")?;
+        producer.send_offsets(&offsets, &metadata)?;
+        producer.commit()?;
+        passed += batch.len() as u64;
+    }
+    Ok(())
+}
+
+fn await_outcomes(settings: &Settings, count: u64, timeout: Duration) -> anyhow::Result<()> {
+    let reader: BaseConsumer = committed_reader_config(
+        &settings.kafka,
+        "orderflow-bench-await",
+        &format!(
+            "{}await-{}",
+            settings.topics.requests,
+            uuid::Uuid::new_v4().simple()
+        ),
+    )?
+    .set("fetch.wait.max.ms", "10")
+    .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for topic in [&settings.topics.accepted, &settings.topics.rejected] {
+        for p in 0..settings.topics.partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+    }
+    reader.assign(&tpl)?;
+    let started = Instant::now();
+    let mut first: Option<Instant> = None;
+    let mut seen = 0u64;
+    let mut by_topic: BTreeMap<String, u64> = BTreeMap::new();
+    while seen < count {
+        if started.elapsed() > timeout {
+            bail!("only {seen} of {count} outcomes within {timeout:?}");
+        }
+        if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            seen += 1;
+            let role = if message.topic() == settings.topics.accepted {
+                "accepted"
+            } else {
+                "rejected"
+            };
+            *by_topic.entry(role.to_string()).or_default() += 1;
+        }
+    }
+    let span = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    println!(
+        "{}",
+        json!({
+            "outcomes": seen,
+            "by_topic": by_topic,
+            "first_to_last_seconds": span,
+            "rate": seen as f64 / span.max(1e-9),
+            "wall_seconds": started.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
+    Topics::connect(&settings.kafka)?
+        .ensure(&settings.topics)
+        .await?;
+    let definition = definition()?;
+    let confirmed = definition
+        .state_id("Confirmed")
+        .context("no Confirmed state")?;
+    let pending = definition.state_id("Pending").context("no Pending state")?;
+    // A typical live order: confirmed, two requests remembered (create, confirm).
+    let records = (0..orders).map(|n| {
+        let order_id = format!("order-{n:010}");
+        let recent = |k: u64, from, to, version| RecentRequest {
+            request_id: uuid::Uuid::from_u64_pair(n, k),
+            outcome: RecordedOutcome::Accepted,
+            from,
+            to,
+            version,
+        };
+        let state = OrderState {
+            state: confirmed,
+            version: 2,
+            created_at_ms: 1_764_000_000_000,
+            updated_at_ms: 1_764_000_060_000,
+            recent: vec![
+                recent(1, pending, pending, 1),
+                recent(2, pending, confirmed, 2),
+            ],
+            parked: Vec::new(),
+        };
+        let mut value = Vec::with_capacity(160);
+        encode_order_state(&definition, &order_id, &state, &mut value);
+        (order_id.into_bytes(), value)
+    });
+    let producer = producer(settings)?;
+    let written =
+        tokio::task::block_in_place(|| send_all(&producer, &settings.topics.state, records))?;
+    drop(producer);
+
+    let before = resident_bytes();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let partitions: Vec<i32> = (0..settings.topics.partitions).collect();
+    let started = Instant::now();
+    let cancel = AtomicBool::new(false);
+    tokio::task::block_in_place(|| {
+        orderflow::state::restore::restore_partitions(
+            1,
+            settings,
+            &definition,
+            &partitions,
+            &tx,
+            &cancel,
+        )
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut caches = Vec::new();
+    let mut restored = 0;
+    while let Ok(orderflow::state::restore::RestoreEvent::Done(done)) = rx.try_recv() {
+        restored += done.cache.len() as u64;
+        caches.push(done.cache);
+    }
+    let after = resident_bytes();
+    if restored != written {
+        bail!("restored {restored} orders of {written}");
+    }
+    println!(
+        "{}",
+        json!({
+            "orders": restored,
+            "seconds": elapsed,
+            "orders_per_second": restored as f64 / elapsed,
+            // Bytes per order is megabytes per million orders.
+            "resident_mb_per_million_orders": (after.saturating_sub(before)) as f64 / restored as f64,
+        })
+    );
+    drop(Arc::new(caches));
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    orderflow::telemetry::init();
+    let settings = settings(&cli);
+    match &cli.command {
+        Command::Preload { requests, seed } => preload(&settings, *requests, *seed).await,
+        Command::Pipe { count } => tokio::task::block_in_place(|| pipe(&settings, *count)),
+        Command::Await {
+            count,
+            timeout_secs,
+        } => tokio::task::block_in_place(|| {
+            await_outcomes(&settings, *count, Duration::from_secs(*timeout_secs))
+        }),
+        Command::Restore { orders } => restore(&settings, *orders).await,
+    }
+}

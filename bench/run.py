@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""`make bench`: orderflow against its floor (an exactly-once pipe) and its incumbent (Kafka Streams
+4.4), one system after another on one local broker, then latency at fixed rates, then restore.
+
+Every figure is a median over --runs runs; ratios are printed only when the systems' outcome counts
+match. Results go to docs/benchmarks.md (between the system-bench markers) and to
+bench/last-run.json, whose per-pod rate `orderflow capacity` uses as its default.
+"""
+import argparse
+import json
+import os
+import pathlib
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+root = pathlib.Path(__file__).resolve().parent.parent
+os.chdir(root)
+PORT = int(os.environ.get("ORDERFLOW_BENCH_KAFKA_PORT", "29092"))
+BOOTSTRAP = f"127.0.0.1:{PORT}"
+KAFKA_ENV = dict(os.environ, KAFKA_PORT=str(PORT), KAFKA_DATA_DIR=str(root / ".kafka" / f"bench-{PORT}"), KAFKA_HEAP="1g")
+BENCH = str(root / "target" / "release" / "orderflow-bench")
+ORDERFLOW = str(root / "target" / "release" / "orderflow")
+PARTITIONS = 12
+
+
+def log(*parts):
+    print("bench:", *parts, file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def bench_json(prefix, *args, timeout=900):
+    out = run([BENCH, "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--partitions", str(PARTITIONS), *args], timeout=timeout,
+              env=dict(os.environ, RUST_LOG="warn"))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def topic_env(prefix):
+    return dict(
+        os.environ,
+        RUST_LOG="warn",
+        ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS=BOOTSTRAP,
+        ORDERFLOW_KAFKA__GROUP_ID=f"{prefix}group",
+        ORDERFLOW_INSTANCE_ID="bench",
+        ORDERFLOW_OPS__LISTEN="127.0.0.1:0",
+        ORDERFLOW_TOPICS__REQUESTS=f"{prefix}order-transition-requests",
+        ORDERFLOW_TOPICS__STATE=f"{prefix}order-state",
+        ORDERFLOW_TOPICS__ACCEPTED=f"{prefix}order-transitions",
+        ORDERFLOW_TOPICS__REJECTED=f"{prefix}order-transition-rejections",
+        ORDERFLOW_TOPICS__DEAD_LETTERS=f"{prefix}order-transition-requests-dlq",
+        ORDERFLOW_TOPICS__PARTITIONS=str(PARTITIONS),
+    )
+
+
+def start(system, prefix, count):
+    if system == "pipe":
+        cmd = [BENCH, "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--partitions", str(PARTITIONS), "pipe", "--count", str(count)]
+        env = dict(os.environ, RUST_LOG="warn")
+    elif system == "orderflow":
+        cmd, env = [ORDERFLOW, "run"], topic_env(prefix)
+    else:
+        cmd = ["bash", "bench/kafka-streams/run.sh", "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--commit-ms", "20", "--threads", "1"]
+        env = dict(os.environ)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(process):
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def throughput(systems, requests, runs):
+    """Median outcomes/s per system; each run preloads a fresh topic set per system."""
+    rates = {s: [] for s in systems}
+    counts = {s: None for s in systems}
+    for n in range(runs):
+        for system in systems:
+            prefix = f"b{uuid.uuid4().hex[:6]}-{system}-"
+            bench_json(prefix, "preload", "--requests", str(requests), "--seed", "42")
+            process = start(system, prefix, requests)
+            try:
+                result = bench_json(prefix, "await", "--count", str(requests), "--timeout-secs", "600")
+            finally:
+                stop(process)
+            rates[system].append(result["rate"])
+            counts[system] = result["by_topic"]
+            log(f"run {n + 1}/{runs} {system}: {result['rate']:.0f} outcomes/s {result['by_topic']}")
+    return {s: statistics.median(r) for s, r in rates.items()}, counts, rates
+
+
+def latency(rates, seconds):
+    """Loadgen at fixed rates against one running orderflow: percentiles and whether it held."""
+    results = []
+    for rate in rates:
+        prefix = f"l{uuid.uuid4().hex[:6]}-"
+        env = topic_env(prefix)
+        run([ORDERFLOW, "topics", "create"], env=env)
+        process = start("orderflow", prefix, 0)
+        time.sleep(3)
+        try:
+            orders = max(1000, int(rate * seconds / 4.85))
+            out = run([ORDERFLOW, "loadgen", "--orders", str(orders), "--rate", str(rate), "--seed", "5", "--no-progress", "--json",
+                       "--wait-secs", "120"], env=env, timeout=seconds * 4 + 180)
+            report = json.loads(out.strip().splitlines()[-1])
+        except subprocess.CalledProcessError as e:
+            report = json.loads(e.stdout.strip().splitlines()[-1]) if e.stdout.strip() else {"error": e.stderr[-500:]}
+        finally:
+            stop(process)
+        held = bool(report.get("missing") == 0 and report.get("outcome_rate", 0) >= 0.95 * rate
+                    and report.get("latency_ms", {}).get("p99", 10**9) <= 1000)
+        results.append({"rate": rate, "held": held, **{k: report.get(k) for k in ("latency_ms", "outcome_rate", "missing", "unexpected")}})
+        log(f"latency at {rate}/s: {report.get('latency_ms')} held={held}")
+    return results
+
+
+def markdown(machine, command, requests, runs, medians, counts, samples, latencies, restore):
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on {machine}: one Kafka {KAFKA_VERSION} broker (KRaft, "
+             f"single node, loopback) and every system on the same 2 cores, one system at a time. {requests:,} preloaded requests, "
+             f"{PARTITIONS} partitions, median of {runs} runs; batches of ≤2000 records / 20 ms (Kafka Streams: commit.interval.ms=20, "
+             "max.poll.records=2000, one stream thread, exactly_once_v2, RocksDB store with changelog).", "",
+             "### Throughput (exactly once, preloaded input)", "",
+             "| system | median outcomes/s | runs | outcome counts |", "|---|---|---|---|"]
+    for system, rate in medians.items():
+        runs_text = ", ".join(f"{r:,.0f}" for r in samples[system])
+        lines.append(f"| {system} | {rate:,.0f} | {runs_text} | {counts[system]} |")
+    lines.append("")
+    same = "kafka-streams" not in counts or counts["orderflow"] == counts["kafka-streams"]
+    if "pipe" in medians:
+        lines.append(f"- orderflow / pipe (the broker's floor): **{medians['orderflow'] / medians['pipe']:.2f}** (goal ≥ 0.8)")
+    if "kafka-streams" in medians:
+        if same:
+            lines.append(f"- orderflow / Kafka Streams: **{medians['orderflow'] / medians['kafka-streams']:.2f}** (goal ≥ 2)")
+        else:
+            lines.append("- orderflow / Kafka Streams: not reported: the outcome counts differ (see the table)")
+    lines.append(f"- orderflow per pod: **{medians['orderflow']:,.0f} requests/s** (goal ≥ 58,000)")
+    lines += ["", "### Latency at a fixed rate (request's requested_at → outcome visible to a read_committed reader)", "",
+              "| rate (requests/s) | p50 ms | p99 ms | p99.9 ms | max ms | outcome rate | held |", "|---|---|---|---|---|---|---|"]
+    for r in latencies:
+        l = r.get("latency_ms") or {}
+        lines.append(f"| {r['rate']:,} | {l.get('p50')} | {l.get('p99')} | {l.get('p99.9')} | {l.get('max')} | "
+                     f"{(r.get('outcome_rate') or 0):,.0f} | {'yes' if r['held'] else 'no'} |")
+    held = [r["rate"] for r in latencies if r["held"]]
+    lines += ["", f"Highest rate held (every outcome, ≥95% of the rate, p99 ≤ 1 s): **{max(held) if held else 'none'} requests/s**."]
+    if restore:
+        lines += ["", "### Restore", "",
+                  f"- {restore['orders']:,} orders restored from the state topic in {restore['seconds']:.2f} s: "
+                  f"**{restore['orders_per_second']:,.0f} orders/s** (goal ≥ 1,000,000)",
+                  f"- resident memory: **{restore['resident_mb_per_million_orders']:.0f} MB per million cached orders** (goal ≤ 150)"]
+    return "\n".join(lines)
+
+
+KAFKA_VERSION = "4.4.0"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=300_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-streams", action="store_true")
+    parser.add_argument("--latency-rates", default="5800,20000,40000,60000")
+    parser.add_argument("--latency-seconds", type=int, default=20)
+    parser.add_argument("--restore-orders", type=int, default=1_000_000)
+    parser.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
+    args = parser.parse_args()
+    command = "make bench" if os.environ.get("MAKELEVEL") else "python3 bench/run.py " + " ".join(sys.argv[1:])
+
+    log("building release binaries")
+    subprocess.run(["cargo", "build", "--release", "--bins"], check=True)
+    systems = ["pipe", "orderflow"] + ([] if args.skip_streams else ["kafka-streams"])
+    if not args.skip_streams:
+        log("fetching Kafka Streams with Maven")
+        subprocess.run(["bash", "bench/kafka-streams/run.sh", "--fetch-only"], check=True)
+    log(f"starting a fresh broker on {BOOTSTRAP}")
+    subprocess.run(["bash", "deploy/local/kafka.sh", "down", "--purge"], env=KAFKA_ENV, capture_output=True)
+    subprocess.run(["bash", "deploy/local/kafka.sh", "up"], env=KAFKA_ENV, check=True)
+    try:
+        medians, counts, samples = throughput(systems, args.requests, args.runs)
+        latencies = latency([int(r) for r in args.latency_rates.split(",") if r], args.latency_seconds)
+        restore = bench_json(f"r{uuid.uuid4().hex[:6]}-", "restore", "--orders", str(args.restore_orders)) if args.restore_orders else None
+        if restore:
+            log(f"restore: {restore}")
+    finally:
+        subprocess.run(["bash", "deploy/local/kafka.sh", "down", "--purge"], env=KAFKA_ENV, capture_output=True)
+
+    cpu = run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]).strip() or platform.processor()
+    machine = f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    text = markdown(machine, command, args.requests, args.runs, medians, counts, samples, latencies, restore)
+    print(text)
+    held = [r["rate"] for r in latencies if r["held"]]
+    last = {"date": time.strftime("%Y-%m-%d"), "command": command, "machine": machine, "throughput": medians,
+            "outcome_counts": counts, "latency": latencies, "restore": restore,
+            "per_pod_rate": medians["orderflow"], "highest_rate_held": max(held) if held else None}
+    if not args.no_write:
+        (root / "bench" / "last-run.json").write_text(json.dumps(last, indent=2) + "\n")
+        doc = root / "docs" / "benchmarks.md"
+        current = doc.read_text()
+        start, end = "<!-- system-bench:start -->", "<!-- system-bench:end -->"
+        if start not in current:
+            current += f"\n## End to end: orderflow, the pipe and Kafka Streams\n\n{start}\n{end}\n"
+        head, rest = current.split(start, 1)
+        _, tail = rest.split(end, 1)
+        doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+        log("wrote docs/benchmarks.md and bench/last-run.json")
+
+
+if __name__ == "__main__":
+    main()
