@@ -82,6 +82,28 @@ def stop(process):
             pass
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port, timeout=60):
+    """Until the instance has its partitions restored: latency is measured from then on."""
+    import urllib.request
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"orderflow on ops port {port} was not ready within {timeout} s")
+
+
 def throughput(systems, requests, runs):
     """Median outcomes/s per system; each run preloads a fresh topic set per system."""
     rates = {s: [] for s in systems}
@@ -90,9 +112,17 @@ def throughput(systems, requests, runs):
         for system in systems:
             prefix = f"b{uuid.uuid4().hex[:6]}-{system}-"
             bench_json(prefix, "preload", "--requests", str(requests), "--seed", "42")
+            # The reader first, so it sees the first outcome when it is committed.
+            waiter = subprocess.Popen([BENCH, "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--partitions", str(PARTITIONS), "await",
+                                       "--count", str(requests), "--timeout-secs", "600"],
+                                      env=dict(os.environ, RUST_LOG="warn"), stdout=subprocess.PIPE, text=True)
+            time.sleep(2)
             process = start(system, prefix, requests)
             try:
-                result = bench_json(prefix, "await", "--count", str(requests), "--timeout-secs", "600")
+                out, _ = waiter.communicate(timeout=900)
+                if waiter.returncode != 0:
+                    raise RuntimeError(f"{system}: await failed")
+                result = json.loads(out.strip().splitlines()[-1])
             finally:
                 stop(process)
             rates[system].append(result["rate"])
@@ -108,9 +138,11 @@ def latency(rates, seconds):
         prefix = f"l{uuid.uuid4().hex[:6]}-"
         env = topic_env(prefix)
         run([ORDERFLOW, "topics", "create"], env=env)
-        process = start("orderflow", prefix, 0)
-        time.sleep(3)
+        port = free_port()
+        process = subprocess.Popen([ORDERFLOW, "run"], env=dict(env, ORDERFLOW_OPS__LISTEN=f"127.0.0.1:{port}"),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
+            wait_ready(port)
             orders = max(1000, int(rate * seconds / 4.85))
             out = run([ORDERFLOW, "loadgen", "--orders", str(orders), "--rate", str(rate), "--seed", "5", "--no-progress", "--json",
                        "--wait-secs", "120"], env=env, timeout=seconds * 4 + 180)
