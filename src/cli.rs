@@ -71,6 +71,12 @@ pub enum Command {
     /// from requested_at to the outcome being visible to a read_committed reader.
     /// Example: orderflow loadgen --orders 100000 --rate 5800 --seed 7
     Loadgen(LoadgenArgs),
+    /// Plan a deployment: partitions, pods, broker bytes, storage and memory for an order volume.
+    ///
+    /// Uses the per-pod rate and memory per order measured by the last `make bench`
+    /// (bench/last-run.json) unless given, and record sizes from the real codec (no Kafka needed).
+    /// Example: orderflow capacity --orders-per-day 100M --peak-factor 10
+    Capacity(CapacityArgs),
     /// Inspect dead letters and re-publish chosen ones to the requests topic after a fix.
     Dlq {
         /// list or replay.
@@ -164,6 +170,38 @@ pub struct LoadgenArgs {
     /// No live progress line.
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// `orderflow capacity`
+#[derive(Debug, Args)]
+pub struct CapacityArgs {
+    /// Orders created per day (suffixes k, M, B: 100M).
+    #[arg(long, value_parser = crate::tools::capacity::parse_count)]
+    pub orders_per_day: f64,
+    /// Transition requests per order over its life.
+    #[arg(long, default_value_t = 5.0)]
+    pub transitions_per_order: f64,
+    /// Peak rate over the daily average.
+    #[arg(long, default_value_t = 10.0)]
+    pub peak_factor: f64,
+    /// Requests per second one pod decides. Default: bench/last-run.json.
+    #[arg(long)]
+    pub per_pod_rate: Option<f64>,
+    /// Days an order stays cached (in flight + retention of its final state).
+    #[arg(long, default_value_t = 35.0)]
+    pub cached_days: f64,
+    /// Retention of the requests topic, in days.
+    #[arg(long, default_value_t = 7.0)]
+    pub input_retention_days: f64,
+    /// Retention of the accepted-transitions log, in days.
+    #[arg(long, default_value_t = 30.0)]
+    pub event_log_retention_days: f64,
+    /// Replicas per partition.
+    #[arg(long, default_value_t = 3.0)]
+    pub replication_factor: f64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `orderflow get`

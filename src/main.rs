@@ -216,6 +216,48 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 ExitCode::FAILURE
             })
         }
+        Command::Capacity(args) => {
+            let settings = load_settings(&cli)?;
+            let definition = load_definition(&settings.definition)?;
+            let last_run: Option<serde_json::Value> =
+                std::fs::read_to_string("bench/last-run.json")
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok());
+            let measured = |key: &str| last_run.as_ref().and_then(|r| r.pointer(key)?.as_f64());
+            let (per_pod_rate, rate_source) = match (args.per_pod_rate, measured("/per_pod_rate")) {
+                (Some(rate), _) => (rate, "given".to_string()),
+                (None, Some(rate)) => (rate, "measured by the last `make bench`, bench/last-run.json".to_string()),
+                (None, None) => {
+                    return Err(usage(anyhow::anyhow!(
+                        "no per-pod rate: run `make bench` first (it writes bench/last-run.json) or pass --per-pod-rate"
+                    )))
+                }
+            };
+            let demand = tools::capacity::Demand {
+                orders_per_day: args.orders_per_day,
+                transitions_per_order: args.transitions_per_order,
+                peak_factor: args.peak_factor,
+                per_pod_rate,
+                cached_days: args.cached_days,
+                input_retention_days: args.input_retention_days,
+                event_log_retention_days: args.event_log_retention_days,
+                replication_factor: args.replication_factor,
+                bytes_per_cached_order: measured("/restore/resident_mb_per_million_orders")
+                    .unwrap_or(400.0),
+            };
+            let sizes = tools::capacity::record_sizes(&definition)
+                .ok_or_else(|| usage(anyhow::anyhow!("the definition has no transitions")))?;
+            let plan = tools::capacity::plan(&demand, sizes);
+            if args.json {
+                println!("{}", tools::capacity::to_json(&demand, sizes, &plan));
+            } else {
+                println!(
+                    "{}",
+                    tools::capacity::describe(&demand, sizes, &plan, &rate_source)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tail(args) => {
             let settings = connected_settings(&cli).await?;
             tools::tail::run(&settings, args).await?;

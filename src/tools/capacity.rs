@@ -1,0 +1,389 @@
+//! `orderflow capacity`: how many partitions, pods, brokers' bytes and memory a given order volume
+//! needs, from the per-pod rate `make bench` measured and record sizes encoded by the real codec.
+//! Pure arithmetic apart from reading `bench/last-run.json`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::codec::{
+    encode_accepted, encode_order_state, encode_request, AcceptedRecord, InputPosition,
+};
+use crate::machine::{Definition, OrderState, RecentRequest, RecordedOutcome, TransitionRequest};
+
+/// What the plan is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand {
+    /// Orders created per day.
+    pub orders_per_day: f64,
+    /// Transition requests per order over its life.
+    pub transitions_per_order: f64,
+    /// Peak rate over the daily average.
+    pub peak_factor: f64,
+    /// Requests per second one pod decides (measured by `make bench`).
+    pub per_pod_rate: f64,
+    /// Days an order stays cached: in flight plus its final state's retention.
+    pub cached_days: f64,
+    /// Retention of the requests, rejections and dead-letter topics, in days.
+    pub input_retention_days: f64,
+    /// Retention of the accepted-transitions log (the event log), in days.
+    pub event_log_retention_days: f64,
+    /// Replicas per partition.
+    pub replication_factor: f64,
+    /// Resident bytes per cached order (measured by `make bench`).
+    pub bytes_per_cached_order: f64,
+}
+
+/// Encoded sizes of the records one request causes, from the real codec.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordSizes {
+    /// A transition request (value + key).
+    pub request: f64,
+    /// An order's state record (value + key), with a typical number of remembered requests.
+    pub state: f64,
+    /// An accepted-transition record (value + key).
+    pub outcome: f64,
+}
+
+/// Encodes typical records of `definition` and measures them. Kafka's per-record overhead in a
+/// batch (~20 bytes) is added to each. `None` for a definition without transitions.
+pub fn record_sizes(definition: &Definition) -> Option<RecordSizes> {
+    const OVERHEAD: f64 = 20.0;
+    let order_id = "order-0123456789";
+    let request = TransitionRequest {
+        request_id: Uuid::from_u64_pair(1, 2),
+        order_id: order_id.into(),
+        transition: "ship".into(),
+        expected_version: None,
+        requested_at_ms: 1_764_000_000_000,
+        source: "warehouse".into(),
+        attributes: [("carrier".to_string(), "dhl".to_string())].into(),
+    };
+    let mut bytes = Vec::new();
+    encode_request(&request, &mut bytes);
+    let request_size = bytes.len() as f64;
+    let state_id = definition.transitions().first()?.to;
+    let recent = RecentRequest {
+        request_id: request.request_id,
+        outcome: RecordedOutcome::Accepted,
+        from: state_id,
+        to: state_id,
+        version: 3,
+    };
+    let state = OrderState {
+        state: state_id,
+        version: 3,
+        created_at_ms: 1_764_000_000_000,
+        updated_at_ms: 1_764_000_000_000,
+        recent: vec![recent; 3],
+        parked: Vec::new(),
+    };
+    bytes.clear();
+    encode_order_state(definition, order_id, &state, &mut bytes);
+    let state_size = bytes.len() as f64;
+    let accepted = AcceptedRecord {
+        request_id: request.request_id,
+        order_id: order_id.into(),
+        transition: "ship".into(),
+        from_state: Some("Confirmed".into()),
+        to_state: "Shipped".into(),
+        version: 3,
+        duplicate: false,
+        requested_at_ms: 1_764_000_000_000,
+        decided_at_ms: 1_764_000_000_005,
+        source: "warehouse".into(),
+        attributes: request.attributes.clone(),
+        input: InputPosition {
+            topic: "order-transition-requests".into(),
+            partition: 7,
+            offset: 123_456_789,
+        },
+        definition_hash: definition.short_hash().to_string(),
+    };
+    bytes.clear();
+    encode_accepted(&accepted, &mut bytes);
+    let key = order_id.len() as f64;
+    Some(RecordSizes {
+        request: request_size + key + OVERHEAD,
+        state: state_size + key + OVERHEAD,
+        outcome: bytes.len() as f64 + key + OVERHEAD,
+    })
+}
+
+/// The computed plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Average requests per second.
+    pub average_rate: f64,
+    /// Peak requests per second.
+    pub peak_rate: f64,
+    /// Pods needed at peak, each at most at 2/3 of its measured rate.
+    pub pods_at_peak: u64,
+    /// Pods needed at the average rate.
+    pub pods_at_average: u64,
+    /// Partitions: room for twice the peak's pods, a multiple of 12.
+    pub partitions: u64,
+    /// Bytes per second written by producers at peak (requests + state + outcomes).
+    pub write_bytes_per_second_peak: f64,
+    /// Bytes per second the brokers receive at peak including replication.
+    pub broker_ingress_bytes_per_second_peak: f64,
+    /// Bytes stored per day of retention, per topic (before replication).
+    pub bytes_per_day: BTreeMap<&'static str, f64>,
+    /// Bytes kept on the brokers, per topic, with retention and replication.
+    pub stored_bytes: BTreeMap<&'static str, f64>,
+    /// Orders held in the processors' caches.
+    pub cached_orders: f64,
+    /// Their resident memory across all pods.
+    pub cache_bytes: f64,
+    /// Per partition: cached orders (what one restore reads).
+    pub orders_per_partition: f64,
+}
+
+fn ceil(x: f64) -> u64 {
+    x.ceil().max(1.0) as u64
+}
+
+/// Computes the plan for `demand` with `sizes`.
+pub fn plan(demand: &Demand, sizes: RecordSizes) -> Plan {
+    let requests_per_day = demand.orders_per_day * demand.transitions_per_order;
+    let average_rate = requests_per_day / 86_400.0;
+    let peak_rate = average_rate * demand.peak_factor;
+    let usable = demand.per_pod_rate * 2.0 / 3.0;
+    let pods_at_peak = ceil(peak_rate / usable);
+    let pods_at_average = ceil(average_rate / usable);
+    let partitions = (pods_at_peak * 2).div_ceil(12) * 12;
+    // Every request writes itself (upstream), one state record and one outcome.
+    let per_request = sizes.request + sizes.state + sizes.outcome;
+    let write_peak = peak_rate * per_request;
+    let day = |size: f64| requests_per_day * size;
+    let cached_orders = demand.orders_per_day * demand.cached_days;
+    let mut bytes_per_day = BTreeMap::new();
+    bytes_per_day.insert("requests", day(sizes.request));
+    bytes_per_day.insert("accepted (event log)", day(sizes.outcome));
+    bytes_per_day.insert("state (before compaction)", day(sizes.state));
+    let mut stored = BTreeMap::new();
+    let rf = demand.replication_factor;
+    stored.insert(
+        "requests",
+        day(sizes.request) * demand.input_retention_days * rf,
+    );
+    stored.insert(
+        "accepted (event log)",
+        day(sizes.outcome) * demand.event_log_retention_days * rf,
+    );
+    // Compacted: one record per live order (plus not yet compacted segments, ignored).
+    stored.insert("state (compacted)", cached_orders * sizes.state * rf);
+    Plan {
+        average_rate,
+        peak_rate,
+        pods_at_peak,
+        pods_at_average,
+        partitions,
+        write_bytes_per_second_peak: write_peak,
+        broker_ingress_bytes_per_second_peak: write_peak * rf,
+        bytes_per_day,
+        stored_bytes: stored,
+        cached_orders,
+        cache_bytes: cached_orders * demand.bytes_per_cached_order,
+        orders_per_partition: cached_orders / partitions as f64,
+    }
+}
+
+/// A human-readable number of bytes (decimal units).
+pub fn bytes(n: f64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut value = n;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+/// The plan as text.
+pub fn describe(demand: &Demand, sizes: RecordSizes, plan: &Plan, rate_source: &str) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:.0} orders/day x {} requests/order: {:.0} requests/s on average, {:.0}/s at a {}x peak",
+        demand.orders_per_day,
+        demand.transitions_per_order,
+        plan.average_rate,
+        plan.peak_rate,
+        demand.peak_factor
+    );
+    let _ = writeln!(
+        t,
+        "per-pod rate {:.0} requests/s ({rate_source}); pods run at most at 2/3 of it",
+        demand.per_pod_rate
+    );
+    let _ = writeln!(
+        t,
+        "pods: {} at peak, {} at the average; partitions: {} (room to double the peak's pods)",
+        plan.pods_at_peak, plan.pods_at_average, plan.partitions
+    );
+    let _ = writeln!(
+        t,
+        "record sizes (real codec, with key and batch overhead): request {:.0} B, state {:.0} B, outcome {:.0} B",
+        sizes.request, sizes.state, sizes.outcome
+    );
+    let _ = writeln!(
+        t,
+        "writes at peak: {}/s from clients, {}/s into the brokers with replication factor {} (network in)",
+        bytes(plan.write_bytes_per_second_peak),
+        bytes(plan.broker_ingress_bytes_per_second_peak),
+        demand.replication_factor
+    );
+    for (topic, per_day) in &plan.bytes_per_day {
+        let _ = writeln!(t, "  {topic}: {}/day", bytes(*per_day));
+    }
+    let _ = writeln!(t, "stored on the brokers (retention x replication):");
+    for (topic, stored) in &plan.stored_bytes {
+        let _ = writeln!(t, "  {topic}: {}", bytes(*stored));
+    }
+    let _ = write!(
+        t,
+        "processor caches: {:.0} live orders ({} days), {} resident across all pods, {:.0} orders ({}) per partition to restore",
+        plan.cached_orders,
+        demand.cached_days,
+        bytes(plan.cache_bytes),
+        plan.orders_per_partition,
+        bytes(plan.orders_per_partition * demand.bytes_per_cached_order)
+    );
+    t
+}
+
+/// The plan as JSON.
+pub fn to_json(demand: &Demand, sizes: RecordSizes, plan: &Plan) -> Value {
+    json!({
+        "demand": {
+            "orders_per_day": demand.orders_per_day,
+            "transitions_per_order": demand.transitions_per_order,
+            "peak_factor": demand.peak_factor,
+            "per_pod_rate": demand.per_pod_rate,
+            "cached_days": demand.cached_days,
+            "replication_factor": demand.replication_factor,
+        },
+        "record_bytes": {"request": sizes.request, "state": sizes.state, "outcome": sizes.outcome},
+        "average_rate": plan.average_rate,
+        "peak_rate": plan.peak_rate,
+        "pods_at_peak": plan.pods_at_peak,
+        "pods_at_average": plan.pods_at_average,
+        "partitions": plan.partitions,
+        "write_bytes_per_second_peak": plan.write_bytes_per_second_peak,
+        "broker_ingress_bytes_per_second_peak": plan.broker_ingress_bytes_per_second_peak,
+        "bytes_per_day": plan.bytes_per_day,
+        "stored_bytes": plan.stored_bytes,
+        "cached_orders": plan.cached_orders,
+        "cache_bytes": plan.cache_bytes,
+        "orders_per_partition": plan.orders_per_partition,
+    })
+}
+
+/// Parses `100M`, `2.5k`, `1e6`, `300000`.
+pub fn parse_count(text: &str) -> Result<f64, String> {
+    let text = text.trim().replace('_', "");
+    let (number, factor) = match text.chars().last() {
+        Some('k' | 'K') => (&text[..text.len() - 1], 1e3),
+        Some('M') => (&text[..text.len() - 1], 1e6),
+        Some('G' | 'B') => (&text[..text.len() - 1], 1e9),
+        _ => (text.as_str(), 1.0),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .map(|n| n * factor)
+        .ok_or_else(|| format!("{text:?} is not a positive count (e.g. 100M, 2.5k, 300000)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demand() -> Demand {
+        Demand {
+            orders_per_day: 100e6,
+            transitions_per_order: 5.0,
+            peak_factor: 10.0,
+            per_pod_rate: 60_000.0,
+            cached_days: 35.0,
+            input_retention_days: 7.0,
+            event_log_retention_days: 30.0,
+            replication_factor: 3.0,
+            bytes_per_cached_order: 400.0,
+        }
+    }
+
+    const SIZES: RecordSizes = RecordSizes {
+        request: 100.0,
+        state: 200.0,
+        outcome: 250.0,
+    };
+
+    #[test]
+    fn the_seeds_top_tier_gives_the_back_of_envelope_numbers() {
+        let p = plan(&demand(), SIZES);
+        // 100M x 5 / 86400 = 5787/s; x10 = 57870/s.
+        assert!((p.average_rate - 5787.04).abs() < 0.01);
+        assert!((p.peak_rate - 57870.37).abs() < 0.01);
+        // 57870 / (60000 x 2/3) = 1.45 -> 2 pods; average 0.14 -> 1.
+        assert_eq!(p.pods_at_peak, 2);
+        assert_eq!(p.pods_at_average, 1);
+        assert_eq!(p.partitions, 12);
+        assert!((p.write_bytes_per_second_peak - 57870.37 * 550.0).abs() < 1.0);
+        assert!((p.broker_ingress_bytes_per_second_peak - 3.0 * 57870.37 * 550.0).abs() < 3.0);
+        // 500M requests/day x 100 B = 50 GB/day of requests, kept 7 days x 3 replicas.
+        assert!((p.bytes_per_day["requests"] - 50e9).abs() < 1.0);
+        assert!((p.stored_bytes["requests"] - 50e9 * 7.0 * 3.0).abs() < 1.0);
+        assert!((p.cached_orders - 3.5e9).abs() < 1.0);
+        assert!((p.cache_bytes - 1.4e12).abs() < 1.0);
+    }
+
+    #[test]
+    fn more_load_needs_more_pods_and_partitions_in_steps_of_twelve() {
+        let mut d = demand();
+        d.per_pod_rate = 5_000.0;
+        let p = plan(&d, SIZES);
+        // 57870 / 3333 = 17.4 -> 18 pods; x2 = 36 partitions.
+        assert_eq!(p.pods_at_peak, 18);
+        assert_eq!(p.partitions, 36);
+        d.orders_per_day = 100.0;
+        let small = plan(&d, SIZES);
+        assert_eq!(small.pods_at_peak, 1);
+        assert_eq!(small.partitions, 12);
+    }
+
+    #[test]
+    fn counts_take_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_count("100M"), Ok(100e6));
+        assert_eq!(parse_count("2.5k"), Ok(2500.0));
+        assert_eq!(parse_count("1_000"), Ok(1000.0));
+        assert_eq!(parse_count("1B"), Ok(1e9));
+        assert!(parse_count("-3").is_err());
+        assert!(parse_count("lots").is_err());
+        assert!(parse_count("").is_err());
+    }
+
+    #[test]
+    fn record_sizes_come_from_the_codec() {
+        let text = include_str!("../../machines/order-lifecycle.toml");
+        let definition = Definition::parse(text, "order-lifecycle.toml").unwrap();
+        let sizes = record_sizes(&definition).unwrap();
+        // Single-object header (10) + 16-byte id + strings: well above 50, well below 500.
+        for size in [sizes.request, sizes.state, sizes.outcome] {
+            assert!((50.0..500.0).contains(&size), "{sizes:?}");
+        }
+        assert!(sizes.state > sizes.request, "{sizes:?}");
+    }
+
+    #[test]
+    fn bytes_are_shown_in_decimal_units() {
+        assert_eq!(bytes(999.0), "999.0 B");
+        assert_eq!(bytes(1.4e12), "1.4 TB");
+        assert_eq!(bytes(31_830_000.0), "31.8 MB");
+    }
+}
