@@ -199,6 +199,12 @@ pub struct CapacityArgs {
     /// Replicas per partition.
     #[arg(long, default_value_t = 3.0)]
     pub replication_factor: f64,
+    /// Memory a pod may give its caches, in GB (its limit less headroom).
+    #[arg(long, default_value_t = 12.0)]
+    pub pod_cache_gb: f64,
+    /// Largest cache per partition, in GB: bounds each restore and rebalance.
+    #[arg(long, default_value_t = 2.0)]
+    pub partition_cache_gb: f64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -244,6 +244,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 replication_factor: args.replication_factor,
                 bytes_per_cached_order: measured("/restore/resident_mb_per_million_orders")
                     .unwrap_or(400.0),
+                pod_cache_bytes: args.pod_cache_gb * 1e9,
+                partition_cache_bytes: args.partition_cache_gb * 1e9,
+                restore_rate: measured("/restore/orders_per_second").unwrap_or(250_000.0),
             };
             let sizes = tools::capacity::record_sizes(&definition)
                 .ok_or_else(|| usage(anyhow::anyhow!("the definition has no transitions")))?;

@@ -34,6 +34,12 @@ pub struct Demand {
     pub replication_factor: f64,
     /// Resident bytes per cached order (measured by `make bench`).
     pub bytes_per_cached_order: f64,
+    /// Memory one pod may use for its caches (a pod's limit, less headroom).
+    pub pod_cache_bytes: f64,
+    /// Largest cache one partition may hold: it bounds a restore's time and a pod's smallest unit.
+    pub partition_cache_bytes: f64,
+    /// Orders per second one restore reads (measured by `make bench`).
+    pub restore_rate: f64,
 }
 
 /// Encoded sizes of the records one request causes, from the real codec.
@@ -119,8 +125,12 @@ pub struct Plan {
     pub average_rate: f64,
     /// Peak requests per second.
     pub peak_rate: f64,
-    /// Pods needed at peak, each at most at 2/3 of its measured rate.
+    /// Pods needed at peak: at most 2/3 of the measured rate each, and room for the caches.
     pub pods_at_peak: u64,
+    /// Pods the request rate alone needs at peak.
+    pub pods_for_rate: u64,
+    /// Pods the caches alone need.
+    pub pods_for_memory: u64,
     /// Pods needed at the average rate.
     pub pods_at_average: u64,
     /// Partitions: room for twice the peak's pods, a multiple of 12.
@@ -139,6 +149,8 @@ pub struct Plan {
     pub cache_bytes: f64,
     /// Per partition: cached orders (what one restore reads).
     pub orders_per_partition: f64,
+    /// Seconds one partition's restore takes at the measured restore rate.
+    pub restore_seconds_per_partition: f64,
 }
 
 fn ceil(x: f64) -> u64 {
@@ -151,14 +163,18 @@ pub fn plan(demand: &Demand, sizes: RecordSizes) -> Plan {
     let average_rate = requests_per_day / 86_400.0;
     let peak_rate = average_rate * demand.peak_factor;
     let usable = demand.per_pod_rate * 2.0 / 3.0;
-    let pods_at_peak = ceil(peak_rate / usable);
-    let pods_at_average = ceil(average_rate / usable);
-    let partitions = (pods_at_peak * 2).div_ceil(12) * 12;
+    let cached_orders = demand.orders_per_day * demand.cached_days;
+    let cache_bytes = cached_orders * demand.bytes_per_cached_order;
+    let pods_for_rate = ceil(peak_rate / usable);
+    let pods_for_memory = ceil(cache_bytes / demand.pod_cache_bytes);
+    let pods_at_peak = pods_for_rate.max(pods_for_memory);
+    let pods_at_average = ceil(average_rate / usable).max(pods_for_memory);
+    let for_memory = ceil(cache_bytes / demand.partition_cache_bytes);
+    let partitions = (pods_at_peak * 2).max(for_memory).div_ceil(12) * 12;
     // Every request writes itself (upstream), one state record and one outcome.
     let per_request = sizes.request + sizes.state + sizes.outcome;
     let write_peak = peak_rate * per_request;
     let day = |size: f64| requests_per_day * size;
-    let cached_orders = demand.orders_per_day * demand.cached_days;
     let mut bytes_per_day = BTreeMap::new();
     bytes_per_day.insert("requests", day(sizes.request));
     bytes_per_day.insert("accepted (event log)", day(sizes.outcome));
@@ -179,6 +195,8 @@ pub fn plan(demand: &Demand, sizes: RecordSizes) -> Plan {
         average_rate,
         peak_rate,
         pods_at_peak,
+        pods_for_rate,
+        pods_for_memory,
         pods_at_average,
         partitions,
         write_bytes_per_second_peak: write_peak,
@@ -186,8 +204,9 @@ pub fn plan(demand: &Demand, sizes: RecordSizes) -> Plan {
         bytes_per_day,
         stored_bytes: stored,
         cached_orders,
-        cache_bytes: cached_orders * demand.bytes_per_cached_order,
+        cache_bytes,
         orders_per_partition: cached_orders / partitions as f64,
+        restore_seconds_per_partition: cached_orders / partitions as f64 / demand.restore_rate,
     }
 }
 
@@ -222,8 +241,18 @@ pub fn describe(demand: &Demand, sizes: RecordSizes, plan: &Plan, rate_source: &
     );
     let _ = writeln!(
         t,
-        "pods: {} at peak, {} at the average; partitions: {} (room to double the peak's pods)",
-        plan.pods_at_peak, plan.pods_at_average, plan.partitions
+        "pods: {} at peak ({} for the rate, {} for the caches at {} each), {} at the average",
+        plan.pods_at_peak,
+        plan.pods_for_rate,
+        plan.pods_for_memory,
+        bytes(demand.pod_cache_bytes),
+        plan.pods_at_average
+    );
+    let _ = writeln!(
+        t,
+        "partitions: {} (room to double the peak's pods; at most {} of cache each)",
+        plan.partitions,
+        bytes(demand.partition_cache_bytes)
     );
     let _ = writeln!(
         t,
@@ -246,12 +275,14 @@ pub fn describe(demand: &Demand, sizes: RecordSizes, plan: &Plan, rate_source: &
     }
     let _ = write!(
         t,
-        "processor caches: {:.0} live orders ({} days), {} resident across all pods, {:.0} orders ({}) per partition to restore",
+        "processor caches: {:.0} live orders ({} days), {} resident across all pods; per partition {:.0} orders ({}), restored in {:.0} s at {:.0} orders/s",
         plan.cached_orders,
         demand.cached_days,
         bytes(plan.cache_bytes),
         plan.orders_per_partition,
-        bytes(plan.orders_per_partition * demand.bytes_per_cached_order)
+        bytes(plan.orders_per_partition * demand.bytes_per_cached_order),
+        plan.restore_seconds_per_partition,
+        demand.restore_rate
     );
     t
 }
@@ -271,6 +302,9 @@ pub fn to_json(demand: &Demand, sizes: RecordSizes, plan: &Plan) -> Value {
         "average_rate": plan.average_rate,
         "peak_rate": plan.peak_rate,
         "pods_at_peak": plan.pods_at_peak,
+        "pods_for_rate": plan.pods_for_rate,
+        "pods_for_memory": plan.pods_for_memory,
+        "restore_seconds_per_partition": plan.restore_seconds_per_partition,
         "pods_at_average": plan.pods_at_average,
         "partitions": plan.partitions,
         "write_bytes_per_second_peak": plan.write_bytes_per_second_peak,
@@ -315,6 +349,9 @@ mod tests {
             event_log_retention_days: 30.0,
             replication_factor: 3.0,
             bytes_per_cached_order: 400.0,
+            pod_cache_bytes: 1e15,
+            partition_cache_bytes: 1e15,
+            restore_rate: 250_000.0,
         }
     }
 
@@ -355,6 +392,22 @@ mod tests {
         let small = plan(&d, SIZES);
         assert_eq!(small.pods_at_peak, 1);
         assert_eq!(small.partitions, 12);
+    }
+
+    #[test]
+    fn caches_that_do_not_fit_add_pods_and_partitions() {
+        let mut d = demand();
+        d.pod_cache_bytes = 16e9;
+        d.partition_cache_bytes = 2e9;
+        let p = plan(&d, SIZES);
+        // 3.5e9 orders x 400 B = 1.4 TB: 88 pods of 16 GB, 700 partitions of 2 GB -> 708.
+        assert_eq!(p.pods_for_rate, 2);
+        assert_eq!(p.pods_for_memory, 88);
+        assert_eq!(p.pods_at_peak, 88);
+        assert_eq!(p.pods_at_average, 88);
+        assert_eq!(p.partitions, 708);
+        assert!((p.orders_per_partition - 3.5e9 / 708.0).abs() < 1.0);
+        assert!((p.restore_seconds_per_partition - 3.5e9 / 708.0 / 250_000.0).abs() < 1e-6);
     }
 
     #[test]
