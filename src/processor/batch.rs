@@ -191,7 +191,7 @@ pub fn parse_request(
 /// The batch's own state changes: read before the committed caches, applied to them after commit.
 #[derive(Debug, Default)]
 struct Overlay {
-    states: HashMap<(i32, String), Option<OrderState>>,
+    states: HashMap<(i32, String), Option<OrderState>, foldhash::fast::RandomState>,
     /// Slots in the order they first changed, so changes are applied in a stable order.
     order: Vec<(i32, String)>,
 }

@@ -231,7 +231,7 @@ impl Clock for SystemClock {
 #[derive(Debug, Default)]
 struct DeadlineIndex {
     by_time: std::collections::BTreeSet<(i64, i32, String)>,
-    by_order: HashMap<(i32, String), i64>,
+    by_order: HashMap<(i32, String), i64, foldhash::fast::RandomState>,
 }
 
 impl DeadlineIndex {
