@@ -1,6 +1,5 @@
 //! The ops endpoints of a running processor: metrics that count what happened, health, readiness.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,23 +12,7 @@ use crate::support::{
 
 /// A plain HTTP/1.1 GET: (status, body).
 fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    crate::support::http(address, "GET", path, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,20 +107,15 @@ async fn an_order_of_a_partition_owned_elsewhere_is_not_a_404() {
     caches
         .write()
         .insert(0, orderflow::state::PartitionCache::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     let definition = crate::support::definition();
-    tokio::spawn(orderflow::ops::serve(
-        listener,
-        OpsState::new(
-            Metrics::new(&definition).unwrap(),
-            Arc::new(Health::default()),
-            caches,
-            definition,
-            12,
-        ),
-        std::future::pending(),
-    ));
+    let address = crate::support::serve_ops(OpsState::new(
+        Metrics::new(&definition).unwrap(),
+        Arc::new(Health::default()),
+        caches,
+        definition,
+        12,
+    ))
+    .await;
     // One order id whose partition (of 12) is owned here (0), one whose partition is not.
     let partition = |o: &String| orderflow::kafka::partition_for(o.as_bytes(), 12);
     let ids = (0..).map(|n| format!("o-{n}"));
@@ -160,19 +138,14 @@ async fn an_order_of_a_partition_owned_elsewhere_is_not_a_404() {
 async fn healthz_fails_when_the_loop_stops_beating_or_failed() {
     let definition = crate::support::definition();
     let health = Arc::new(Health::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(orderflow::ops::serve(
-        listener,
-        OpsState::new(
-            Metrics::new(&definition).unwrap(),
-            Arc::clone(&health),
-            orderflow::state::SharedCaches::default(),
-            definition,
-            1,
-        ),
-        std::future::pending(),
-    ));
+    let address = crate::support::serve_ops(OpsState::new(
+        Metrics::new(&definition).unwrap(),
+        Arc::clone(&health),
+        orderflow::state::SharedCaches::default(),
+        definition,
+        1,
+    ))
+    .await;
     let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -261,22 +234,17 @@ async fn an_order_owned_by_another_instance_names_that_instance_and_its_url() {
     other.ops.peer_url_template = Some("http://{instance}.peers:9400".into());
     let owners = Arc::new(orderflow::ops::OwnerDirectory::new(&other).unwrap());
     let definition = crate::support::definition();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(orderflow::ops::serve(
-        listener,
-        OpsState {
-            owners: Some(owners),
-            ..OpsState::new(
-                Metrics::new(&definition).unwrap(),
-                Arc::new(Health::default()),
-                orderflow::state::SharedCaches::default(),
-                definition,
-                2,
-            )
-        },
-        std::future::pending(),
-    ));
+    let address = crate::support::serve_ops(OpsState {
+        owners: Some(owners),
+        ..OpsState::new(
+            Metrics::new(&definition).unwrap(),
+            Arc::new(Health::default()),
+            orderflow::state::SharedCaches::default(),
+            definition,
+            2,
+        )
+    })
+    .await;
     let (status, body) = tokio::task::spawn_blocking(move || get(address, "/orders/o-77"))
         .await
         .unwrap();

@@ -400,3 +400,44 @@ pub async fn outcomes_within(settings: &Settings, expected: usize, timeout: Dura
         .await
         .expect("outcome reader task")
 }
+
+/// A plain HTTP/1.1 request with an optional JSON body: (status, body).
+pub fn http(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Serves `state` on a loopback port for the rest of the test; returns its address.
+pub async fn serve_ops(state: orderflow::ops::OpsState) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(orderflow::ops::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    address
+}

@@ -206,25 +206,7 @@ async fn a_dead_letter_replayed_after_the_fix_is_decided() {
 
 /// A plain HTTP/1.1 POST with a JSON body: (status, body).
 fn post(address: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    crate::support::http(address, "POST", path, Some(body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,22 +224,17 @@ async fn the_http_transition_api_answers_each_outcome_with_its_status() {
         .unwrap()
     };
     let definition = crate::support::definition();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(orderflow::ops::serve(
-        listener,
-        OpsState {
-            gateway: Some(Arc::new(gateway)),
-            ..OpsState::new(
-                Metrics::new(&definition).unwrap(),
-                Arc::new(Health::default()),
-                orderflow::state::SharedCaches::default(),
-                definition,
-                2,
-            )
-        },
-        std::future::pending(),
-    ));
+    let address = crate::support::serve_ops(OpsState {
+        gateway: Some(Arc::new(gateway)),
+        ..OpsState::new(
+            Metrics::new(&definition).unwrap(),
+            Arc::new(Health::default()),
+            orderflow::state::SharedCaches::default(),
+            definition,
+            2,
+        )
+    })
+    .await;
     let order = unique("order");
     let path = format!("/orders/{order}/transitions");
     let (created, unknown, bad, again) = tokio::task::spawn_blocking(move || {
