@@ -77,6 +77,17 @@ pub enum Command {
     /// (bench/last-run.json) unless given, and record sizes from the real codec (no Kafka needed).
     /// Example: orderflow capacity --orders-per-day 100M --peak-factor 10
     Capacity(CapacityArgs),
+    /// Check the topics' whole history for exactly-once: every request one outcome, every poison
+    /// record one dead letter, legal paths with versions 1, 2, 3…, state = fold of transitions.
+    ///
+    /// Reads with read_committed and knows only the definition and the request limits; run it
+    /// when no requests are being produced. Exit 1 when anything is lost, duplicated, illegal or
+    /// mismatched.
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect dead letters and re-publish chosen ones to the requests topic after a fix.
     Dlq {
         /// list or replay.

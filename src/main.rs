@@ -261,6 +261,31 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check { json } => {
+            let settings = connected_settings(&cli).await?;
+            let definition = load_definition(&settings.definition)?;
+            let limits = tools::check::Limits {
+                max_attributes: settings.processor.max_attributes,
+                max_attribute_bytes: settings.processor.max_attribute_bytes,
+            };
+            let verdict = tokio::task::spawn_blocking(move || {
+                let partitions = settings.topics.partitions;
+                tools::check::read_history(&settings, &definition, partitions)
+                    .map(|history| tools::check::check(&definition, limits, &history))
+            })
+            .await
+            .context("the checker thread")??;
+            if *json {
+                println!("{}", verdict.to_json());
+            } else {
+                println!("{}", verdict.describe());
+            }
+            Ok(if verdict.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Tail(args) => {
             let settings = connected_settings(&cli).await?;
             tools::tail::run(&settings, args).await?;

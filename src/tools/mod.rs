@@ -2,6 +2,7 @@
 //! order, follow outcomes, inspect and replay dead letters, generate load, and the demo.
 
 pub mod capacity;
+pub mod check;
 pub mod demo;
 pub mod dlq;
 pub mod get;

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod chaos;
 mod crash;
 mod java_avro;
 mod java_partitioning;
