@@ -5,7 +5,7 @@ BIN := target/release/orderflow
 KAFKA := deploy/local/kafka.sh
 
 
-.PHONY: run serve test deploy-check bench bench-core lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
+.PHONY: run serve test deploy-check bench bench-core chaos lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
 
 ## run: local broker (127.0.0.1:9092), topics, the processor, and a demo load with its outcomes
 run: build
@@ -55,3 +55,7 @@ clean-kafka:
 ## bench: end-to-end benchmarks (orderflow vs an exactly-once pipe vs Kafka Streams 4.4, latency, restore) on a fresh broker, written to docs/benchmarks.md
 bench:
 	python3 bench/run.py
+
+## chaos: kill, churn, broker restart, poison and zombie scenarios under load, judged by orderflow check (docs/reliability.md)
+chaos:
+	python3 tests/chaos/run.py

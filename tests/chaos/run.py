@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""`make chaos`: break things under load and judge the history with the independent checker.
+
+Each scenario gets a fresh set of topics on one local broker (127.0.0.1:39092, its own data dir),
+processors supervised like Kubernetes would (any that exits is restarted, unless the scenario
+removed it), `orderflow loadgen` as the load, a fault, and at the end `orderflow check`. Recovery
+time is measured from the fault to the next committed outcome (seen by `orderflow tail`).
+Results go to docs/reliability.md between the chaos markers.
+"""
+import argparse
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+root = pathlib.Path(__file__).resolve().parents[2]
+os.chdir(root)
+PORT = int(os.environ.get("ORDERFLOW_CHAOS_KAFKA_PORT", "39092"))
+BOOTSTRAP = f"127.0.0.1:{PORT}"
+KAFKA_ENV = dict(os.environ, KAFKA_PORT=str(PORT), KAFKA_DATA_DIR=str(root / ".kafka" / f"chaos-{PORT}"), KAFKA_HEAP="1g")
+ORDERFLOW = str(root / "target" / "release" / "orderflow")
+PARTITIONS = 6
+
+
+def log(*parts):
+    print("chaos:", *parts, file=sys.stderr, flush=True)
+
+
+def kafka(*args, check=True):
+    return subprocess.run(["bash", "deploy/local/kafka.sh", *args], env=KAFKA_ENV, check=check, capture_output=True, text=True)
+
+
+def env_for(prefix, instance=None):
+    e = dict(
+        os.environ,
+        RUST_LOG="warn",
+        ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS=BOOTSTRAP,
+        ORDERFLOW_KAFKA__GROUP_ID=f"{prefix}group",
+        ORDERFLOW_OPS__LISTEN="127.0.0.1:0",
+        ORDERFLOW_TOPICS__REQUESTS=f"{prefix}order-transition-requests",
+        ORDERFLOW_TOPICS__STATE=f"{prefix}order-state",
+        ORDERFLOW_TOPICS__ACCEPTED=f"{prefix}order-transitions",
+        ORDERFLOW_TOPICS__REJECTED=f"{prefix}order-transition-rejections",
+        ORDERFLOW_TOPICS__DEAD_LETTERS=f"{prefix}order-transition-requests-dlq",
+        ORDERFLOW_TOPICS__PARTITIONS=str(PARTITIONS),
+        ORDERFLOW_PROCESSOR__SESSION_TIMEOUT_MS="6000",
+        ORDERFLOW_PROCESSOR__BATCH_MAX_RECORDS="500",
+    )
+    if instance:
+        e["ORDERFLOW_INSTANCE_ID"] = instance
+    return e
+
+
+class Fleet:
+    """Processors of one scenario, restarted when they exit unless removed on purpose."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.procs = {}
+        self.wanted = set()
+        self.restarts = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._supervise, daemon=True)
+        self.thread.start()
+
+    def _spawn(self, instance):
+        log_file = open(root / ".kafka" / f"chaos-{self.prefix}{instance}.log", "ab")
+        self.procs[instance] = subprocess.Popen([ORDERFLOW, "run"], env=env_for(self.prefix, instance),
+                                                stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True)
+
+    def add(self, instance):
+        with self.lock:
+            self.wanted.add(instance)
+            self._spawn(instance)
+
+    def remove(self, instance, sig=signal.SIGTERM):
+        with self.lock:
+            self.wanted.discard(instance)
+            p = self.procs.pop(instance, None)
+        if p:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def signal(self, instance, sig):
+        with self.lock:
+            p = self.procs.get(instance)
+        if p:
+            p.send_signal(sig)
+
+    def _supervise(self):
+        while not self.stop.is_set():
+            with self.lock:
+                for instance in list(self.wanted):
+                    p = self.procs.get(instance)
+                    if p is not None and p.poll() is not None:
+                        self.restarts += 1
+                        self._spawn(instance)
+            time.sleep(0.2)
+
+    def shutdown(self):
+        self.stop.set()
+        for instance in list(self.procs):
+            self.remove(instance)
+
+
+class Tail:
+    """Committed outcomes as they arrive: (arrival time, input partition, requested_at), wall clock."""
+
+    def __init__(self, prefix):
+        self.seen = []
+        self.proc = subprocess.Popen([ORDERFLOW, "tail", "--only", "accepted,rejected", "--json"], env=env_for(prefix),
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                o = json.loads(line)
+                self.seen.append((time.time(), o["input"]["partition"], o["requested_at_ms"] / 1000.0))
+            except (ValueError, KeyError):
+                pass
+
+    def recovery(self, fault, timeout=60):
+        """Seconds from `fault` (wall clock) until every partition has committed an outcome for a
+        request sent after it: the slowest partition's recovery (the load covers all partitions)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            first = {}
+            for arrival, partition, requested in list(self.seen):
+                if requested >= fault:
+                    first.setdefault(partition, arrival)
+            if len(first) == PARTITIONS:
+                return max(first.values()) - fault
+            time.sleep(0.2)
+        return None
+
+    def close(self):
+        self.proc.terminate()
+
+
+def loadgen(prefix, seconds, rate, extra=()):
+    """Load for about `seconds` at `rate` requests/s (an order makes ~4.85 requests)."""
+    orders = int(rate * seconds / 4.85)
+    return subprocess.Popen([ORDERFLOW, "loadgen", "--orders", str(orders), "--rate", str(rate), "--seed", "17",
+                             "--concurrency", "500", "--wait-secs", "240", "--no-progress", "--json", *extra],
+                            env=env_for(prefix), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def finish(prefix, fleet, tail, load):
+    out, _ = load.communicate(timeout=600)
+    report = json.loads(out.strip().splitlines()[-1])
+    fleet.shutdown()
+    tail.close()
+    checked = subprocess.run([ORDERFLOW, "check", "--json"], env=env_for(prefix), capture_output=True, text=True, timeout=600)
+    verdict = json.loads(checked.stdout.strip().splitlines()[-1])
+    return report, verdict
+
+
+def scenario_kill(prefix, rng, rate):
+    fleet, tail = Fleet(prefix), Tail(prefix)
+    fleet.add("p0")
+    time.sleep(3)
+    # Each restart waits out the killed member's session (6 s): the load must outlast five of them.
+    load = loadgen(prefix, 75, rate)
+    recoveries = []
+    for _ in range(5):
+        time.sleep(rng.uniform(1.0, 3.0))
+        t = time.time()
+        fleet.signal("p0", signal.SIGKILL)  # the supervisor restarts it
+        recoveries.append(tail.recovery(t))
+    return finish(prefix, fleet, tail, load), recoveries
+
+
+def scenario_churn(prefix, rng, rate):
+    fleet, tail = Fleet(prefix), Tail(prefix)
+    for p in ("p0", "p1", "p2"):
+        fleet.add(p)
+    time.sleep(4)
+    load = loadgen(prefix, 25, rate)
+    recoveries = []
+    for action, instance in (("add", "p3"), ("remove", "p1"), ("add", "p1"), ("remove", "p3"), ("remove", "p0")):
+        time.sleep(rng.uniform(1.5, 3.0))
+        t = time.time()
+        fleet.add(instance) if action == "add" else fleet.remove(instance)
+        recoveries.append(tail.recovery(t))
+    return finish(prefix, fleet, tail, load), recoveries
+
+
+def scenario_broker_restart(prefix, rng, rate):
+    fleet, tail = Fleet(prefix), Tail(prefix)
+    fleet.add("p0")
+    fleet.add("p1")
+    time.sleep(4)
+    load = loadgen(prefix, 25, rate)
+    time.sleep(rng.uniform(2.0, 4.0))
+    t = time.time()
+    kafka("down")
+    time.sleep(5)
+    kafka("up")
+    recoveries = [tail.recovery(t, timeout=180)]
+    return finish(prefix, fleet, tail, load), recoveries
+
+
+def scenario_poison(prefix, rng, rate):
+    fleet, tail = Fleet(prefix), Tail(prefix)
+    fleet.add("p0")
+    fleet.add("p1")
+    time.sleep(4)
+    load = loadgen(prefix, 15, rate, ("--poison-share", "0.01"))
+    return finish(prefix, fleet, tail, load), []
+
+
+def scenario_zombie(prefix, rng, rate):
+    fleet, tail = Fleet(prefix), Tail(prefix)
+    fleet.add("p0")
+    fleet.add("p1")
+    time.sleep(4)
+    load = loadgen(prefix, 25, rate)
+    time.sleep(rng.uniform(1.0, 2.0))
+    t = time.time()
+    fleet.signal("p0", signal.SIGSTOP)  # past the 6 s session timeout: its partitions move to p1
+    time.sleep(10)
+    fleet.signal("p0", signal.SIGCONT)  # the zombie wakes up with a batch in hand: it must be fenced
+    recoveries = [tail.recovery(t)]
+    return finish(prefix, fleet, tail, load), recoveries
+
+
+SCENARIOS = {
+    "kill": ("SIGKILL the processor at 5 random moments, restarted each time", scenario_kill),
+    "churn": ("3 processors; add and remove instances during the load", scenario_churn),
+    "broker-restart": ("stop the broker for 5 s under load; processors recover by themselves", scenario_broker_restart),
+    "poison": ("1% poison records (not Avro, unknown schema, no key, too many attributes)", scenario_poison),
+    "zombie": ("SIGSTOP a processor past the session timeout, then SIGCONT: fenced, no duplicates", scenario_zombie),
+}
+COUNTS = ["lost", "duplicated", "illegal", "version_gaps", "state_mismatches", "dead_letters_lost", "dead_letters_duplicated",
+          "dead_letters_unexpected", "orphan_outcomes"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--only", default=",".join(SCENARIOS))
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    subprocess.run(["cargo", "build", "--release", "--bin", "orderflow"], check=True)
+    kafka("down", "--purge", check=False)
+    kafka("up")
+    rows, ok = [], True
+    try:
+        for name in args.only.split(","):
+            what, run = SCENARIOS[name]
+            prefix = f"c{uuid.uuid4().hex[:6]}-{name}-"
+            subprocess.run([ORDERFLOW, "topics", "create"], env=env_for(prefix), check=True, capture_output=True)
+            log(f"{name}: {what}")
+            started = time.monotonic()
+            (report, verdict), recoveries = run(prefix, rng, args.rate)
+            clean = all(verdict.get(c) == 0 for c in COUNTS) and report.get("missing") == 0 and report.get("repeated") == 0
+            ok &= clean
+            rec = [f"{r:.1f} s" if r is not None else "none" for r in recoveries]
+            log(f"{name}: {'CLEAN' if clean else 'VIOLATED'} in {time.monotonic() - started:.0f} s; recoveries {rec}; "
+                f"verdict {json.dumps({c: verdict.get(c) for c in COUNTS})}; examples {verdict.get('examples')}")
+            rows.append((name, what, verdict, report, rec, clean))
+    finally:
+        kafka("down", "--purge", check=False)
+    lines = [f"Last run: {time.strftime('%Y-%m-%d')}, `make chaos` (seed {args.seed}), load at {args.rate:,} requests/s "
+             f"(75 s for kill, 25 s for the others, 15 s for poison), {PARTITIONS} partitions, one local broker, session timeout 6 s. "
+             "Recovery: from the fault until every partition has committed an outcome for a request sent after it.", "",
+             "| scenario | inputs | requests | poison | lost | duplicated | illegal | version gaps | state mismatches | DLQ lost/dup/unexpected | recovery (fault → next outcome) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, what, v, r, rec, clean in rows:
+        lines.append(f"| {name}: {what} | {v.get('inputs')} | {v.get('requests')} | {v.get('poison')} | {v.get('lost')} | {v.get('duplicated')} | "
+                     f"{v.get('illegal')} | {v.get('version_gaps')} | {v.get('state_mismatches')} | {v.get('dead_letters_lost')}/"
+                     f"{v.get('dead_letters_duplicated')}/{v.get('dead_letters_unexpected')} | {', '.join(rec) or '—'} | "
+                     f"{'exactly once' if clean else 'VIOLATED'} |")
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        doc = root / "docs" / "reliability.md"
+        current = doc.read_text()
+        start, end = "<!-- chaos:start -->", "<!-- chaos:end -->"
+        head, rest = current.split(start, 1)
+        _, tail = rest.split(end, 1)
+        doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
