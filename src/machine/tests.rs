@@ -797,3 +797,30 @@ fn per_order_memory_is_what_docs_state_machine_md_says() {
     assert_eq!(std::mem::size_of::<OrderState>(), 80);
     assert_eq!(std::mem::size_of::<RecentRequest>(), 32);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Whatever a definition file holds, loading it ends in a definition or a list of problems.
+    #[test]
+    fn arbitrary_text_never_panics_the_definition_parser(text in "(?s).{0,300}") {
+        let _ = Definition::parse(&text, "fuzz.toml");
+    }
+
+    #[test]
+    fn mutated_definitions_never_panic_the_parser(at in 0usize..4000, byte in any::<u8>(), drop_line in 0usize..120) {
+        let mut bytes = LIFECYCLE.as_bytes().to_vec();
+        let i = at % bytes.len();
+        bytes[i] = byte;
+        if let Ok(text) = String::from_utf8(bytes) {
+            let _ = Definition::parse(&text, "fuzz.toml");
+        }
+        let without_line: String = LIFECYCLE
+            .lines()
+            .enumerate()
+            .filter(|(n, _)| *n != drop_line)
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
+        let _ = Definition::parse(&without_line, "fuzz.toml");
+    }
+}

@@ -59,7 +59,14 @@ pub async fn run(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
             let Some(message) = reader.poll(Duration::from_millis(500)) else {
                 continue;
             };
-            let message = message.context("reading outcomes")?;
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    // A broker restarting or a leader moving: librdkafka reconnects; keep following.
+                    tracing::warn!(error = %e, "reading outcomes; retrying");
+                    continue;
+                }
+            };
             let outcome = match decode_outcome(topics, &message) {
                 Some(Ok(outcome)) => outcome,
                 Some(Err(e)) => {

@@ -131,18 +131,19 @@ async fn poison_records_go_to_the_dead_letter_topic_with_provenance_and_later_re
         (key.clone(), valid[..valid.len() - 3].to_vec()), // truncated
         (None, valid.clone()),                          // no key
         (Some(b"someone-else".to_vec()), valid.clone()), // key mismatch
+        (Some(vec![0xff, 0xfe, 0x00]), valid.clone()),  // key not UTF-8
         (key.clone(), valid.clone()),                   // fine: create
         (key.clone(), crowded_bytes),                   // too many attributes
         (key.clone(), after),                           // fine: confirm
     ];
     let positions = produce_raw(&settings, &records).await;
-    let outcomes = outcomes_within(&settings, 7, Duration::from_secs(60)).await;
+    let outcomes = outcomes_within(&settings, 8, Duration::from_secs(60)).await;
     processor.stop();
 
-    assert_eq!(outcomes.dead_letters.len(), 5, "{:?}", outcomes.per_input());
-    let kinds: Vec<String> = positions[..4]
+    assert_eq!(outcomes.dead_letters.len(), 6, "{:?}", outcomes.per_input());
+    let kinds: Vec<String> = positions[..5]
         .iter()
-        .chain(std::iter::once(&positions[5]))
+        .chain(std::iter::once(&positions[6]))
         .map(|(p, o)| {
             let dl = outcomes
                 .dead_letters
@@ -179,6 +180,7 @@ async fn poison_records_go_to_the_dead_letter_topic_with_provenance_and_later_re
             "truncated",
             "missing_key",
             "key_mismatch",
+            "key_not_utf8",
             "oversized_attributes"
         ]
     );
