@@ -799,7 +799,10 @@ fn per_order_memory_is_what_docs_state_machine_md_says() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    // PROPTEST_CASES raises the count for a longer fuzzing run (docs/reliability.md).
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    ))]
 
     /// Whatever a definition file holds, loading it ends in a definition or a list of problems.
     #[test]
