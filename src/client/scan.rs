@@ -4,29 +4,16 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use super::GatewayError;
 use crate::config::KafkaSettings;
-use crate::kafka::committed_reader_config;
-
-/// Reaching the end of a partition is what a scan waits for, not an error to log.
-struct EofIsNews;
-
-impl ClientContext for EofIsNews {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::error!(%error, reason, "librdkafka");
-        }
-    }
-}
-
-impl ConsumerContext for EofIsNews {}
+use crate::kafka::{committed_reader_config, EndOfPartitionIsNews};
 
 /// Visits every committed record of `partitions` of `topic`, from the beginning up to the end each
 /// partition had when the scan reached it; returns how many were visited. Gives up after `timeout`
@@ -39,13 +26,13 @@ pub fn scan_topic(
     timeout: Duration,
     mut visit: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64, GatewayError> {
-    let consumer: BaseConsumer<EofIsNews> = committed_reader_config(
+    let consumer: BaseConsumer<EndOfPartitionIsNews> = committed_reader_config(
         kafka,
         client_name,
         &format!("{client_name}-{}", Uuid::new_v4().simple()),
     )?
     .set("enable.partition.eof", "true")
-    .create_with_context(EofIsNews)
+    .create_with_context(EndOfPartitionIsNews)
     .map_err(|source| GatewayError::Kafka {
         doing: format!("creating a reader of {topic}"),
         source,

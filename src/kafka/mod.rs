@@ -17,3 +17,20 @@ pub use topics::{TopicError, TopicStatus, Topics};
 pub use transactions::{
     classify, ErrorClass, OutgoingRecord, StatsCallback, TxnError, TxnProducer,
 };
+
+/// A consumer context for readers that wait for the end of partitions (restore, scans): reaching
+/// the end is what they wait for, so it is not logged as an error; anything else is a warning.
+pub struct EndOfPartitionIsNews;
+
+impl rdkafka::ClientContext for EndOfPartitionIsNews {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // librdkafka reports it as a global error, not as KafkaError::PartitionEOF.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(%error, reason, "end of partition");
+        } else {
+            tracing::warn!(%error, reason, "consumer");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndOfPartitionIsNews {}

@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::PartitionCache;
 use crate::codec::{decode_order_state, CodecError};
 use crate::config::Settings;
-use crate::kafka::{restore_consumer_config, ClientConfigError};
+use crate::kafka::{restore_consumer_config, ClientConfigError, EndOfPartitionIsNews};
 use crate::machine::Definition;
 
 /// Why a restore failed.
@@ -77,23 +77,6 @@ pub enum RestoreEvent {
     Failed(RestoreError),
 }
 
-/// The restore consumer's context: reaching the end of a partition is the expected way a restore
-/// ends, not an error worth an ERROR line.
-struct RestoreContext;
-
-impl rdkafka::ClientContext for RestoreContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) => {
-                tracing::debug!(%error, reason, "restore: end of partition")
-            }
-            _ => tracing::warn!(%error, reason, "restore consumer"),
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for RestoreContext {}
-
 /// The end offset of a partition (with read_committed: the last stable offset). Retries for up to
 /// a minute while leadership is unknown or moving (e.g. right after a topic was created or while a
 /// broker restarts).
@@ -137,8 +120,8 @@ pub fn restore_partitions(
     };
     let mut config = restore_consumer_config(settings)?;
     config.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<RestoreContext> = config
-        .create_with_context(RestoreContext)
+    let consumer: BaseConsumer<EndOfPartitionIsNews> = config
+        .create_with_context(EndOfPartitionIsNews)
         .map_err(kafka(-1))?;
     let started = Instant::now();
     let mut ends: HashMap<i32, i64> = HashMap::new();
