@@ -158,6 +158,11 @@ pub struct ProcessorSettings {
     /// On SIGTERM/SIGINT, how long the batch in hand may take to finish before the process exits
     /// anyway, in ms. Keep it below Kubernetes' `terminationGracePeriodSeconds`. Default: 25000.
     pub shutdown_deadline_ms: u64,
+    /// Static group membership: the consumer joins with `group.instance.id` = `instance_id`, so an
+    /// instance restarted within `session_timeout_ms` gets its partitions back without a rebalance
+    /// (no restore on the others). The price: a stopped instance's partitions wait for its session
+    /// to time out before they move. Default: false.
+    pub static_membership: bool,
 }
 
 impl Default for ProcessorSettings {
@@ -174,6 +179,7 @@ impl Default for ProcessorSettings {
             parking_max_wait_ms: 600_000,
             dead_letter_max_bytes: 900_000,
             shutdown_deadline_ms: 25_000,
+            static_membership: false,
         }
     }
 }

@@ -102,6 +102,11 @@ const OWNED: &[(&str, &str, Option<&str>)] = &[
     ),
     ("acks", "exactly-once needs acks=all", None),
     (
+        "group.instance.id",
+        "it is the instance id when static membership is on",
+        Some("processor.static_membership"),
+    ),
+    (
         "statistics.interval.ms",
         "orderflow's Prometheus metrics are fed by librdkafka's statistics",
         None,
@@ -227,6 +232,9 @@ pub fn processor_consumer_config(
         // A batch never takes long; a stuck loop should lose its partitions within a minute.
         .set("max.poll.interval.ms", "60000")
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+    if settings.processor.static_membership {
+        config.set("group.instance.id", &settings.instance_id);
+    }
     Ok(config)
 }
 
@@ -342,6 +350,19 @@ mod tests {
             .insert("client.rack".into(), "eu-west-1a".into());
         let config = base_config(&settings, "t").unwrap();
         assert_eq!(config.get("client.rack"), Some("eu-west-1a"));
+    }
+
+    #[test]
+    fn static_membership_joins_with_the_instance_id_and_only_when_asked() {
+        let mut settings = Settings {
+            instance_id: "orderflow-2".into(),
+            ..Settings::default()
+        };
+        let dynamic = processor_consumer_config(&settings, "0123456789abcdef").unwrap();
+        assert_eq!(dynamic.get("group.instance.id"), None);
+        settings.processor.static_membership = true;
+        let fixed = processor_consumer_config(&settings, "0123456789abcdef").unwrap();
+        assert_eq!(fixed.get("group.instance.id"), Some("orderflow-2"));
     }
 
     #[test]

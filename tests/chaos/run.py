@@ -36,6 +36,9 @@ def kafka(*args, check=True):
     return subprocess.run(["bash", "deploy/local/kafka.sh", *args], env=KAFKA_ENV, check=check, capture_output=True, text=True)
 
 
+STATIC = {"value": "false"}
+
+
 def env_for(prefix, instance=None):
     e = dict(
         os.environ,
@@ -51,6 +54,7 @@ def env_for(prefix, instance=None):
         ORDERFLOW_TOPICS__PARTITIONS=str(PARTITIONS),
         ORDERFLOW_PROCESSOR__SESSION_TIMEOUT_MS="6000",
         ORDERFLOW_PROCESSOR__BATCH_MAX_RECORDS="500",
+        ORDERFLOW_PROCESSOR__STATIC_MEMBERSHIP=STATIC["value"],
     )
     if instance:
         e["ORDERFLOW_INSTANCE_ID"] = instance
@@ -181,6 +185,14 @@ def scenario_kill(prefix, rng, rate):
     return finish(prefix, fleet, tail, load), recoveries
 
 
+def scenario_kill_static(prefix, rng, rate):
+    STATIC["value"] = "true"
+    try:
+        return scenario_kill(prefix, rng, rate)
+    finally:
+        STATIC["value"] = "false"
+
+
 def scenario_churn(prefix, rng, rate):
     fleet, tail = Fleet(prefix), Tail(prefix)
     for p in ("p0", "p1", "p2"):
@@ -237,6 +249,7 @@ def scenario_zombie(prefix, rng, rate):
 
 SCENARIOS = {
     "kill": ("SIGKILL the processor at 5 random moments, restarted each time", scenario_kill),
+    "kill-static": ("the same with static group membership (processor.static_membership)", scenario_kill_static),
     "churn": ("3 processors; add and remove instances during the load", scenario_churn),
     "broker-restart": ("stop the broker under load, start it 5 s later; processors recover by themselves (recovery counts from the broker gone)", scenario_broker_restart),
     "poison": ("1% poison records (not Avro, unknown schema, no key, too many attributes)", scenario_poison),
