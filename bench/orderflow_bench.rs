@@ -358,15 +358,28 @@ async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
     let partitions: Vec<i32> = (0..settings.topics.partitions).collect();
     let started = Instant::now();
     let cancel = AtomicBool::new(false);
+    // As the processor restores: its partitions split over `restore_threads` consumers.
+    let groups = orderflow::state::restore::split_partitions(
+        &partitions,
+        orderflow::state::restore::restore_threads(settings),
+    );
     tokio::task::block_in_place(|| {
-        orderflow::state::restore::restore_partitions(
-            1,
-            settings,
-            &definition,
-            &partitions,
-            &tx,
-            &cancel,
-        )
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = groups
+                .iter()
+                .map(|group| {
+                    let (tx, definition, cancel) = (tx.clone(), &definition, &cancel);
+                    scope.spawn(move || {
+                        orderflow::state::restore::restore_partitions(
+                            1, settings, definition, group, &tx, cancel,
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        })
     })?;
     let elapsed = started.elapsed().as_secs_f64();
     let mut caches = Vec::new();

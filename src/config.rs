@@ -163,6 +163,9 @@ pub struct ProcessorSettings {
     /// (no restore on the others). The price: a stopped instance's partitions wait for its session
     /// to time out before they move. Default: false.
     pub static_membership: bool,
+    /// Restore consumers run side by side for newly assigned partitions; 0 picks the CPUs the
+    /// process may use, at most 4. Default: 0.
+    pub restore_threads: usize,
 }
 
 impl Default for ProcessorSettings {
@@ -180,6 +183,7 @@ impl Default for ProcessorSettings {
             dead_letter_max_bytes: 900_000,
             shutdown_deadline_ms: 25_000,
             static_membership: false,
+            restore_threads: 0,
         }
     }
 }
@@ -420,6 +424,15 @@ impl Settings {
                 format!(
                     "{} is below 1024: dead letters would lose their payload",
                     p.dead_letter_max_bytes
+                ),
+            ));
+        }
+        if p.restore_threads > 64 {
+            return Err(invalid(
+                "processor.restore_threads",
+                format!(
+                    "{} is above 64 (0 picks the CPUs, at most 4)",
+                    p.restore_threads
                 ),
             ));
         }

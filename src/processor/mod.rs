@@ -46,7 +46,9 @@ use crate::kafka::{
 use crate::machine::{Decider, Definition, OrderState, ParkingPolicy};
 use crate::ops::metrics::reason_label;
 use crate::ops::{Health, Metrics};
-use crate::state::restore::{spawn_restore, RestoreError, RestoreEvent};
+use crate::state::restore::{
+    restore_threads, spawn_restore, split_partitions, RestoreError, RestoreEvent,
+};
 use crate::state::SharedCaches;
 
 /// Why the processor stopped.
@@ -476,14 +478,17 @@ impl Processor {
                     for p in &partitions {
                         self.restoring.insert(*p, job);
                     }
-                    spawn_restore(
-                        job,
-                        Arc::clone(&self.settings),
-                        Arc::clone(self.decider.definition()),
-                        partitions,
-                        self.restore_tx.clone(),
-                        Arc::clone(&self.restore_cancel),
-                    )?;
+                    // Side by side: one consumer's poll loop, not decoding, bounds a restore.
+                    for group in split_partitions(&partitions, restore_threads(&self.settings)) {
+                        spawn_restore(
+                            job,
+                            Arc::clone(&self.settings),
+                            Arc::clone(self.decider.definition()),
+                            group,
+                            self.restore_tx.clone(),
+                            Arc::clone(&self.restore_cancel),
+                        )?;
+                    }
                 }
             }
         }

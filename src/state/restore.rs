@@ -229,6 +229,26 @@ pub fn restore_partitions(
     Ok(())
 }
 
+/// How many restore consumers run side by side: `processor.restore_threads`, or when that is 0
+/// the CPUs this process may use (cgroup limits included), at most 4.
+pub fn restore_threads(settings: &Settings) -> usize {
+    match settings.processor.restore_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        n => n,
+    }
+}
+
+/// Splits `partitions` into at most `threads` groups of nearly equal size (none empty).
+pub fn split_partitions(partitions: &[i32], threads: usize) -> Vec<Vec<i32>> {
+    let threads = threads.clamp(1, partitions.len().max(1));
+    let mut groups = vec![Vec::new(); threads];
+    for (i, partition) in partitions.iter().enumerate() {
+        groups[i % threads].push(*partition);
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
 /// Runs [`restore_partitions`] on a new thread, reporting a failure as an event too.
 pub fn spawn_restore(
     job: u64,
@@ -247,4 +267,24 @@ pub fn spawn_restore(
                 let _ = events.send(RestoreEvent::Failed(error));
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_split_evenly_without_empty_groups() {
+        assert_eq!(
+            split_partitions(&[0, 1, 2, 3, 4], 2),
+            vec![vec![0, 2, 4], vec![1, 3]]
+        );
+        assert_eq!(split_partitions(&[7], 4), vec![vec![7]]);
+        assert_eq!(split_partitions(&[1, 2], 0), vec![vec![1, 2]]);
+        assert!(split_partitions(&[], 3).is_empty());
+        let all: Vec<i32> = (0..48).collect();
+        let groups = split_partitions(&all, 3);
+        assert_eq!(groups.len(), 3);
+        assert!(groups.iter().all(|g| g.len() == 16));
+    }
 }
