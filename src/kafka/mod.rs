@@ -15,7 +15,7 @@ pub use client::{
 pub use partitioner::partition_for;
 pub use topics::{TopicError, TopicStatus, Topics};
 pub use transactions::{
-    classify, ErrorClass, OutgoingRecord, StatsCallback, TxnError, TxnProducer,
+    classify, is_fenced, ErrorClass, OutgoingRecord, StatsCallback, TxnError, TxnProducer,
 };
 
 /// A consumer context for readers that wait for the end of partitions (restore, scans): reaching

@@ -57,6 +57,21 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
     }
 }
 
+/// Whether a failure means a newer producer with the same transactional.id took over (or the
+/// cluster refuses the id): then this instance must stop, not retry.
+pub fn is_fenced(error: &TxnError) -> bool {
+    let code = match &error.source {
+        KafkaError::Transaction(e) => Some(e.code()),
+        other => other.rdkafka_error_code(),
+    };
+    matches!(
+        code,
+        Some(RDKafkaErrorCode::ProducerFenced)
+            | Some(RDKafkaErrorCode::InvalidProducerEpoch)
+            | Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed)
+    )
+}
+
 fn txn_error(operation: &'static str, source: KafkaError) -> TxnError {
     TxnError {
         operation,
@@ -297,5 +312,32 @@ impl TxnProducer {
         self.retrying("abort_transaction", || {
             self.producer.abort_transaction(self.timeout)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(code: RDKafkaErrorCode) -> TxnError {
+        TxnError {
+            operation: "commit_transaction",
+            class: ErrorClass::Fatal,
+            source: KafkaError::MessageProduction(code),
+        }
+    }
+
+    #[test]
+    fn only_a_newer_owner_of_the_transactional_id_fences_this_instance() {
+        assert!(is_fenced(&failed(RDKafkaErrorCode::ProducerFenced)));
+        assert!(is_fenced(&failed(RDKafkaErrorCode::InvalidProducerEpoch)));
+        assert!(is_fenced(&failed(
+            RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+        )));
+        // After a broker restart: fatal for this producer, but a new one may take over.
+        assert!(!is_fenced(&failed(
+            RDKafkaErrorCode::InvalidTransactionalState
+        )));
+        assert!(!is_fenced(&failed(RDKafkaErrorCode::Fatal)));
     }
 }

@@ -39,7 +39,7 @@ use self::batch::{
 };
 use crate::config::Settings;
 use crate::kafka::{
-    parse_processor_client_id, processor_consumer_config, transactional_id,
+    is_fenced, parse_processor_client_id, processor_consumer_config, transactional_id,
     transactional_producer_config, ClientConfigError, ErrorClass, StatsCallback, TxnError,
     TxnProducer,
 };
@@ -339,19 +339,7 @@ impl Processor {
                 max_wait_ms: settings.processor.parking_max_wait_ms as i64,
             },
         );
-        let producer_config = transactional_producer_config(&settings)?;
-        let timeout = Duration::from_millis(settings.processor.transaction_timeout_ms);
-        let producer_metrics = metrics.clone();
-        let on_stats: StatsCallback = Arc::new(move |statistics| {
-            producer_metrics.record_kafka_statistics("producer", statistics)
-        });
-        let producer =
-            TxnProducer::create(&producer_config, timeout, Some(on_stats)).map_err(|source| {
-                ProcessorError::Fatal {
-                    transactional_id: transactional_id(&settings),
-                    source: Box::new(source),
-                }
-            })?;
+        let producer = create_producer(&settings, &metrics)?;
         let context = ProcessorContext {
             topic: settings.topics.requests.clone(),
             events: Mutex::new(Vec::new()),
@@ -699,10 +687,7 @@ impl Processor {
                 );
                 Ok(true)
             }
-            Err(error) if error.class == ErrorClass::Fatal => Err(ProcessorError::Fatal {
-                transactional_id: transactional_id(&self.settings),
-                source: Box::new(error),
-            }),
+            Err(error) if error.class == ErrorClass::Fatal => self.replace_producer(error),
             Err(error) => {
                 self.totals.aborts += 1;
                 self.metrics
@@ -712,10 +697,7 @@ impl Processor {
                 tracing::warn!(%error, records = output.records.len(), "transaction failed; aborting");
                 if let Err(abort_error) = self.producer.abort() {
                     if abort_error.class == ErrorClass::Fatal {
-                        return Err(ProcessorError::Fatal {
-                            transactional_id: transactional_id(&self.settings),
-                            source: Box::new(abort_error),
-                        });
+                        return self.replace_producer(abort_error);
                     }
                     tracing::warn!(error = %abort_error, "abort failed");
                 }
@@ -723,6 +705,27 @@ impl Processor {
                 Ok(false)
             }
         }
+    }
+
+    /// After a fatal producer error: a fence by a newer instance with our transactional.id ends
+    /// this one; anything else (e.g. an invalid transaction state after a broker restart) only
+    /// made this producer unusable, so a new one takes over — its `init_transactions` aborts
+    /// whatever the old one left open — and the batch is redone (returns false).
+    fn replace_producer(&mut self, error: TxnError) -> Result<bool, ProcessorError> {
+        if is_fenced(&error) {
+            return Err(ProcessorError::Fatal {
+                transactional_id: transactional_id(&self.settings),
+                source: Box::new(error),
+            });
+        }
+        tracing::warn!(%error, "the transactional producer is unusable; replacing it and redoing the batch");
+        self.totals.aborts += 1;
+        self.metrics
+            .transactions
+            .with_label_values(&["abort"])
+            .inc();
+        self.producer = create_producer(&self.settings, &self.metrics)?;
+        Ok(false)
     }
 
     fn record_metrics(&self, output: &BatchOutput, inputs: usize, elapsed: Duration) {
@@ -784,6 +787,21 @@ impl Processor {
         }
         self.producer.commit()
     }
+}
+
+/// The transactional producer, reporting librdkafka's statistics to `metrics`; initialising it
+/// fences any earlier producer with the same transactional.id.
+fn create_producer(settings: &Settings, metrics: &Metrics) -> Result<TxnProducer, ProcessorError> {
+    let config = transactional_producer_config(settings)?;
+    let timeout = Duration::from_millis(settings.processor.transaction_timeout_ms);
+    let producer_metrics = metrics.clone();
+    let on_stats: StatsCallback = Arc::new(move |statistics| {
+        producer_metrics.record_kafka_statistics("producer", statistics)
+    });
+    TxnProducer::create(&config, timeout, Some(on_stats)).map_err(|source| ProcessorError::Fatal {
+        transactional_id: transactional_id(settings),
+        source: Box::new(source),
+    })
 }
 
 /// Refuses to join a group whose other members decide with another definition (their consumer
