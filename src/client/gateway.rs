@@ -10,20 +10,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::assign_outputs;
 use super::outcome::{decode_outcome, Outcome};
 use crate::codec::encode_request;
 use crate::config::{Settings, TopicSettings};
 use crate::kafka::{committed_reader_config, request_producer_config, ClientConfigError};
 use crate::machine::TransitionRequest;
-use crate::state::restore::end_offset;
 
 /// Sending or awaiting a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,21 +117,12 @@ impl Gateway {
         .create()
         .map_err(kafka("creating the outcome reader"))?;
         let topics = settings.topics.clone();
-        let mut assignment = TopicPartitionList::new();
-        for topic in [&topics.accepted, &topics.rejected, &topics.dead_letters] {
-            for partition in 0..topics.partitions {
-                // Explicit offsets, not Offset::End: an outcome written between now and the
-                // reader's first fetch must not be skipped.
-                let end = end_offset(&reader, topic, partition)
-                    .map_err(kafka(format!("reading the end of {topic}")))?;
-                assignment
-                    .add_partition_offset(topic, partition, Offset::Offset(end))
-                    .map_err(kafka("assigning the output topics"))?;
-            }
-        }
-        reader
-            .assign(&assignment)
-            .map_err(kafka("assigning the output topics"))?;
+        assign_outputs(
+            &reader,
+            &[&topics.accepted, &topics.rejected, &topics.dead_letters],
+            topics.partitions,
+            false,
+        )?;
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let stop = Arc::new(AtomicBool::new(false));
         {

@@ -8,3 +8,37 @@ pub mod scan;
 pub use gateway::{Gateway, GatewayError};
 pub use outcome::{decode_outcome, DeadLetter, Outcome};
 pub use scan::scan_topic;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Assigns `reader` every partition of `topics`, from their beginning or from the end they have
+/// now (blocking). The end as explicit offsets, not `Offset::End`: a record written between now
+/// and the reader's first fetch must not be skipped.
+pub fn assign_outputs<C: ConsumerContext>(
+    reader: &BaseConsumer<C>,
+    topics: &[&str],
+    partitions: i32,
+    from_beginning: bool,
+) -> Result<(), GatewayError> {
+    let kafka = |doing: String| move |source| GatewayError::Kafka { doing, source };
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        for partition in 0..partitions {
+            let offset = if from_beginning {
+                Offset::Beginning
+            } else {
+                Offset::Offset(
+                    crate::state::restore::end_offset(reader, topic, partition)
+                        .map_err(kafka(format!("reading the end of {topic}")))?,
+                )
+            };
+            assignment
+                .add_partition_offset(topic, partition, offset)
+                .map_err(kafka(format!("assigning {topic}")))?;
+        }
+    }
+    reader
+        .assign(&assignment)
+        .map_err(kafka("assigning the output topics".into()))
+}

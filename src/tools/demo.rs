@@ -5,19 +5,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
-use crate::codec::{decode_accepted, decode_rejected, encode_request};
+use crate::client::{assign_outputs, decode_outcome, Outcome};
+use crate::codec::encode_request;
 use crate::config::Settings;
 use crate::kafka::{committed_reader_config, request_producer_config};
 use crate::machine::TransitionRequest;
-use crate::processor::batch::dlq_headers;
 use crate::processor::{Clock, SystemClock};
-use crate::state::restore::end_offset;
 
 /// One demo step: what is sent and what a reader should expect.
 struct Step {
@@ -125,15 +122,14 @@ pub async fn run(settings: &Settings, orders: u32, wait: Duration) -> anyhow::Re
     .create()
     .context("creating the outcome reader")?;
     // Read outcomes from the current end of each output topic: only this run's.
-    let mut tpl = TopicPartitionList::new();
-    for topic in [&topics.accepted, &topics.rejected, &topics.dead_letters] {
-        for partition in 0..topics.partitions {
-            let high = tokio::task::block_in_place(|| end_offset(&reader, topic, partition))
-                .with_context(|| format!("reading the end of {topic}"))?;
-            tpl.add_partition_offset(topic, partition, Offset::Offset(high))?;
-        }
-    }
-    reader.assign(&tpl)?;
+    tokio::task::block_in_place(|| {
+        assign_outputs(
+            &reader,
+            &[&topics.accepted, &topics.rejected, &topics.dead_letters],
+            topics.partitions,
+            false,
+        )
+    })?;
 
     let steps = steps(&run, orders);
     let mut by_position: HashMap<(i32, i64), usize> = HashMap::new();
@@ -159,65 +155,36 @@ pub async fn run(settings: &Settings, orders: u32, wait: Duration) -> anyhow::Re
             continue;
         };
         let message = message.context("reading outcomes")?;
-        let payload = message.payload().unwrap_or_default();
-        let topic = message.topic();
-        let (index, text) = if topic == topics.dead_letters {
-            let header = |name: &str| {
-                message.headers().and_then(|h| {
-                    h.iter()
-                        .find(|x| x.key == name)
-                        .and_then(|x| x.value)
-                        .map(|v| String::from_utf8_lossy(v).to_string())
-                })
-            };
-            let position = (
-                header(dlq_headers::PARTITION)
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(-1),
-                header(dlq_headers::OFFSET)
-                    .and_then(|o| o.parse().ok())
-                    .unwrap_or(-1),
-            );
-            let Some(index) = by_position.get(&position) else {
-                continue;
-            };
-            (
-                *index,
-                format!(
-                    "DEAD LETTER {}: {}",
-                    header(dlq_headers::ERROR_KIND).unwrap_or_default(),
-                    header(dlq_headers::ERROR_MESSAGE).unwrap_or_default()
-                ),
-            )
-        } else {
-            let (position, text) = if topic == topics.accepted {
-                let r = decode_accepted(payload)?;
-                let dup = if r.duplicate {
+        let Some(outcome) = decode_outcome(topics, &message) else {
+            continue;
+        };
+        let outcome = outcome?;
+        let Some(&index) = outcome
+            .input_position()
+            .and_then(|position| by_position.get(&position))
+        else {
+            continue;
+        };
+        // The demo's own wording, shorter than `Outcome::describe` (the label names the order).
+        let text = match outcome {
+            Outcome::Accepted(r) => format!(
+                "accepted {} -> {} v{}{}",
+                r.from_state.unwrap_or_else(|| "(new)".into()),
+                r.to_state,
+                r.version,
+                if r.duplicate {
                     " (duplicate: repeated, nothing applied)"
                 } else {
                     ""
-                };
-                (
-                    (r.input.partition, r.input.offset),
-                    format!(
-                        "accepted {} -> {} v{}{dup}",
-                        r.from_state.unwrap_or_else(|| "(new)".into()),
-                        r.to_state,
-                        r.version
-                    ),
-                )
-            } else {
-                let r = decode_rejected(payload)?;
-                let dup = if r.duplicate { " (duplicate)" } else { "" };
-                (
-                    (r.input.partition, r.input.offset),
-                    format!("rejected {}: {}{dup}", r.reason.as_str(), r.detail),
-                )
-            };
-            let Some(index) = by_position.get(&position) else {
-                continue;
-            };
-            (*index, text)
+                }
+            ),
+            Outcome::Rejected(r) => format!(
+                "rejected {}: {}{}",
+                r.reason.as_str(),
+                r.detail,
+                if r.duplicate { " (duplicate)" } else { "" }
+            ),
+            Outcome::DeadLetter(d) => format!("DEAD LETTER {}: {}", d.error_kind, d.error_message),
         };
         outcomes[index] = Some(text);
     }

@@ -4,15 +4,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
 use uuid::Uuid;
 
 use crate::cli::{OutputKind, TailArgs};
-use crate::client::decode_outcome;
+use crate::client::{assign_outputs, decode_outcome};
 use crate::config::Settings;
 use crate::kafka::committed_reader_config;
-use crate::state::restore::end_offset;
 
 /// Follows the chosen output topics until `--max` outcomes were printed (or forever).
 pub async fn run(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
@@ -33,26 +31,15 @@ pub async fn run(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
         )?
         .create()
         .context("creating the outcome reader")?;
-        let mut assignment = TopicPartitionList::new();
-        for kind in &only {
-            let topic = match kind {
-                OutputKind::Accepted => &topics.accepted,
-                OutputKind::Rejected => &topics.rejected,
-                OutputKind::Dlq => &topics.dead_letters,
-            };
-            for partition in 0..topics.partitions {
-                let offset = if from_beginning {
-                    Offset::Beginning
-                } else {
-                    Offset::Offset(
-                        end_offset(&reader, topic, partition)
-                            .with_context(|| format!("reading the end of {topic}"))?,
-                    )
-                };
-                assignment.add_partition_offset(topic, partition, offset)?;
-            }
-        }
-        reader.assign(&assignment)?;
+        let followed: Vec<&str> = only
+            .iter()
+            .map(|kind| match kind {
+                OutputKind::Accepted => topics.accepted.as_str(),
+                OutputKind::Rejected => topics.rejected.as_str(),
+                OutputKind::Dlq => topics.dead_letters.as_str(),
+            })
+            .collect();
+        assign_outputs(&reader, &followed, topics.partitions, from_beginning)?;
         let mut printed = 0u64;
         let stdout = std::io::stdout();
         while max.is_none_or(|m| printed < m) {

@@ -12,21 +12,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 use serde_json::json;
 use uuid::Uuid;
 
 use self::plan::{Expect, Plan, Planned, PoisonKind, Shares};
-use crate::client::{decode_outcome, Outcome};
+use crate::client::{assign_outputs, decode_outcome, Outcome};
 use crate::codec::encode_request;
 use crate::config::Settings;
 use crate::kafka::{committed_reader_config, request_producer_config};
 use crate::machine::Definition;
 use crate::processor::{Clock, SystemClock};
-use crate::state::restore::end_offset;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -256,15 +255,12 @@ pub fn run(
     .set("fetch.wait.max.ms", "10")
     .create()
     .context("creating the outcome reader")?;
-    let mut assignment = TopicPartitionList::new();
-    for topic in [&topics.accepted, &topics.rejected, &topics.dead_letters] {
-        for partition in 0..topics.partitions {
-            let end = end_offset(&reader, topic, partition)
-                .with_context(|| format!("reading the end of {topic}"))?;
-            assignment.add_partition_offset(topic, partition, Offset::Offset(end))?;
-        }
-    }
-    reader.assign(&assignment)?;
+    assign_outputs(
+        &reader,
+        &[&topics.accepted, &topics.rejected, &topics.dead_letters],
+        topics.partitions,
+        false,
+    )?;
     let observed = Arc::new(Observed::default());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader_thread = {
