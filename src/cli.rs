@@ -314,6 +314,9 @@ pub enum TopicsAction {
         /// Overrides topics.replication_factor.
         #[arg(long)]
         replication_factor: Option<i32>,
+        /// Overrides topics.min_insync_replicas (0: one less than the replication factor, at least 1).
+        #[arg(long)]
+        min_insync_replicas: Option<i32>,
     },
     /// Verify that all five topics exist, are co-partitioned and the state topic is compacted.
     Check,

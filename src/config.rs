@@ -253,6 +253,9 @@ pub struct TopicSettings {
     pub partitions: i32,
     /// Replicas of every topic, used by `orderflow topics create`. Default: 1 (local broker).
     pub replication_factor: i32,
+    /// `min.insync.replicas` of every topic created by `orderflow topics create`; 0 means one less
+    /// than the replication factor, at least 1 (3 replicas → 2). Default: 0.
+    pub min_insync_replicas: i32,
 }
 
 impl Default for TopicSettings {
@@ -265,11 +268,22 @@ impl Default for TopicSettings {
             dead_letters: "order-transition-requests-dlq".into(),
             partitions: 12,
             replication_factor: 1,
+            min_insync_replicas: 0,
         }
     }
 }
 
 impl TopicSettings {
+    /// The `min.insync.replicas` new topics get: the configured value, or one less than the
+    /// replication factor (at least 1), so a cluster keeps accepting writes with one broker down.
+    pub fn effective_min_insync_replicas(&self) -> i32 {
+        if self.min_insync_replicas > 0 {
+            self.min_insync_replicas
+        } else {
+            (self.replication_factor - 1).max(1)
+        }
+    }
+
     /// All five topic names with a short role each.
     pub fn all(&self) -> [(&'static str, &str); 5] {
         [
@@ -368,6 +382,15 @@ impl Settings {
             return Err(invalid(
                 "topics.replication_factor",
                 format!("{} is not between 1 and 32", self.topics.replication_factor),
+            ));
+        }
+        if !(0..=self.topics.replication_factor).contains(&self.topics.min_insync_replicas) {
+            return Err(invalid(
+                "topics.min_insync_replicas",
+                format!(
+                    "{} is not between 0 (derived) and the replication factor {}: a write can never have more replicas in sync than there are replicas",
+                    self.topics.min_insync_replicas, self.topics.replication_factor
+                ),
             ));
         }
         if self.instance_id.is_empty()
@@ -536,6 +559,34 @@ mod tests {
         let s = Settings::load(None, env(&[])).unwrap();
         assert_eq!(s.kafka.bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(s.topics.partitions, 12);
+    }
+
+    #[test]
+    fn min_insync_replicas_defaults_to_one_less_than_the_replicas_and_is_bounded_by_them() {
+        let s =
+            Settings::load(None, env(&[("ORDERFLOW_TOPICS__REPLICATION_FACTOR", "3")])).unwrap();
+        assert_eq!(s.topics.effective_min_insync_replicas(), 2);
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.topics.effective_min_insync_replicas(), 1);
+        let s = Settings::load(
+            None,
+            env(&[
+                ("ORDERFLOW_TOPICS__REPLICATION_FACTOR", "5"),
+                ("ORDERFLOW_TOPICS__MIN_INSYNC_REPLICAS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.topics.effective_min_insync_replicas(), 3);
+        let err = Settings::load(
+            None,
+            env(&[
+                ("ORDERFLOW_TOPICS__REPLICATION_FACTOR", "3"),
+                ("ORDERFLOW_TOPICS__MIN_INSYNC_REPLICAS", "4"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("topics.min_insync_replicas"), "{err}");
     }
 
     #[test]

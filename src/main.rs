@@ -127,12 +127,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 TopicsAction::Create {
                     partitions,
                     replication_factor,
+                    min_insync_replicas,
                 } => {
                     if let Some(p) = partitions {
                         settings.topics.partitions = *p;
                     }
                     if let Some(r) = replication_factor {
                         settings.topics.replication_factor = *r;
+                    }
+                    if let Some(m) = min_insync_replicas {
+                        settings.topics.min_insync_replicas = *m;
                     }
                     settings.validate().map_err(usage)?;
                     for status in topics.ensure(&settings.topics).await? {

@@ -222,6 +222,12 @@ impl Topics {
                 topic_config(role, topic)
             })
             .collect();
+        // Set on every topic, as a String the NewTopic borrows.
+        let min_insync = topics.effective_min_insync_replicas().to_string();
+        let new_topics: Vec<NewTopic<'_>> = new_topics
+            .into_iter()
+            .map(|t| t.set("min.insync.replicas", &min_insync))
+            .collect();
         if !new_topics.is_empty() {
             let results = self
                 .admin
