@@ -94,6 +94,28 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Rebuild the compacted state topic from the accepted-transitions log alone, into a NEW topic
+    /// (same partitions, compacted), then switch the processors to it by setting topics.state.
+    ///
+    /// Stop the processors first: the log must not grow while it is read. The rebuilt state has
+    /// every order's state, version, timestamps and last accepted request ids; it lacks what the
+    /// log does not hold (remembered rejections, parked requests — `--compare` counts them).
+    /// Example: orderflow rebuild-state --into order-state-rebuilt --compare
+    RebuildState {
+        /// The new topic to write (must not exist).
+        #[arg(long)]
+        into: String,
+        /// Read the live state topic and the new one back and compare them order by order
+        /// (exit 1 when they differ).
+        #[arg(long)]
+        compare: bool,
+        /// Rebuild although processors are running (for a comparison only: do not switch to it).
+        #[arg(long)]
+        allow_running: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `orderflow send`

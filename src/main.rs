@@ -295,6 +295,35 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             tools::tail::run(&settings, args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::RebuildState {
+            into,
+            compare,
+            allow_running,
+            json,
+        } => {
+            let settings = load_settings(&cli)?;
+            let definition = Arc::new(load_definition(&settings.definition)?);
+            let report =
+                tools::rebuild::run(&settings, definition, into, *compare, *allow_running, {
+                    use orderflow::processor::Clock;
+                    orderflow::processor::SystemClock.now_ms()
+                })
+                .await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).context("encoding the report")?
+                );
+            } else {
+                println!("{}", report.describe(&settings.topics.state));
+            }
+            let equal = report.comparison.as_ref().is_none_or(|c| c.is_equal());
+            Ok(if equal {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Dlq { action } => {
             let settings = connected_settings(&cli).await?;
             let partitions = settings.topics.partitions;

@@ -311,13 +311,30 @@ down() {
   local k
   # Stopping the nodes of a cluster one by one would leave the last ones waiting for a quorum that is
   # gone: signal all first, then wait.
+  local -A pids=()
   for k in $(targets); do
     select_node "$k"
-    if pid=$(our_pid); then kill -TERM "$pid"; fi
+    if pid=$(our_pid); then
+      kill -TERM "$pid"
+      pids[$k]=$pid
+    fi
   done
   for k in $(targets); do
     select_node "$k"
-    stop_node
+    if [ -n "${pids[$k]:-}" ]; then
+      for _ in $(seq 1 60); do
+        kill -0 "${pids[$k]}" 2>/dev/null || break
+        sleep 0.5
+      done
+      if kill -0 "${pids[$k]}" 2>/dev/null; then
+        echo "kafka.sh: node $k (pid ${pids[$k]}) did not stop within 30 s; killing it" >&2
+        kill -KILL "${pids[$k]}" 2>/dev/null || true
+      fi
+      echo "kafka.sh: node $k on 127.0.0.1:$port stopped"
+    else
+      echo "kafka.sh: node $k of $cluster_dir is not running"
+    fi
+    rm -f "$pid_file"
   done
   if [ "${1:-}" = "--purge" ]; then
     if [ -n "$only_node" ]; then
@@ -353,7 +370,7 @@ status() {
 # Kafka's own Java tools, for interop tests and by hand.
 tool() {
   local name=${1:-}
-  [ -n "$name" ] || die "usage: $0 tool console-producer|console-consumer|topics|producer-perf|consumer-perf [ARGS...]"
+  [ -n "$name" ] || die "usage: $0 tool console-producer|console-consumer|topics|producer-perf|consumer-perf|transactions [ARGS...]"
   shift
   local class
   case $name in
@@ -362,7 +379,8 @@ tool() {
   topics) class=org.apache.kafka.tools.TopicCommand ;;
   producer-perf) class=org.apache.kafka.tools.ProducerPerformance ;;
   consumer-perf) class=org.apache.kafka.tools.ConsumerPerformance ;;
-  *) die "unknown tool '$name': use console-producer, console-consumer, topics, producer-perf or consumer-perf" ;;
+  transactions) class=org.apache.kafka.tools.TransactionsCommand ;;
+  *) die "unknown tool '$name': use console-producer, console-consumer, topics, producer-perf, consumer-perf or transactions" ;;
   esac
   find_java
   fetch

@@ -70,6 +70,12 @@ pub enum TopicError {
         /// The broker's error code.
         code: RDKafkaErrorCode,
     },
+    /// A topic that must be new exists already.
+    #[error("topic {topic} exists already: choose a new name (a rebuild never writes into an existing topic), or delete it first if it is a failed rebuild")]
+    Exists {
+        /// The topic.
+        topic: String,
+    },
     /// The blocking metadata task panicked or was cancelled.
     #[error("metadata task failed: {0}")]
     Task(String),
@@ -269,6 +275,66 @@ impl Topics {
                 other => return other,
             }
         }
+    }
+}
+
+impl Topics {
+    /// Creates one new topic configured like the state topic (compacted, the same tombstone
+    /// retention, the configured replication) with `topics.partitions` partitions. Fails when it
+    /// exists: a rebuild never writes into a topic that holds something.
+    pub async fn create_state_topic(
+        &self,
+        topics: &TopicSettings,
+        name: &str,
+    ) -> Result<(), TopicError> {
+        if self.partition_counts(&[name]).await?.contains_key(name) {
+            return Err(TopicError::Exists {
+                topic: name.to_string(),
+            });
+        }
+        let min_insync = topics.effective_min_insync_replicas().to_string();
+        let topic = topic_config(
+            "state",
+            NewTopic::new(
+                name,
+                topics.partitions,
+                TopicReplication::Fixed(topics.replication_factor),
+            ),
+        )
+        .set("min.insync.replicas", &min_insync);
+        let results = self
+            .admin
+            .create_topics([&topic], &admin_options())
+            .await
+            .map_err(TopicError::Admin)?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                return match code {
+                    RDKafkaErrorCode::TopicAlreadyExists => Err(TopicError::Exists { topic }),
+                    code => Err(TopicError::Create { topic, code }),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// How many members the consumer group has now (0 when it is empty or unknown).
+    pub async fn group_members(&self, group: &str) -> Result<usize, TopicError> {
+        let admin = Arc::clone(&self.admin);
+        let group = group.to_string();
+        let members = tokio::task::spawn_blocking(move || {
+            admin
+                .inner()
+                .fetch_group_list(Some(&group), ADMIN_TIMEOUT)
+                .map(|groups| groups.groups().iter().map(|g| g.members().len()).sum())
+        })
+        .await
+        .map_err(|e| TopicError::Task(e.to_string()))?
+        .map_err(|source| TopicError::Unreachable {
+            bootstrap: self.bootstrap.clone(),
+            source,
+        })?;
+        Ok(members)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod diagram;
 pub mod diff;
 pub mod order;
 pub mod parking;
+pub mod replay;
 
 pub use decide::{
     Decider, Decision, Outcome, ParkingPolicy, Rejection, StateChange, DEFAULT_RECENT_WINDOW,

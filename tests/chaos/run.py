@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """`make chaos`: break things under load and judge the history with the independent checker.
 
-Each scenario gets a fresh set of topics on one local broker (127.0.0.1:39092, its own data dir),
-processors supervised like Kubernetes would (any that exits is restarted, unless the scenario
-removed it), `orderflow loadgen` as the load, a fault, and at the end `orderflow check`. Recovery
-time is measured from the fault to the next committed outcome (seen by `orderflow tail`).
-Results go to docs/reliability.md between the chaos markers.
+Each scenario gets a fresh set of topics on one local broker (127.0.0.1:39092, its own data dir) or,
+for the cluster scenarios, on a three-node KRaft cluster (127.0.0.1:39192/39194/39196, topics with 3
+replicas and min.insync.replicas=2), processors supervised like Kubernetes would (any that exits is
+restarted, unless the scenario removed it), `orderflow loadgen` as the load, a fault, and at the end
+`orderflow check`. Recovery time is measured from the fault to the next committed outcome (seen by
+`orderflow tail`). Results go to docs/reliability.md between the chaos markers.
 """
 import argparse
 import json
@@ -22,8 +23,23 @@ import uuid
 root = pathlib.Path(__file__).resolve().parents[2]
 os.chdir(root)
 PORT = int(os.environ.get("ORDERFLOW_CHAOS_KAFKA_PORT", "39092"))
-BOOTSTRAP = f"127.0.0.1:{PORT}"
-KAFKA_ENV = dict(os.environ, KAFKA_PORT=str(PORT), KAFKA_DATA_DIR=str(root / ".kafka" / f"chaos-{PORT}"), KAFKA_HEAP="1g")
+CLUSTER_PORT = int(os.environ.get("ORDERFLOW_CHAOS_CLUSTER_PORT", "39192"))
+
+
+class Kafka:
+    """One local Kafka started by deploy/local/kafka.sh: a single broker or a cluster of `nodes`."""
+
+    def __init__(self, port, nodes):
+        self.nodes = nodes
+        self.env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_NODES=str(nodes),
+                        KAFKA_DATA_DIR=str(root / ".kafka" / f"chaos-{nodes}n-{port}"), KAFKA_HEAP="768m" if nodes > 1 else "1g")
+        self.bootstrap = ",".join(f"127.0.0.1:{port + 2 * k}" for k in range(nodes))
+        self.replicas = 3 if nodes >= 3 else 1
+
+
+SINGLE = Kafka(PORT, 1)
+CLUSTER = Kafka(CLUSTER_PORT, 3)
+CURRENT = {"kafka": SINGLE}
 ORDERFLOW = str(root / "target" / "release" / "orderflow")
 PARTITIONS = 6
 
@@ -32,8 +48,9 @@ def log(*parts):
     print("chaos:", *parts, file=sys.stderr, flush=True)
 
 
-def kafka(*args, check=True):
-    return subprocess.run(["bash", "deploy/local/kafka.sh", *args], env=KAFKA_ENV, check=check, capture_output=True, text=True)
+def kafka(*args, check=True, cluster=None):
+    env = (cluster or CURRENT["kafka"]).env
+    return subprocess.run(["bash", "deploy/local/kafka.sh", *args], env=env, check=check, capture_output=True, text=True)
 
 
 STATIC = {"value": "false"}
@@ -42,8 +59,10 @@ STATIC = {"value": "false"}
 def env_for(prefix, instance=None):
     e = dict(
         os.environ,
-        RUST_LOG="warn",
-        ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS=BOOTSTRAP,
+        RUST_LOG="warn,orderflow::processor=info",
+        ORDERFLOW_LOG_FORMAT="json",
+        ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS=CURRENT["kafka"].bootstrap,
+        ORDERFLOW_TOPICS__REPLICATION_FACTOR=str(CURRENT["kafka"].replicas),
         ORDERFLOW_KAFKA__GROUP_ID=f"{prefix}group",
         ORDERFLOW_OPS__LISTEN="127.0.0.1:0",
         ORDERFLOW_TOPICS__REQUESTS=f"{prefix}order-transition-requests",
@@ -94,6 +113,28 @@ class Fleet:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+    def log_path(self, instance):
+        return root / ".kafka" / f"chaos-{self.prefix}{instance}.log"
+
+    def log_sizes(self):
+        return {i: self.log_path(i).stat().st_size if self.log_path(i).exists() else 0 for i in self.wanted}
+
+    def restores_since(self, sizes):
+        """Partition restores ("partition ready" log lines) written after `sizes` were taken:
+        (count, slowest ms, total ms)."""
+        elapsed = []
+        for instance, offset in sizes.items():
+            with open(self.log_path(instance), "rb") as f:
+                f.seek(offset)
+                for line in f:
+                    try:
+                        fields = json.loads(line).get("fields", {})
+                    except ValueError:
+                        continue
+                    if fields.get("message") == "partition ready":
+                        elapsed.append(int(fields.get("elapsed_ms", 0)))
+        return len(elapsed), max(elapsed, default=0), sum(elapsed)
 
     def signal(self, instance, sig):
         with self.lock:
@@ -223,6 +264,98 @@ def scenario_broker_restart(prefix, rng, rate):
     return finish(prefix, fleet, tail, load), recoveries
 
 
+def leaders(topic):
+    """Partition → node id of its leader, from the cluster's own topic tool."""
+    out = kafka("tool", "topics", "--bootstrap-server", CURRENT["kafka"].bootstrap, "--describe", "--topic", topic).stdout
+    found = {}
+    for line in out.splitlines():
+        fields = dict(part.split(": ", 1) for part in line.strip().split("\t") if ": " in part)
+        if "Partition" in fields and "Leader" in fields:
+            found[int(fields["Partition"])] = int(fields["Leader"])
+    return found
+
+
+def transaction_coordinator(transactional_id):
+    """Node id of the transaction coordinator of `transactional_id`."""
+    out = kafka("tool", "transactions", "--bootstrap-server", CURRENT["kafka"].bootstrap, "describe",
+                "--transactional-id", transactional_id).stdout
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    column = rows[0].index("CoordinatorId")
+    return int(rows[1][column])
+
+
+def crash_node(prefix, rng, rate, pick):
+    """Two processors under load on the cluster; SIGKILL the node `pick` chooses, restart it 15 s later."""
+    fleet, tail = Fleet(prefix), Tail(prefix)
+    fleet.add("p0")
+    fleet.add("p1")
+    time.sleep(6)
+    load = loadgen(prefix, 40, rate)
+    time.sleep(rng.uniform(4.0, 6.0))
+    coordinators = {transaction_coordinator(f"{prefix}group.{p}") for p in ("p0", "p1")}
+    request_leaders = leaders(f"{prefix}order-transition-requests")
+    node, why = pick(coordinators, request_leaders)
+    log(f"killing node {node}: {why} (transaction coordinators {sorted(coordinators)}, requests leaders {request_leaders})")
+    t = time.time()
+    kafka("kill", "--node", str(node))
+    recoveries = [tail.recovery(t, timeout=180)]
+    time.sleep(max(0.0, 15 - (time.time() - t)))
+    kafka("up")  # starts the killed node again; it catches up and rejoins the ISR
+    return finish(prefix, fleet, tail, load), recoveries, why
+
+
+def scenario_leader_kill(prefix, rng, rate):
+    def pick(coordinators, request_leaders):
+        candidates = sorted({n for n in request_leaders.values() if n not in coordinators})
+        if not candidates:
+            candidates = sorted(set(request_leaders.values()))
+        node = rng.choice(candidates)
+        parts = sorted(p for p, n in request_leaders.items() if n == node)
+        return node, f"node {node} led requests partitions {parts}, no transaction coordinator"
+    return crash_node(prefix, rng, rate, pick)
+
+
+def scenario_coordinator_kill(prefix, rng, rate):
+    def pick(coordinators, request_leaders):
+        node = min(coordinators)
+        parts = sorted(p for p, n in request_leaders.items() if n == node)
+        return node, f"node {node} was a transaction coordinator and led requests partitions {parts}"
+    return crash_node(prefix, rng, rate, pick)
+
+
+def rolling(prefix, rng, rate):
+    """Three processors; restart each in turn like a StatefulSet rolling update (SIGTERM, wait for the
+    exit, start the same instance id again). Pause per instance, and the partition restores it caused."""
+    fleet, tail = Fleet(prefix), Tail(prefix)
+    for p in ("p0", "p1", "p2"):
+        fleet.add(p)
+    time.sleep(6)
+    load = loadgen(prefix, 45, rate)
+    time.sleep(8)
+    sizes = fleet.log_sizes()
+    pauses = []
+    for p in ("p0", "p1", "p2"):
+        t = time.time()
+        fleet.remove(p)
+        fleet.add(p)
+        pauses.append(tail.recovery(t))
+        time.sleep(4)
+    restores, slowest, total = fleet.restores_since(sizes)
+    return finish(prefix, fleet, tail, load), pauses, f"{restores} partition restores (slowest {slowest} ms, {total} ms in all)"
+
+
+def scenario_rolling(prefix, rng, rate):
+    return rolling(prefix, rng, rate)
+
+
+def scenario_rolling_static(prefix, rng, rate):
+    STATIC["value"] = "true"
+    try:
+        return rolling(prefix, rng, rate)
+    finally:
+        STATIC["value"] = "false"
+
+
 def scenario_poison(prefix, rng, rate):
     fleet, tail = Fleet(prefix), Tail(prefix)
     fleet.add("p0")
@@ -254,7 +387,12 @@ SCENARIOS = {
     "broker-restart": ("stop the broker under load, start it 5 s later; processors recover by themselves (recovery counts from the broker gone)", scenario_broker_restart),
     "poison": ("1% poison records (not Avro, unknown schema, no key, too many attributes)", scenario_poison),
     "zombie": ("SIGSTOP a processor past the session timeout, then SIGCONT: fenced, no duplicates", scenario_zombie),
+    "rolling": ("3 processors restarted one after another (SIGTERM, start again), dynamic membership", scenario_rolling),
+    "rolling-static": ("the same rolling restart with static group membership", scenario_rolling_static),
+    "leader-kill": ("3-node cluster, RF 3, min ISR 2: SIGKILL the broker leading requests partitions (not a transaction coordinator), restart it 15 s later", scenario_leader_kill),
+    "coordinator-kill": ("3-node cluster: SIGKILL the broker that is the processors' transaction coordinator, restart it 15 s later", scenario_coordinator_kill),
 }
+ON_CLUSTER = {"leader-kill", "coordinator-kill"}
 COUNTS = ["lost", "duplicated", "illegal", "version_gaps", "state_mismatches", "dead_letters_lost", "dead_letters_duplicated",
           "dead_letters_unexpected", "orphan_outcomes"]
 
@@ -268,27 +406,42 @@ def main():
     args = parser.parse_args()
     rng = random.Random(args.seed)
     subprocess.run(["cargo", "build", "--release", "--bin", "orderflow"], check=True)
-    kafka("down", "--purge", check=False)
-    kafka("up")
+    names = args.only.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        sys.exit(f"chaos: unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
     rows, ok = [], True
     try:
-        for name in args.only.split(","):
+        # Single-broker scenarios first, then the cluster ones: one Kafka runs at a time.
+        for name in sorted(names, key=lambda n: n in ON_CLUSTER):
             what, run = SCENARIOS[name]
+            wanted = CLUSTER if name in ON_CLUSTER else SINGLE
+            if CURRENT["kafka"] is not wanted or not getattr(wanted, "up", False):
+                if getattr(CURRENT["kafka"], "up", False):
+                    kafka("down", "--purge", check=False)
+                    CURRENT["kafka"].up = False
+                CURRENT["kafka"] = wanted
+                kafka("down", "--purge", check=False)
+                kafka("up")
+                wanted.up = True
             prefix = f"c{uuid.uuid4().hex[:6]}-{name}-"
             subprocess.run([ORDERFLOW, "topics", "create"], env=env_for(prefix), check=True, capture_output=True)
             log(f"{name}: {what}")
             started = time.monotonic()
-            (report, verdict), recoveries = run(prefix, rng, args.rate)
+            outcome = run(prefix, rng, args.rate)
+            (report, verdict), recoveries = outcome[0], outcome[1]
+            extra = outcome[2] if len(outcome) > 2 else ""
             clean = all(verdict.get(c) == 0 for c in COUNTS) and report.get("missing") == 0 and report.get("repeated") == 0
             ok &= clean
-            rec = [f"{r:.1f} s" if r is not None else "none" for r in recoveries]
+            rec = [f"{r:.1f} s" if r is not None else "none" for r in recoveries] + ([extra] if extra else [])
             log(f"{name}: {'CLEAN' if clean else 'VIOLATED'} in {time.monotonic() - started:.0f} s; recoveries {rec}; "
                 f"verdict {json.dumps({c: verdict.get(c) for c in COUNTS})}; examples {verdict.get('examples')}")
             rows.append((name, what, verdict, report, rec, clean))
     finally:
         kafka("down", "--purge", check=False)
     lines = [f"Last run: {time.strftime('%Y-%m-%d')}, `make chaos` (seed {args.seed}), load at {args.rate:,} requests/s "
-             f"(75 s for kill, 25 s for the others, 15 s for poison), {PARTITIONS} partitions, one local broker, session timeout 6 s. "
+             f"(75 s for kill, 40–45 s for rolling and cluster, 25 s for the others, 15 s for poison), {PARTITIONS} partitions, "
+             "one local broker (cluster scenarios: three nodes, RF 3, min ISR 2), session timeout 6 s. "
              "Recovery: from the fault until every partition has committed an outcome for a request sent after it.", "",
              "| scenario | inputs | requests | poison | lost | duplicated | illegal | version gaps | state mismatches | DLQ lost/dup/unexpected | recovery (fault → next outcome) | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -14,6 +14,7 @@ mod lifecycle;
 mod ops;
 mod outage;
 mod processor;
+mod rebuild;
 mod round_trip;
 mod tools;
 mod topics;
