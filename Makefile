@@ -5,7 +5,7 @@ BIN := target/release/orderflow
 KAFKA := deploy/local/kafka.sh
 
 
-.PHONY: run serve test deploy-check bench bench-core chaos lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
+.PHONY: run serve test deploy-check bench bench-core chaos chaos-cluster lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
 
 ## run: local broker (127.0.0.1:9092), topics, the processor, and a demo load with its outcomes
 run: build
@@ -59,3 +59,7 @@ bench:
 ## chaos: kill, churn, broker restart, poison and zombie scenarios under load, judged by orderflow check (docs/reliability.md)
 chaos:
 	python3 tests/chaos/run.py
+
+## chaos-cluster: only the three-node cluster (leader and transaction-coordinator crashes) and rolling-restart scenarios
+chaos-cluster:
+	python3 tests/chaos/run.py --only rolling,rolling-static,leader-kill,coordinator-kill

@@ -87,6 +87,30 @@ pub enum ProcessorError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// An owned partition has records waiting but the consumer never started fetching it.
+    #[error("partition {partition} of {topic} was assigned and restored {waited_secs} s ago, but the consumer has not fetched it although records wait (committed offset {committed}, end {end}). The consumer lost its committed-offset lookup (seen after a group-coordinator move, librdkafka #5586); the process exits so that it restarts with a fresh assignment")]
+    PartitionNotFetched {
+        /// The requests topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Seconds since it was resumed.
+        waited_secs: u64,
+        /// The group's committed offset (or the partition's start).
+        committed: i64,
+        /// The partition's end (last stable offset for read_committed).
+        end: i64,
+    },
+}
+
+/// How long a restored partition may go without a known consumer position, while records wait,
+/// before the processor gives up on it and exits (to be restarted).
+const NOT_FETCHED_LIMIT: Duration = Duration::from_secs(60);
+
+/// True when a partition whose consumer never got a position has records after the committed
+/// offset: it is stuck, not idle.
+fn records_wait(committed: Option<i64>, low: i64, end: i64) -> bool {
+    end > committed.unwrap_or(low).max(low)
 }
 
 /// Rebalance events, recorded by the consumer context and handled by the loop after `poll`.
@@ -294,6 +318,8 @@ pub struct Processor {
     metrics: Metrics,
     health: Arc<Health>,
     assigned_once: bool,
+    /// Restored partitions the consumer has not delivered a record of yet, since their resume.
+    unfetched: HashMap<i32, Instant>,
 }
 
 impl Processor {
@@ -379,6 +405,7 @@ impl Processor {
             metrics,
             health,
             assigned_once: false,
+            unfetched: HashMap::new(),
         })
     }
 
@@ -430,6 +457,7 @@ impl Processor {
                     "progress"
                 );
                 last_report = Instant::now();
+                self.check_unfetched_partitions()?;
             }
         }
         tracing::info!("shutting down: no transaction is open; leaving the group");
@@ -448,6 +476,7 @@ impl Processor {
                         // A restore in progress finishes for its other partitions; this one's
                         // result will be dropped as stale.
                         self.restoring.remove(p);
+                        self.unfetched.remove(p);
                     }
                     // Unprocessed records of revoked partitions: the new owner reads them again.
                     self.batch.retain(|r| !partitions.contains(&r.partition));
@@ -517,6 +546,7 @@ impl Processor {
                     if let Err(e) = self.consumer.resume(&tpl) {
                         tracing::error!(error = %e, partition = restored.partition, "cannot resume partition");
                     }
+                    self.unfetched.insert(restored.partition, Instant::now());
                 }
             }
         }
@@ -563,6 +593,59 @@ impl Processor {
                 return Ok(());
             }
         }
+    }
+
+    /// Fails when a restored partition has had records waiting for [`NOT_FETCHED_LIMIT`] without
+    /// the consumer ever delivering one. librdkafka can lose a partition's committed-offset lookup
+    /// when the group coordinator moves (its fetcher then never starts, and nothing reports it);
+    /// only a new assignment recovers it, so the process exits and is restarted.
+    fn check_unfetched_partitions(&mut self) -> Result<(), ProcessorError> {
+        if self.unfetched.is_empty() {
+            return Ok(());
+        }
+        let topic = &self.settings.topics.requests;
+        if let Ok(positions) = self.consumer.position() {
+            for element in positions.elements_for_topic(topic) {
+                if let Offset::Offset(_) = element.offset() {
+                    self.unfetched.remove(&element.partition());
+                }
+            }
+        }
+        let overdue: Vec<(i32, Duration)> = self
+            .unfetched
+            .iter()
+            .map(|(p, since)| (*p, since.elapsed()))
+            .filter(|(_, waited)| *waited >= NOT_FETCHED_LIMIT)
+            .collect();
+        for (partition, waited) in overdue {
+            let timeout = Duration::from_secs(5);
+            let Ok((low, end)) = self.consumer.fetch_watermarks(topic, partition, timeout) else {
+                continue;
+            };
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            let committed = match self.consumer.committed_offsets(tpl, timeout) {
+                Ok(list) => list
+                    .find_partition(topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    }),
+                Err(_) => continue,
+            };
+            if records_wait(committed, low, end) {
+                return Err(ProcessorError::PartitionNotFetched {
+                    topic: topic.clone(),
+                    partition,
+                    waited_secs: waited.as_secs(),
+                    committed: committed.unwrap_or(low),
+                    end,
+                });
+            }
+            // Idle, not stuck: look again after another limit.
+            self.unfetched.insert(partition, Instant::now());
+        }
+        Ok(())
     }
 
     fn pause(&self, partition: i32) {
@@ -861,6 +944,19 @@ fn to_input(message: &BorrowedMessage<'_>) -> InputRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_without_a_position_is_stuck_only_when_records_wait_after_the_commit() {
+        // Nothing committed: records from the partition's start wait.
+        assert!(records_wait(None, 0, 10));
+        assert!(!records_wait(None, 0, 0));
+        // Committed up to the end: idle, not stuck.
+        assert!(!records_wait(Some(10), 0, 10));
+        assert!(records_wait(Some(9), 0, 10));
+        // Committed before retention deleted the start: what waits starts at the low watermark.
+        assert!(!records_wait(Some(3), 10, 10));
+        assert!(records_wait(Some(3), 10, 11));
+    }
 
     #[test]
     fn failpoints_parse_their_action_and_batch_and_ignore_anything_else() {
