@@ -94,6 +94,10 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Run a query-only read replica: materialize the whole state topic (every partition,
+    /// read_committed, kept up to date) and answer GET /orders/{id} for any order and GET /states
+    /// (orders per state) on ops.listen. Joins no group and writes nothing: scale it independently.
+    Serve,
     /// Rebuild the compacted state topic from the accepted-transitions log alone, into a NEW topic
     /// (same partitions, compacted), then switch the processors to it by setting topics.state.
     ///

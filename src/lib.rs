@@ -9,6 +9,7 @@
 //! - [`state`]: per-partition committed caches and their restore from the compacted topic.
 //! - [`processor`]: the exactly-once loop — poll, decide, produce, commit in one transaction.
 //! - [`ops`]: Prometheus metrics, health and readiness, the ops HTTP server.
+//! - [`replica`]: the read side — a query-only replica of the whole state topic (`orderflow serve`).
 //! - [`client`]: requests in, outcomes out, as upstream services see orderflow (send and await).
 //! - [`tools`]: commands for people and scripts (send, get, tail, dlq, demo).
 //! - [`telemetry`]: logging setup.
@@ -22,6 +23,7 @@ pub mod kafka;
 pub mod machine;
 pub mod ops;
 pub mod processor;
+pub mod replica;
 pub mod state;
 pub mod telemetry;
 pub mod tools;

@@ -161,6 +161,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => run(&cli).await,
+        Command::Serve => serve_replica(&cli).await,
         Command::Send(args) => {
             let settings = connected_settings(&cli).await?;
             let result = tools::send::run(&settings, args).await?;
@@ -365,6 +366,77 @@ async fn connected_settings(cli: &Cli) -> Result<Settings, Failure> {
         .await
         .context("checking the topics (create them with `orderflow topics create`)")?;
     Ok(settings)
+}
+
+/// `orderflow serve`: the read replica and its HTTP server until SIGTERM / Ctrl-C.
+async fn serve_replica(cli: &Cli) -> Result<ExitCode, Failure> {
+    let settings = Arc::new(connected_settings(cli).await?);
+    let definition = Arc::new(load_definition(&settings.definition)?);
+    let partitions = settings.topics.partitions;
+    let metrics = Metrics::new(&definition)?;
+    let health = Arc::new(Health::default());
+    let caches = SharedCaches::default();
+    let listener = tokio::net::TcpListener::bind(&settings.ops.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on ops.listen = {} (in use? set ORDERFLOW_OPS__LISTEN to another address)",
+                settings.ops.listen
+            )
+        })?;
+    tracing::info!(address = %listener.local_addr()?, "read replica: /orders/{{id}} /states /metrics /healthz /readyz");
+    let (ops_stop_tx, ops_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(orderflow::ops::serve(
+        listener,
+        OpsState {
+            liveness_timeout_ms: settings.ops.liveness_timeout_ms as i64,
+            ..OpsState::new(
+                metrics.clone(),
+                Arc::clone(&health),
+                caches.clone(),
+                Arc::clone(&definition),
+                partitions,
+            )
+        },
+        async move {
+            let _ = ops_stop_rx.await;
+        },
+    ));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (shutdown, settings, health) = (
+            Arc::clone(&shutdown),
+            Arc::clone(&settings),
+            Arc::clone(&health),
+        );
+        tokio::task::spawn_blocking(move || {
+            let result = orderflow::replica::run(
+                &settings,
+                &definition,
+                partitions,
+                &caches,
+                &metrics,
+                &health,
+                &shutdown,
+            );
+            if result.is_err() {
+                health.set_failed();
+            }
+            result
+        })
+    };
+    tokio::pin!(reader);
+    let result = tokio::select! {
+        result = &mut reader => result,
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "stopping the replica");
+            shutdown.store(true, Ordering::Relaxed);
+            (&mut reader).await
+        }
+    };
+    let _ = ops_stop_tx.send(());
+    result.context("the replica thread")??;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(cli: &Cli) -> Result<ExitCode, Failure> {

@@ -63,6 +63,10 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// Always 1, labelled with the version and the definition's short hash.
     pub build_info: IntGaugeVec,
+    /// Read replica: state records not yet applied, per partition of the state topic.
+    pub replica_lag: IntGaugeVec,
+    /// Read replica: time from a state record's commit (its timestamp) to its application here.
+    pub replica_apply_delay_seconds: Histogram,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -199,6 +203,23 @@ impl Metrics {
                 "Time a partition's restore took.",
                 exponential_buckets(0.01, 2.0, 16)?,
             )?,
+            replica_lag: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "orderflow_replica_lag_records",
+                        "Read replica: state records not yet applied per partition (last stable offset - position).",
+                    ),
+                    &["partition"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            replica_apply_delay_seconds: histogram(
+                &r,
+                "orderflow_replica_apply_delay_seconds",
+                "Read replica: time from a state record's timestamp (the processor's write) to its application in the replica.",
+                exponential_buckets(0.001, 2.0, 16)?,
+            )?,
             consumer_lag: {
                 let g = IntGaugeVec::new(
                     Opts::new(
@@ -317,6 +338,25 @@ impl Metrics {
     /// last stable offset minus the next offset the loop will see (or the committed offset, before
     /// the loop saw any record of the partition). Partitions no longer assigned disappear.
     pub fn record_consumer_lag(&self, statistics: &Statistics, topic: &str) {
+        set_lags(&self.consumer_lag, statistics, topic);
+    }
+
+    /// Sets `orderflow_replica_lag_records` from librdkafka statistics of the replica's reader.
+    pub fn record_replica_lag(&self, statistics: &Statistics, topic: &str) {
+        set_lags(&self.replica_lag, statistics, topic);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding metrics failed: {e}\n"))
+    }
+}
+
+/// Sets a per-partition lag gauge (end − position) from librdkafka statistics.
+fn set_lags(gauge: &IntGaugeVec, statistics: &Statistics, topic: &str) {
+    {
         let Some(topic) = statistics.topics.get(topic) else {
             return;
         };
@@ -338,19 +378,10 @@ impl Metrics {
                 (position >= 0 && end >= 0).then(|| (p.partition, (end - position).max(0)))
             })
             .collect();
-        self.consumer_lag.reset();
+        gauge.reset();
         for (partition, lag) in lags {
-            self.consumer_lag
-                .with_label_values(&[&partition.to_string()])
-                .set(lag);
+            gauge.with_label_values(&[&partition.to_string()]).set(lag);
         }
-    }
-
-    /// The text exposition of every metric.
-    pub fn render(&self) -> String {
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|e| format!("# encoding metrics failed: {e}\n"))
     }
 }
 

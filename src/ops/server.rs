@@ -1,7 +1,8 @@
 //! The ops HTTP server: `/metrics` (Prometheus text), `/healthz` (the loop is alive), `/readyz`
 //! (assigned partitions restored and processing), `GET /orders/{id}` (an order's committed state
-//! when this instance owns its partition) and `POST /orders/{id}/transitions` (send a request and
-//! answer its outcome).
+//! when this instance owns its partition, or any order on a read replica), `GET /states` (orders
+//! per state among those held here) and `POST /orders/{id}/transitions` (send a request and answer
+//! its outcome).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -156,6 +157,33 @@ async fn order(State(state): State<OpsState>, Path(order_id): Path<String>) -> i
     }
 }
 
+/// Orders per state among the orders this instance holds (its partitions; every partition on a
+/// read replica). Counted on request: O(orders held).
+async fn states(State(state): State<OpsState>) -> impl IntoResponse {
+    let mut counts: BTreeMap<&str, u64> = state
+        .definition
+        .states()
+        .iter()
+        .map(|s| (s.name.as_str(), 0))
+        .collect();
+    let caches = state.caches.read();
+    let mut partitions: Vec<i32> = caches.keys().copied().collect();
+    partitions.sort_unstable();
+    let mut orders = 0u64;
+    for cache in caches.values() {
+        for (_, order) in cache.iter() {
+            *counts
+                .entry(state.definition.state(order.state).name.as_str())
+                .or_default() += 1;
+            orders += 1;
+        }
+    }
+    (
+        StatusCode::OK,
+        Json(json!({"orders": orders, "states": counts, "partitions": partitions})),
+    )
+}
+
 /// The body of `POST /orders/{id}/transitions`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +271,7 @@ pub fn router(state: OpsState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/orders/{id}", get(order))
+        .route("/states", get(states))
         .route("/orders/{id}/transitions", post(post_transition))
         .with_state(state)
 }

@@ -15,6 +15,7 @@ mod ops;
 mod outage;
 mod processor;
 mod rebuild;
+mod replica;
 mod round_trip;
 mod tools;
 mod topics;
