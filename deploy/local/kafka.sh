@@ -275,12 +275,14 @@ up() {
   for k in $(targets); do
     select_node "$k"
     wait_node
-    [ "$started_any" = 1 ] && echo "kafka.sh: node $k ready on 127.0.0.1:$port (pid $(cat "$pid_file"))"
+    if [ "$started_any" = 1 ]; then
+      echo "kafka.sh: node $k ready on 127.0.0.1:$port (pid $(cat "$pid_file"))"
+    fi
   done
-  if [ "$nodes" = 1 ]; then
-    [ "$started_any" = 1 ] && echo "kafka.sh: broker ready on 127.0.0.1:$base_port"
-  else
+  if [ "$nodes" != 1 ]; then
     echo "kafka.sh: cluster of $nodes ready; bootstrap servers $(bootstrap_servers)"
+  elif [ "$started_any" = 1 ]; then
+    echo "kafka.sh: broker ready on 127.0.0.1:$base_port"
   fi
 }
 
