@@ -62,4 +62,4 @@ chaos:
 
 ## chaos-cluster: only the three-node cluster (leader and transaction-coordinator crashes) and rolling-restart scenarios
 chaos-cluster:
-	python3 tests/chaos/run.py --only rolling,rolling-static,leader-kill,coordinator-kill
+	python3 tests/chaos/run.py --only rolling,rolling-static,leader-kill,coordinator-kill,group-coordinator-kill

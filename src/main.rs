@@ -20,7 +20,7 @@ use orderflow::machine::diagram::{draw, DiagramFormat};
 use orderflow::machine::diff::diff;
 use orderflow::machine::Definition;
 use orderflow::ops::{Health, Metrics, OpsState, OwnerDirectory};
-use orderflow::processor::{Processor, SystemClock};
+use orderflow::processor::{Clock, Processor, SystemClock};
 use orderflow::state::SharedCaches;
 use orderflow::{telemetry, tools};
 
@@ -368,6 +368,25 @@ async fn connected_settings(cli: &Cli) -> Result<Settings, Failure> {
     Ok(settings)
 }
 
+/// Exits the process when a librdkafka transactional call has not returned long after its own
+/// timeout (three transaction timeouts): nothing can interrupt it, and a restart fences the stuck
+/// producer and aborts its open transaction, so exiting loses nothing.
+fn watch_transactional_calls(transaction_timeout_ms: u64) -> std::io::Result<()> {
+    use orderflow::kafka::transactions::TRANSACTIONAL_CALLS;
+    let limit_ms = transaction_timeout_ms as i64 * 3;
+    std::thread::Builder::new()
+        .name("orderflow-txn-watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            if let Some((operation, ran_ms)) = TRANSACTIONAL_CALLS.overdue(SystemClock.now_ms(), limit_ms) {
+                tracing::error!(operation, ran_ms, limit_ms, "a transactional call is stuck; exiting");
+                eprintln!("error: librdkafka's {operation} has not returned for {ran_ms} ms (limit {limit_ms} ms, 3 x processor.transaction_timeout_ms). It can block for good when the group coordinator's broker goes away (librdkafka #5456). Exiting so that the restarted process fences this producer and aborts its open transaction; nothing is lost");
+                std::process::exit(70);
+            }
+        })
+        .map(|_| ())
+}
+
 /// `orderflow serve`: the read replica and its HTTP server until SIGTERM / Ctrl-C.
 async fn serve_replica(cli: &Cli) -> Result<ExitCode, Failure> {
     let settings = Arc::new(connected_settings(cli).await?);
@@ -500,6 +519,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
             let _ = ops_stop_rx.await;
         },
     ));
+    watch_transactional_calls(settings.processor.transaction_timeout_ms)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     {

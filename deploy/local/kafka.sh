@@ -372,7 +372,7 @@ status() {
 # Kafka's own Java tools, for interop tests and by hand.
 tool() {
   local name=${1:-}
-  [ -n "$name" ] || die "usage: $0 tool console-producer|console-consumer|topics|producer-perf|consumer-perf|transactions [ARGS...]"
+  [ -n "$name" ] || die "usage: $0 tool console-producer|console-consumer|topics|producer-perf|consumer-perf|transactions|consumer-groups [ARGS...]"
   shift
   local class
   case $name in
@@ -382,7 +382,8 @@ tool() {
   producer-perf) class=org.apache.kafka.tools.ProducerPerformance ;;
   consumer-perf) class=org.apache.kafka.tools.ConsumerPerformance ;;
   transactions) class=org.apache.kafka.tools.TransactionsCommand ;;
-  *) die "unknown tool '$name': use console-producer, console-consumer, topics, producer-perf, consumer-perf or transactions" ;;
+  consumer-groups) class=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
+  *) die "unknown tool '$name': use console-producer, console-consumer, topics, producer-perf, consumer-perf, transactions or consumer-groups" ;;
   esac
   find_java
   fetch

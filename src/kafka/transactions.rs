@@ -3,14 +3,81 @@
 //!
 //! Every call here blocks; the processor calls them from its own thread, never from an async worker.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Statistics, TopicPartitionList};
+
+/// The librdkafka transactional call in progress and when it started, so a watchdog can tell a call
+/// that never returns: `send_offsets_to_transaction` ignores its timeout when the group coordinator
+/// goes away (librdkafka #5456/#5511, open in the bundled 2.12), and nothing inside the process can
+/// interrupt a blocked C call.
+#[derive(Debug)]
+pub struct CallWatch {
+    started_ms: AtomicI64,
+    operation: Mutex<&'static str>,
+}
+
+impl CallWatch {
+    /// A watch with no call in progress.
+    pub const fn new() -> CallWatch {
+        CallWatch {
+            started_ms: AtomicI64::new(0),
+            operation: Mutex::new(""),
+        }
+    }
+
+    /// Marks `operation` as started at `now_ms`.
+    pub fn enter(&self, operation: &'static str, now_ms: i64) {
+        *self.operation.lock().unwrap_or_else(|e| e.into_inner()) = operation;
+        self.started_ms.store(now_ms, Ordering::SeqCst);
+    }
+
+    /// Marks the call as returned.
+    pub fn leave(&self) {
+        self.started_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// The call in progress and how long it has run, when that is more than `limit_ms`.
+    pub fn overdue(&self, now_ms: i64, limit_ms: i64) -> Option<(&'static str, i64)> {
+        let started = self.started_ms.load(Ordering::SeqCst);
+        let ran = now_ms - started;
+        (started > 0 && ran > limit_ms).then(|| {
+            (
+                *self.operation.lock().unwrap_or_else(|e| e.into_inner()),
+                ran,
+            )
+        })
+    }
+}
+
+impl Default for CallWatch {
+    fn default() -> CallWatch {
+        CallWatch::new()
+    }
+}
+
+/// The transactional calls of this process (one transactional producer per processor process).
+pub static TRANSACTIONAL_CALLS: CallWatch = CallWatch::new();
+
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs a blocking librdkafka transactional call under [`TRANSACTIONAL_CALLS`].
+fn watched<T>(operation: &'static str, call: impl FnOnce() -> T) -> T {
+    TRANSACTIONAL_CALLS.enter(operation, wall_clock_ms());
+    let result = call();
+    TRANSACTIONAL_CALLS.leave();
+    result
+}
 
 /// What to do about a failed transactional call (librdkafka's classification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +244,9 @@ impl TxnProducer {
             })?;
         let producer = TxnProducer { producer, timeout };
         producer.retrying("init_transactions", || {
-            producer.producer.init_transactions(timeout)
+            watched("init_transactions", || {
+                producer.producer.init_transactions(timeout)
+            })
         })?;
         Ok(producer)
     }
@@ -295,22 +364,28 @@ impl TxnProducer {
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
     ) -> Result<(), TxnError> {
-        self.producer
-            .send_offsets_to_transaction(offsets, group, self.timeout)
-            .map_err(|e| txn_error("send_offsets_to_transaction", e))
+        watched("send_offsets_to_transaction", || {
+            self.producer
+                .send_offsets_to_transaction(offsets, group, self.timeout)
+        })
+        .map_err(|e| txn_error("send_offsets_to_transaction", e))
     }
 
     /// Commits, retrying while the outcome is retriable (a timed-out commit may be retried).
     pub fn commit(&self) -> Result<(), TxnError> {
         self.retrying("commit_transaction", || {
-            self.producer.commit_transaction(self.timeout)
+            watched("commit_transaction", || {
+                self.producer.commit_transaction(self.timeout)
+            })
         })
     }
 
     /// Aborts, retrying while the cluster is away (an abort must eventually happen).
     pub fn abort(&self) -> Result<(), TxnError> {
         self.retrying("abort_transaction", || {
-            self.producer.abort_transaction(self.timeout)
+            watched("abort_transaction", || {
+                self.producer.abort_transaction(self.timeout)
+            })
         })
     }
 }
@@ -318,6 +393,28 @@ impl TxnProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_is_overdue_only_while_in_progress_and_past_the_limit() {
+        let watch = CallWatch::new();
+        assert_eq!(
+            watch.overdue(1_000_000, 30_000),
+            None,
+            "no call in progress"
+        );
+        watch.enter("send_offsets_to_transaction", 1_000_000);
+        assert_eq!(
+            watch.overdue(1_030_000, 30_000),
+            None,
+            "at the limit, not past it"
+        );
+        assert_eq!(
+            watch.overdue(1_030_001, 30_000),
+            Some(("send_offsets_to_transaction", 30_001))
+        );
+        watch.leave();
+        assert_eq!(watch.overdue(2_000_000, 30_000), None, "returned");
+    }
 
     fn failed(code: RDKafkaErrorCode) -> TxnError {
         TxnError {

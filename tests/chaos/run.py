@@ -284,6 +284,16 @@ def transaction_coordinator(transactional_id):
     return int(rows[1][column])
 
 
+def group_coordinator(group):
+    """Node id of the group coordinator of `group`."""
+    out = kafka("tool", "consumer-groups", "--bootstrap-server", CURRENT["kafka"].bootstrap, "--describe",
+                "--group", group, "--state").stdout
+    for line in out.splitlines():
+        if line.startswith(group):
+            return int(line.split("(")[1].split(")")[0])
+    raise RuntimeError(f"no coordinator for {group} in: {out}")
+
+
 def crash_node(prefix, rng, rate, pick):
     """Two processors under load on the cluster; SIGKILL the node `pick` chooses, restart it 15 s later."""
     fleet, tail = Fleet(prefix), Tail(prefix)
@@ -292,11 +302,12 @@ def crash_node(prefix, rng, rate, pick):
     time.sleep(8)
     # Chosen before the load: the tools are JVMs, too heavy to start next to it on two cores.
     coordinators = {transaction_coordinator(f"{prefix}group.{p}") for p in ("p0", "p1")}
+    group_node = group_coordinator(f"{prefix}group")
     request_leaders = leaders(f"{prefix}order-transition-requests")
-    node, why = pick(coordinators, request_leaders)
+    node, why = pick(coordinators, request_leaders, group_node)
     load = loadgen(prefix, 60, rate)
     time.sleep(rng.uniform(10.0, 15.0))
-    log(f"killing node {node}: {why} (transaction coordinators {sorted(coordinators)}, requests leaders {request_leaders})")
+    log(f"killing node {node}: {why} (transaction coordinators {sorted(coordinators)}, group coordinator {group_node}, requests leaders {request_leaders})")
     t = time.time()
     kafka("kill", "--node", str(node))
     recoveries = [tail.recovery(t, timeout=180)]
@@ -306,21 +317,30 @@ def crash_node(prefix, rng, rate, pick):
 
 
 def scenario_leader_kill(prefix, rng, rate):
-    def pick(coordinators, request_leaders):
-        candidates = sorted({n for n in request_leaders.values() if n not in coordinators})
+    def pick(coordinators, request_leaders, group_node):
+        candidates = sorted({n for n in request_leaders.values() if n not in coordinators and n != group_node})
         if not candidates:
             candidates = sorted(set(request_leaders.values()))
         node = rng.choice(candidates)
         parts = sorted(p for p, n in request_leaders.items() if n == node)
-        return node, f"node {node} led requests partitions {parts}, no transaction coordinator"
+        return node, f"node {node} led requests partitions {parts}, no coordinator"
     return crash_node(prefix, rng, rate, pick)
 
 
 def scenario_coordinator_kill(prefix, rng, rate):
-    def pick(coordinators, request_leaders):
+    def pick(coordinators, request_leaders, group_node):
         node = min(coordinators)
         parts = sorted(p for p, n in request_leaders.items() if n == node)
-        return node, f"node {node} was a transaction coordinator and led requests partitions {parts}"
+        group = ", the group coordinator" if node == group_node else ""
+        return node, f"node {node} was a transaction coordinator{group} and led requests partitions {parts}"
+    return crash_node(prefix, rng, rate, pick)
+
+
+def scenario_group_coordinator_kill(prefix, rng, rate):
+    def pick(coordinators, request_leaders, group_node):
+        parts = sorted(p for p, n in request_leaders.items() if n == group_node)
+        txn = ", a transaction coordinator" if group_node in coordinators else ""
+        return group_node, f"node {group_node} was the group coordinator{txn} and led requests partitions {parts}"
     return crash_node(prefix, rng, rate, pick)
 
 
@@ -390,10 +410,11 @@ SCENARIOS = {
     "zombie": ("SIGSTOP a processor past the session timeout, then SIGCONT: fenced, no duplicates", scenario_zombie),
     "rolling": ("3 processors restarted one after another (SIGTERM, start again), dynamic membership", scenario_rolling),
     "rolling-static": ("the same rolling restart with static group membership", scenario_rolling_static),
-    "leader-kill": ("3-node cluster, RF 3, min ISR 2: SIGKILL the broker leading requests partitions (not a transaction coordinator), restart it 15 s later", scenario_leader_kill),
+    "leader-kill": ("3-node cluster, RF 3, min ISR 2: SIGKILL a broker leading requests partitions that coordinates nothing, restart it 15 s later", scenario_leader_kill),
     "coordinator-kill": ("3-node cluster: SIGKILL the broker that is the processors' transaction coordinator, restart it 15 s later", scenario_coordinator_kill),
+    "group-coordinator-kill": ("3-node cluster: SIGKILL the broker that is the consumer group's coordinator, restart it 15 s later", scenario_group_coordinator_kill),
 }
-ON_CLUSTER = {"leader-kill", "coordinator-kill"}
+ON_CLUSTER = {"leader-kill", "coordinator-kill", "group-coordinator-kill"}
 COUNTS = ["lost", "duplicated", "illegal", "version_gaps", "state_mismatches", "dead_letters_lost", "dead_letters_duplicated",
           "dead_letters_unexpected", "orphan_outcomes"]
 
