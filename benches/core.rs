@@ -11,7 +11,8 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use criterion::{criterion_group, criterion_main, Criterion};
 use orderflow::codec::{
-    decode_order_state, decode_request, encode_order_state, encode_request, registry, RecordKind,
+    decode_order_state, decode_request, encode_accepted, encode_accepted_view, encode_order_state,
+    encode_request, registry, AcceptedRecord, AcceptedView, InputPosition, RecordKind,
 };
 use orderflow::machine::{
     Decider, Definition, OrderState, StateChange, TransitionRequest, DEFAULT_RECENT_WINDOW,
@@ -110,6 +111,69 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("state/decode", |b| {
         b.iter(|| decode_order_state(&definition, black_box(&state_bytes)))
+    });
+
+    // An accepted outcome as the processor builds it from the request: by copying every field into
+    // an owned record (the baseline, the processor's earlier path) or from a borrowed view.
+    let topic = "order-transition-requests".to_string();
+    let hash = definition.short_hash();
+    c.bench_function("accepted/encode_owned_copy", |b| {
+        let mut buf = Vec::with_capacity(256);
+        b.iter(|| {
+            buf.clear();
+            let request = black_box(&ship);
+            encode_accepted(
+                &AcceptedRecord {
+                    request_id: request.request_id,
+                    order_id: request.order_id.clone(),
+                    transition: request.transition.clone(),
+                    from_state: Some("Confirmed".to_string()),
+                    to_state: "Shipped".to_string(),
+                    version: 3,
+                    duplicate: false,
+                    requested_at_ms: request.requested_at_ms,
+                    decided_at_ms: 1,
+                    source: request.source.clone(),
+                    attributes: request.attributes.clone(),
+                    input: InputPosition {
+                        topic: topic.clone(),
+                        partition: 3,
+                        offset: 42,
+                    },
+                    definition_hash: hash.to_string(),
+                },
+                &mut buf,
+            );
+            buf.len()
+        })
+    });
+    c.bench_function("accepted/encode_borrowed_view", |b| {
+        let mut buf = Vec::with_capacity(256);
+        b.iter(|| {
+            buf.clear();
+            let request = black_box(&ship);
+            encode_accepted_view(
+                &AcceptedView {
+                    request_id: request.request_id,
+                    order_id: &request.order_id,
+                    transition: &request.transition,
+                    from_state: Some("Confirmed"),
+                    to_state: "Shipped",
+                    version: 3,
+                    duplicate: false,
+                    requested_at_ms: request.requested_at_ms,
+                    decided_at_ms: 1,
+                    source: &request.source,
+                    attributes: &request.attributes,
+                    input_topic: &topic,
+                    input_partition: 3,
+                    input_offset: 42,
+                    definition_hash: hash,
+                },
+                &mut buf,
+            );
+            buf.len()
+        })
     });
 
     // Baseline: apache-avro's generic Value path for the same bytes.

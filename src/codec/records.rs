@@ -399,23 +399,89 @@ fn read_input(r: &mut AvroReader<'_>) -> Result<InputPosition, CodecError> {
     })
 }
 
+/// An accepted-transition record borrowed from the request and definition that made it, so the
+/// processor encodes it without copying a field (the hot path: most outcomes are acceptances).
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptedView<'a> {
+    /// The request's id.
+    pub request_id: Uuid,
+    /// The order.
+    pub order_id: &'a str,
+    /// The transition applied.
+    pub transition: &'a str,
+    /// The state before; `None` when the order was created.
+    pub from_state: Option<&'a str>,
+    /// The state after.
+    pub to_state: &'a str,
+    /// The version after.
+    pub version: u64,
+    /// True when this repeats an earlier outcome for the same request id.
+    pub duplicate: bool,
+    /// When upstream made the request (ms).
+    pub requested_at_ms: i64,
+    /// When orderflow decided (ms).
+    pub decided_at_ms: i64,
+    /// The upstream service.
+    pub source: &'a str,
+    /// The request's attributes.
+    pub attributes: &'a BTreeMap<String, String>,
+    /// The requests topic it was read from.
+    pub input_topic: &'a str,
+    /// Its partition.
+    pub input_partition: i32,
+    /// Its offset.
+    pub input_offset: i64,
+    /// Short hash of the deciding definition.
+    pub definition_hash: &'a str,
+}
+
+impl AcceptedRecord {
+    /// The record as a borrowed view, for encoding.
+    pub fn view(&self) -> AcceptedView<'_> {
+        AcceptedView {
+            request_id: self.request_id,
+            order_id: &self.order_id,
+            transition: &self.transition,
+            from_state: self.from_state.as_deref(),
+            to_state: &self.to_state,
+            version: self.version,
+            duplicate: self.duplicate,
+            requested_at_ms: self.requested_at_ms,
+            decided_at_ms: self.decided_at_ms,
+            source: &self.source,
+            attributes: &self.attributes,
+            input_topic: &self.input.topic,
+            input_partition: self.input.partition,
+            input_offset: self.input.offset,
+            definition_hash: &self.definition_hash,
+        }
+    }
+}
+
 /// Appends an accepted-transition record, single-object encoded.
 pub fn encode_accepted(record: &AcceptedRecord, out: &mut Vec<u8>) {
+    encode_accepted_view(&record.view(), out);
+}
+
+/// Appends an accepted-transition record from a borrowed view, single-object encoded.
+pub fn encode_accepted_view(record: &AcceptedView<'_>, out: &mut Vec<u8>) {
     write_header(RecordKind::TransitionAccepted, out);
     let mut w = AvroWriter::new(out);
     w.fixed(record.request_id.as_bytes());
-    w.string(&record.order_id);
-    w.string(&record.transition);
-    w.optional_string(record.from_state.as_deref());
-    w.string(&record.to_state);
+    w.string(record.order_id);
+    w.string(record.transition);
+    w.optional_string(record.from_state);
+    w.string(record.to_state);
     w.long(version_to_long(record.version));
     w.boolean(record.duplicate);
     w.long(record.requested_at_ms);
     w.long(record.decided_at_ms);
-    w.string(&record.source);
-    write_string_map(&mut w, &record.attributes);
-    write_input(&mut w, &record.input);
-    w.string(&record.definition_hash);
+    w.string(record.source);
+    write_string_map(&mut w, record.attributes);
+    w.string(record.input_topic);
+    w.int(record.input_partition);
+    w.long(record.input_offset);
+    w.string(record.definition_hash);
 }
 
 /// Decodes an accepted-transition record.

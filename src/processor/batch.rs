@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::codec::{
-    decode_request, encode_accepted, encode_order_state, encode_rejected, AcceptedRecord,
+    decode_request, encode_accepted_view, encode_order_state, encode_rejected, AcceptedView,
     CodecError, InputPosition, RejectedRecord,
 };
 use crate::config::{ProcessorSettings, TopicSettings};
@@ -350,17 +350,12 @@ fn emit_step(
             .as_ref()
             .filter(|(origin, _)| *origin == answer.origin)
             .map(|(_, h)| h.clone());
-        let position = InputPosition {
-            topic: context.topics.requests.clone(),
-            partition: answer.origin.partition,
-            offset: answer.origin.offset,
-        };
         output.records.push(outcome_record(
             definition,
             context.topics,
             &answer.request,
             &answer.outcome,
-            position,
+            (answer.origin.partition, answer.origin.offset),
             now_ms,
             header,
         ));
@@ -405,12 +400,11 @@ fn outcome_record(
     topics: &TopicSettings,
     request: &TransitionRequest,
     outcome: &Outcome,
-    input: InputPosition,
+    (partition, offset): (i32, i64),
     now_ms: i64,
     trace: Option<(String, Vec<u8>)>,
 ) -> OutgoingRecord {
     let name = |id| definition.state(id).name.clone();
-    let partition = input.partition;
     let mut value = Vec::with_capacity(256);
     let topic = match outcome {
         Outcome::Accepted {
@@ -420,21 +414,25 @@ fn outcome_record(
             duplicate,
             ..
         } => {
-            encode_accepted(
-                &AcceptedRecord {
+            // Borrowed, not copied: the hot path.
+            let state_name = |id| definition.state(id).name.as_str();
+            encode_accepted_view(
+                &AcceptedView {
                     request_id: request.request_id,
-                    order_id: request.order_id.clone(),
-                    transition: request.transition.clone(),
-                    from_state: from.map(name),
-                    to_state: name(*to),
+                    order_id: &request.order_id,
+                    transition: &request.transition,
+                    from_state: from.map(state_name),
+                    to_state: state_name(*to),
                     version: *version,
                     duplicate: *duplicate,
                     requested_at_ms: request.requested_at_ms,
                     decided_at_ms: now_ms,
-                    source: request.source.clone(),
-                    attributes: request.attributes.clone(),
-                    input,
-                    definition_hash: definition.short_hash().to_string(),
+                    source: &request.source,
+                    attributes: &request.attributes,
+                    input_topic: &topics.requests,
+                    input_partition: partition,
+                    input_offset: offset,
+                    definition_hash: definition.short_hash(),
                 },
                 &mut value,
             );
@@ -469,7 +467,11 @@ fn outcome_record(
                     decided_at_ms: now_ms,
                     source: request.source.clone(),
                     attributes: request.attributes.clone(),
-                    input,
+                    input: InputPosition {
+                        topic: topics.requests.clone(),
+                        partition,
+                        offset,
+                    },
                     definition_hash: definition.short_hash().to_string(),
                 },
                 &mut value,

@@ -463,7 +463,8 @@ def main():
             rows.append((name, what, verdict, report, rec, clean))
     finally:
         kafka("down", "--purge", check=False)
-    lines = [f"Last run: {time.strftime('%Y-%m-%d')}, `make chaos` (seed {args.seed}), load at {args.rate:,} requests/s ({args.cluster_rate:,} on the three-node cluster) "
+    command = "make chaos" if args.only == ",".join(SCENARIOS) else f"python3 tests/chaos/run.py --only {args.only}"
+    lines = [f"Last run: {time.strftime('%Y-%m-%d')}, `{command}` (seed {args.seed}), load at {args.rate:,} requests/s ({args.cluster_rate:,} on the three-node cluster) "
              f"(75 s for kill, 45 s for rolling, 60 s for cluster, 25 s for the others, 15 s for poison), {PARTITIONS} partitions, "
              "one local broker (cluster scenarios: three nodes, RF 3, min ISR 2), session timeout 6 s. "
              "Recovery: from the fault until every partition has committed an outcome for a request sent after it.", "",
