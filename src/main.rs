@@ -368,6 +368,30 @@ async fn connected_settings(cli: &Cli) -> Result<Settings, Failure> {
     Ok(settings)
 }
 
+/// Binds the ops HTTP listener, naming the setting to change when the address is taken.
+async fn bind_ops(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(&settings.ops.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on ops.listen = {} (in use? set ORDERFLOW_OPS__LISTEN to another address)",
+                settings.ops.listen
+            )
+        })
+}
+
+/// Serves the ops endpoints until the returned sender is used (or dropped).
+fn spawn_ops(
+    listener: tokio::net::TcpListener,
+    state: OpsState,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(orderflow::ops::serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+    stop_tx
+}
+
 /// Exits the process when a librdkafka transactional call has not returned long after its own
 /// timeout (three transaction timeouts): nothing can interrupt it, and a restart fences the stuck
 /// producer and aborts its open transaction, so exiting loses nothing.
@@ -395,17 +419,9 @@ async fn serve_replica(cli: &Cli) -> Result<ExitCode, Failure> {
     let metrics = Metrics::new(&definition)?;
     let health = Arc::new(Health::default());
     let caches = SharedCaches::default();
-    let listener = tokio::net::TcpListener::bind(&settings.ops.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on ops.listen = {} (in use? set ORDERFLOW_OPS__LISTEN to another address)",
-                settings.ops.listen
-            )
-        })?;
+    let listener = bind_ops(&settings).await?;
     tracing::info!(address = %listener.local_addr()?, "read replica: /orders/{{id}} /states /metrics /healthz /readyz");
-    let (ops_stop_tx, ops_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(orderflow::ops::serve(
+    let ops_stop_tx = spawn_ops(
         listener,
         OpsState {
             liveness_timeout_ms: settings.ops.liveness_timeout_ms as i64,
@@ -417,10 +433,7 @@ async fn serve_replica(cli: &Cli) -> Result<ExitCode, Failure> {
                 partitions,
             )
         },
-        async move {
-            let _ = ops_stop_rx.await;
-        },
-    ));
+    );
     let shutdown = Arc::new(AtomicBool::new(false));
     let reader = {
         let (shutdown, settings, health) = (
@@ -480,18 +493,10 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
     );
     let metrics = Metrics::new(&definition)?;
     let health = Arc::new(Health::default());
-    let listener = tokio::net::TcpListener::bind(&settings.ops.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on ops.listen = {} (in use? set ORDERFLOW_OPS__LISTEN to another address)",
-                settings.ops.listen
-            )
-        })?;
+    let listener = bind_ops(&settings).await?;
     tracing::info!(address = %settings.ops.listen, "ops server: /metrics /healthz /readyz /orders/{{id}}");
     let caches = SharedCaches::default();
-    let (ops_stop_tx, ops_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(orderflow::ops::serve(
+    let ops_stop_tx = spawn_ops(
         listener,
         OpsState {
             liveness_timeout_ms: settings.ops.liveness_timeout_ms as i64,
@@ -515,10 +520,7 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
                 partitions,
             )
         },
-        async move {
-            let _ = ops_stop_rx.await;
-        },
-    ));
+    );
     watch_transactional_calls(settings.processor.transaction_timeout_ms)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

@@ -15,8 +15,8 @@ pub mod schemas;
 
 pub use records::{
     decode_accepted, decode_order_state, decode_rejected, decode_request, encode_accepted,
-    encode_accepted_view, encode_order_state, encode_rejected, encode_request, AcceptedRecord, AcceptedView, InputPosition,
-    RejectedRecord,
+    encode_accepted_view, encode_order_state, encode_rejected, encode_request, AcceptedRecord,
+    AcceptedView, InputPosition, RejectedRecord,
 };
 pub use schemas::{registry, RecordKind};
 

@@ -123,16 +123,9 @@ impl Topics {
         &self,
         names: &[&str],
     ) -> Result<HashMap<String, i32>, TopicError> {
-        let admin = Arc::clone(&self.admin);
-        // Metadata requests block: keep them off the async workers.
-        let metadata =
-            tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, ADMIN_TIMEOUT))
-                .await
-                .map_err(|e| TopicError::Task(e.to_string()))?
-                .map_err(|source| TopicError::Unreachable {
-                    bootstrap: self.bootstrap.clone(),
-                    source,
-                })?;
+        let metadata = self
+            .blocking(|admin| admin.inner().fetch_metadata(None, ADMIN_TIMEOUT))
+            .await?;
         Ok(metadata
             .topics()
             .iter()
@@ -320,21 +313,30 @@ impl Topics {
 
     /// How many members the consumer group has now (0 when it is empty or unknown).
     pub async fn group_members(&self, group: &str) -> Result<usize, TopicError> {
-        let admin = Arc::clone(&self.admin);
         let group = group.to_string();
-        let members = tokio::task::spawn_blocking(move || {
+        self.blocking(move |admin| {
             admin
                 .inner()
                 .fetch_group_list(Some(&group), ADMIN_TIMEOUT)
                 .map(|groups| groups.groups().iter().map(|g| g.members().len()).sum())
         })
         .await
-        .map_err(|e| TopicError::Task(e.to_string()))?
-        .map_err(|source| TopicError::Unreachable {
-            bootstrap: self.bootstrap.clone(),
-            source,
-        })?;
-        Ok(members)
+    }
+
+    /// Runs a blocking metadata call off the async workers; a failure means the cluster is
+    /// unreachable.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&AdminClient<DefaultClientContext>) -> Result<T, KafkaError> + Send + 'static,
+    ) -> Result<T, TopicError> {
+        let admin = Arc::clone(&self.admin);
+        tokio::task::spawn_blocking(move || call(&admin))
+            .await
+            .map_err(|e| TopicError::Task(e.to_string()))?
+            .map_err(|source| TopicError::Unreachable {
+                bootstrap: self.bootstrap.clone(),
+                source,
+            })
     }
 }
 

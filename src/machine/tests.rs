@@ -386,6 +386,21 @@ fn step() -> impl Strategy<Value = Input> {
     ]
 }
 
+/// The request a step sends: a fresh one (remembered) or a redelivery of an earlier one (`None`
+/// before anything was sent).
+fn next_request(step: Input, sent: &mut Vec<TransitionRequest>) -> Option<TransitionRequest> {
+    match step {
+        Input::Fresh(t, v) => {
+            let mut r = request(TRANSITIONS[t]);
+            r.expected_version = v;
+            sent.push(r.clone());
+            Some(r)
+        }
+        Input::Redeliver(n) if !sent.is_empty() => Some(sent[n % sent.len()].clone()),
+        Input::Redeliver(_) => None,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -400,15 +415,8 @@ proptest! {
         let mut state: Option<OrderState> = None;
         let mut sent: Vec<TransitionRequest> = Vec::new();
         for (i, step) in steps.into_iter().enumerate() {
-            let req = match step {
-                Input::Fresh(t, v) => {
-                    let mut r = request(TRANSITIONS[t]);
-                    r.expected_version = v;
-                    sent.push(r.clone());
-                    r
-                }
-                Input::Redeliver(n) if !sent.is_empty() => sent[n % sent.len()].clone(),
-                Input::Redeliver(_) => continue,
+            let Some(req) = next_request(step, &mut sent) else {
+                continue;
             };
             let decision = d.decide(state.as_ref(), &req, i as i64);
             let before = state.clone();
@@ -463,15 +471,8 @@ proptest! {
         let mut replayed: Option<OrderState> = None;
         let mut sent: Vec<TransitionRequest> = Vec::new();
         for (i, step) in steps.into_iter().enumerate() {
-            let req = match step {
-                Input::Fresh(t, v) => {
-                    let mut r = request(TRANSITIONS[t]);
-                    r.expected_version = v;
-                    sent.push(r.clone());
-                    r
-                }
-                Input::Redeliver(n) if !sent.is_empty() => sent[n % sent.len()].clone(),
-                Input::Redeliver(_) => continue,
+            let Some(req) = next_request(step, &mut sent) else {
+                continue;
             };
             let now = 1_000 + i as i64;
             let decision = d.decide(live.as_ref(), &req, now);
