@@ -126,6 +126,8 @@ struct ProcessorContext {
     topic: String,
     events: Mutex<Vec<RebalanceEvent>>,
     metrics: Metrics,
+    /// librdkafka's fetch state per partition of the requests topic, from its statistics.
+    fetch_states: Mutex<HashMap<i32, String>>,
 }
 
 impl ProcessorContext {
@@ -147,6 +149,15 @@ impl ProcessorContext {
     fn take(&self) -> Vec<RebalanceEvent> {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
+
+    /// The partition's fetch state as of the last statistics (`active` while its fetcher runs).
+    fn fetch_state(&self, partition: i32) -> Option<String> {
+        self.fetch_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&partition)
+            .cloned()
+    }
 }
 
 impl ClientContext for ProcessorContext {
@@ -154,6 +165,15 @@ impl ClientContext for ProcessorContext {
         self.metrics
             .record_kafka_statistics("consumer", &statistics);
         self.metrics.record_consumer_lag(&statistics, &self.topic);
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            let states = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0)
+                .map(|p| (p.partition, p.fetch_state.clone()))
+                .collect();
+            *self.fetch_states.lock().unwrap_or_else(|e| e.into_inner()) = states;
+        }
     }
 }
 
@@ -370,6 +390,7 @@ impl Processor {
             topic: settings.topics.requests.clone(),
             events: Mutex::new(Vec::new()),
             metrics: metrics.clone(),
+            fetch_states: Mutex::new(HashMap::new()),
         };
         let hash = decider.definition().short_hash().to_string();
         let consumer: BaseConsumer<ProcessorContext> = processor_consumer_config(&settings, &hash)?
@@ -596,7 +617,7 @@ impl Processor {
     }
 
     /// Fails when a restored partition has had records waiting for [`NOT_FETCHED_LIMIT`] without
-    /// the consumer ever delivering one. librdkafka can lose a partition's committed-offset lookup
+    /// the consumer ever delivering one while librdkafka's fetcher for it is not active. librdkafka can lose a partition's committed-offset lookup
     /// when the group coordinator moves (its fetcher then never starts, and nothing reports it);
     /// only a new assignment recovers it, so the process exits and is restarted.
     fn check_unfetched_partitions(&mut self) -> Result<(), ProcessorError> {
@@ -618,6 +639,12 @@ impl Processor {
             .filter(|(_, waited)| *waited >= NOT_FETCHED_LIMIT)
             .collect();
         for (partition, waited) in overdue {
+            // A running fetcher that delivers nothing (e.g. it skips aborted transactional
+            // records of an upstream producer) is not stuck: only a fetcher that never started is.
+            if self.consumer.context().fetch_state(partition).as_deref() == Some("active") {
+                self.unfetched.insert(partition, Instant::now());
+                continue;
+            }
             let timeout = Duration::from_secs(5);
             let Ok((low, end)) = self.consumer.fetch_watermarks(topic, partition, timeout) else {
                 continue;
