@@ -274,6 +274,23 @@ fn metric_names_in(path: &str) -> std::collections::BTreeSet<String> {
     names
 }
 
+/// The metric names on an ops server's `/metrics` page.
+async fn exported_names(address: &str) -> std::collections::BTreeSet<String> {
+    let a = address.to_string();
+    let (_, body) = tokio::task::spawn_blocking(move || try_get(&a, "/metrics"))
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    body.lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(typed) => typed.split_whitespace().next(),
+            None if !l.starts_with('#') => l.split(['{', ' ']).next(),
+            None => None,
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_alerts_use_is_exported_by_a_running_orderflow() {
     let mut used = metric_names_in("deploy/grafana/orderflow.json");
@@ -292,34 +309,31 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_by_a_running_orde
     await_status(&address, "/readyz", 200, Duration::from_secs(60)).await;
     produce(&settings, &[request(&unique("order"), "create")]).await;
     outcomes_within(&settings, 1, Duration::from_secs(60)).await;
+    // The read replica (`orderflow serve`) exports the orderflow_replica_* metrics.
+    let replica_address = format!("127.0.0.1:{}", free_port());
+    let mut replica = crate::crash::binary_command(&settings)
+        .arg("serve")
+        .env("ORDERFLOW_OPS__LISTEN", &replica_address)
+        .env("ORDERFLOW_INSTANCE_ID", "replica-0")
+        .spawn()
+        .unwrap();
+    await_status(&replica_address, "/readyz", 200, Duration::from_secs(60)).await;
 
     // Lag and round-trip times come with librdkafka's statistics (every 5 s).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let missing = loop {
-        let a = address.clone();
-        let (_, body) = tokio::task::spawn_blocking(move || try_get(&a, "/metrics"))
-            .await
-            .unwrap()
-            .unwrap_or_default();
-        let exported: std::collections::BTreeSet<&str> = body
-            .lines()
-            .filter_map(|l| match l.strip_prefix("# TYPE ") {
-                Some(typed) => typed.split_whitespace().next(),
-                None if !l.starts_with('#') => l.split(['{', ' ']).next(),
-                None => None,
-            })
-            .collect();
-        let missing: Vec<&String> = used
-            .iter()
-            .filter(|n| !exported.contains(n.as_str()))
-            .collect();
+        let mut exported = exported_names(&address).await;
+        exported.extend(exported_names(&replica_address).await);
+        let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
         if missing.is_empty() || std::time::Instant::now() > deadline {
             break missing.into_iter().cloned().collect::<Vec<_>>();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    for process in [&mut child, &mut replica] {
+        process.kill().unwrap();
+        process.wait().unwrap();
+    }
     assert!(
         missing.is_empty(),
         "used by deploy/ but not exported: {missing:?}"
