@@ -210,22 +210,11 @@ impl Topics {
             .into_iter()
             .filter(|(_, name)| !existing.contains_key(*name))
             .collect();
+        // A String the NewTopics borrow.
+        let min_insync = topics.effective_min_insync_replicas().to_string();
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
-            .map(|(role, name)| {
-                let topic = NewTopic::new(
-                    name,
-                    topics.partitions,
-                    TopicReplication::Fixed(topics.replication_factor),
-                );
-                topic_config(role, topic)
-            })
-            .collect();
-        // Set on every topic, as a String the NewTopic borrows.
-        let min_insync = topics.effective_min_insync_replicas().to_string();
-        let new_topics: Vec<NewTopic<'_>> = new_topics
-            .into_iter()
-            .map(|t| t.set("min.insync.replicas", &min_insync))
+            .map(|(role, name)| new_topic(topics, role, name, &min_insync))
             .collect();
         if !new_topics.is_empty() {
             let results = self
@@ -286,15 +275,7 @@ impl Topics {
             });
         }
         let min_insync = topics.effective_min_insync_replicas().to_string();
-        let topic = topic_config(
-            "state",
-            NewTopic::new(
-                name,
-                topics.partitions,
-                TopicReplication::Fixed(topics.replication_factor),
-            ),
-        )
-        .set("min.insync.replicas", &min_insync);
+        let topic = new_topic(topics, "state", name, &min_insync);
         let results = self
             .admin
             .create_topics([&topic], &admin_options())
@@ -344,6 +325,23 @@ fn admin_options() -> AdminOptions {
     AdminOptions::new()
         .request_timeout(Some(ADMIN_TIMEOUT))
         .operation_timeout(Some(ADMIN_TIMEOUT))
+}
+
+/// A topic of `role` to create with the configured partitions, replication and
+/// `min.insync.replicas` (`min_insync`, borrowed by the result).
+fn new_topic<'a>(
+    topics: &TopicSettings,
+    role: &str,
+    name: &'a str,
+    min_insync: &'a str,
+) -> NewTopic<'a> {
+    let topic = NewTopic::new(
+        name,
+        topics.partitions,
+        TopicReplication::Fixed(topics.replication_factor),
+    )
+    .set("min.insync.replicas", min_insync);
+    topic_config(role, topic)
 }
 
 /// Per-role topic settings.

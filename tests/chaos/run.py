@@ -226,12 +226,18 @@ def scenario_kill(prefix, rng, rate):
     return finish(prefix, fleet, tail, load), recoveries
 
 
-def scenario_kill_static(prefix, rng, rate):
-    STATIC["value"] = "true"
-    try:
-        return scenario_kill(prefix, rng, rate)
-    finally:
-        STATIC["value"] = "false"
+def with_static_membership(run):
+    """`run` as a scenario whose processors join with static group membership."""
+    def scenario(prefix, rng, rate):
+        STATIC["value"] = "true"
+        try:
+            return run(prefix, rng, rate)
+        finally:
+            STATIC["value"] = "false"
+    return scenario
+
+
+scenario_kill_static = with_static_membership(scenario_kill)
 
 
 def scenario_churn(prefix, rng, rate):
@@ -344,7 +350,7 @@ def scenario_group_coordinator_kill(prefix, rng, rate):
     return crash_node(prefix, rng, rate, pick)
 
 
-def rolling(prefix, rng, rate):
+def scenario_rolling(prefix, rng, rate):
     """Three processors; restart each in turn like a StatefulSet rolling update (SIGTERM, wait for the
     exit, start the same instance id again). Pause per instance, and the partition restores it caused."""
     fleet, tail = Fleet(prefix), Tail(prefix)
@@ -365,16 +371,7 @@ def rolling(prefix, rng, rate):
     return finish(prefix, fleet, tail, load), pauses, f"{restores} partition restores (slowest {slowest} ms, {total} ms in all)"
 
 
-def scenario_rolling(prefix, rng, rate):
-    return rolling(prefix, rng, rate)
-
-
-def scenario_rolling_static(prefix, rng, rate):
-    STATIC["value"] = "true"
-    try:
-        return rolling(prefix, rng, rate)
-    finally:
-        STATIC["value"] = "false"
+scenario_rolling_static = with_static_membership(scenario_rolling)
 
 
 def scenario_poison(prefix, rng, rate):

@@ -32,6 +32,14 @@ pub fn spawn_binary_with(
     command.spawn().expect("orderflow binary starts")
 }
 
+/// Sends SIGTERM to a child, as Kubernetes does to stop a pod.
+pub fn sigterm(child: &Child) {
+    // SAFETY: kill(2) on a child we own.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+}
+
 /// The orderflow binary, configured by environment variables for `settings` (add the subcommand).
 pub fn binary_command(settings: &Settings) -> Command {
     let repo = env!("CARGO_MANIFEST_DIR");
@@ -154,10 +162,7 @@ async fn sigterm_under_load_exits_cleanly_and_loses_or_repeats_nothing() {
     // Stop it while it works through the load.
     let partial = outcomes_within(&settings, 1, Duration::from_secs(60)).await;
     assert!(!partial.accepted.is_empty());
-    // SAFETY: kill(2) on a child we own.
-    unsafe {
-        libc::kill(first.id() as i32, libc::SIGTERM);
-    }
+    sigterm(&first);
     let started = std::time::Instant::now();
     let status = tokio::task::spawn_blocking(move || first.wait())
         .await

@@ -6,8 +6,8 @@ use std::time::Duration;
 use orderflow::ops::{Health, Metrics, OpsState};
 
 use crate::support::{
-    create_topics, outcomes_within, processor_settings, produce, produce_raw, request, unique,
-    RunningProcessor,
+    create_topics, free_port, outcomes_within, processor_settings, produce, produce_raw, request,
+    unique, RunningProcessor,
 };
 
 /// A plain HTTP/1.1 GET: (status, body).
@@ -167,15 +167,6 @@ fn try_get(address: &str, path: &str) -> Option<(u16, String)> {
     let address: std::net::SocketAddr = address.parse().ok()?;
     std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
     Some(get(address, path))
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `path` until its status is `status` (or panics after `timeout`).

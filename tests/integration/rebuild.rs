@@ -9,7 +9,7 @@ use std::time::Duration;
 use orderflow::codec::decode_order_state;
 use orderflow::config::Settings;
 
-use crate::crash::{binary_command, spawn_binary};
+use crate::crash::{binary_command, sigterm, spawn_binary};
 use crate::support::{
     create_topics, definition, outcomes_within, processor_settings, produce, read_to_end, request,
     unique,
@@ -17,11 +17,7 @@ use crate::support::{
 
 /// Stops a processor the way Kubernetes does (SIGTERM), so it leaves its group.
 fn stop_gracefully(mut processor: Child) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &processor.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&processor);
     let exit = processor.wait().unwrap();
     assert!(
         exit.success(),

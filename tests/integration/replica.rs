@@ -7,16 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::crash::{binary_command, spawn_binary};
 use crate::support::{
-    create_topics, http, outcomes_within, processor_settings, produce, request, unique,
+    create_topics, free_port, http, outcomes_within, processor_settings, produce, request, unique,
 };
-
-/// A loopback address nothing listens on right now.
-fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// GETs `path` until `done` accepts the answer or `timeout` passes; returns the last answer.
 fn get_until(
@@ -80,7 +72,7 @@ async fn a_read_replica_answers_for_every_order_and_follows_new_commits() {
     produce(&settings, &requests).await;
     outcomes_within(&settings, requests.len(), Duration::from_secs(60)).await;
 
-    let address = free_address();
+    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let replica = binary_command(&settings)
         .arg("serve")
         .env("ORDERFLOW_OPS__LISTEN", address.to_string())

@@ -441,3 +441,12 @@ pub async fn serve_ops(state: orderflow::ops::OpsState) -> std::net::SocketAddr 
     ));
     address
 }
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
