@@ -9,7 +9,7 @@
 //! - `restore`: writes M order states to a state topic and restores all its partitions the way a
 //!   processor does, printing orders/s and resident memory per million cached orders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -392,17 +392,34 @@ async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
     if restored != written {
         bail!("restored {restored} orders of {written}");
     }
+    // The baseline, measured in the same process: the same orders held as unpacked `OrderState`
+    // values under `String` keys (the cache's representation before orders were packed).
+    let unpacked: Vec<HashMap<String, OrderState, foldhash::fast::RandomState>> = caches
+        .iter()
+        .map(|cache| {
+            cache
+                .iter()
+                .map(|(order_id, state)| (order_id.to_string(), state))
+                .collect()
+        })
+        .collect();
+    let with_unpacked = resident_bytes();
+    let unpacked_orders: usize = unpacked.iter().map(HashMap::len).sum();
+    // Bytes per order is megabytes per million orders.
+    let packed_mb = after.saturating_sub(before) as f64 / restored as f64;
+    let unpacked_mb = with_unpacked.saturating_sub(after) as f64 / unpacked_orders.max(1) as f64;
     println!(
         "{}",
         json!({
             "orders": restored,
             "seconds": elapsed,
             "orders_per_second": restored as f64 / elapsed,
-            // Bytes per order is megabytes per million orders.
-            "resident_mb_per_million_orders": (after.saturating_sub(before)) as f64 / restored as f64,
+            "resident_mb_per_million_orders": packed_mb,
+            "unpacked_mb_per_million_orders": unpacked_mb,
+            "unpacked_over_packed": unpacked_mb / packed_mb.max(1e-9),
         })
     );
-    drop(Arc::new(caches));
+    drop(Arc::new((caches, unpacked)));
     Ok(())
 }
 

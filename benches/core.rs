@@ -2,7 +2,7 @@
 //! state record, with apache-avro's generic path measured in the same run as the baseline.
 //! Run with `make bench-core`; results are recorded in docs/benchmarks.md.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::io::Cursor;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use orderflow::codec::{
 use orderflow::machine::{
     Decider, Definition, OrderState, StateChange, TransitionRequest, DEFAULT_RECENT_WINDOW,
 };
+use orderflow::state::PartitionCache;
 use uuid::Uuid;
 
 fn request(transition: &str, n: u128) -> TransitionRequest {
@@ -194,5 +195,43 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(core, benches);
+/// The cache's read (before a decision) and write (after a commit) for the large delivered order,
+/// against the same order held unpacked under a `String` key (the earlier representation).
+fn cache_benches(c: &mut Criterion) {
+    let definition = Arc::new(
+        Definition::parse(
+            include_str!("../machines/order-lifecycle.toml"),
+            "order-lifecycle.toml",
+        )
+        .expect("valid"),
+    );
+    let decider = Decider::new(Arc::clone(&definition), DEFAULT_RECENT_WINDOW);
+    let state = delivered(&decider);
+    let ids: Vec<String> = (0..100_000).map(|n| format!("order-{n:010}")).collect();
+    let mut packed = PartitionCache::new();
+    let mut unpacked: HashMap<String, OrderState, foldhash::fast::RandomState> = HashMap::default();
+    for id in &ids {
+        packed.apply(id, Some(&state));
+        unpacked.insert(id.clone(), state.clone());
+    }
+    let mut n = 0usize;
+    let mut next_id = || {
+        n = (n + 7919) % ids.len();
+        &ids[n]
+    };
+    c.bench_function("cache/get_packed", |b| {
+        b.iter(|| packed.get(black_box(next_id())))
+    });
+    c.bench_function("cache/get_unpacked_borrow", |b| {
+        b.iter(|| unpacked.get(black_box(next_id())).map(|s| s.version))
+    });
+    c.bench_function("cache/apply_packed", |b| {
+        b.iter(|| packed.apply(black_box(next_id()), Some(black_box(&state))))
+    });
+    c.bench_function("cache/insert_unpacked", |b| {
+        b.iter(|| unpacked.insert(black_box(next_id()).clone(), black_box(&state).clone()))
+    });
+}
+
+criterion_group!(core, benches, cache_benches);
 criterion_main!(core);

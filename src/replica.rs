@@ -125,7 +125,7 @@ pub fn run(
                     },
                 };
                 if let Some(cache) = caches.write().get_mut(&message.partition()) {
-                    cache.apply(order_id.to_string(), state);
+                    cache.apply(order_id, state.as_ref());
                 }
                 if let Some(written_ms) = message.timestamp().to_millis() {
                     metrics

@@ -115,7 +115,7 @@ async fn order(State(state): State<OpsState>, Path(order_id): Path<String>) -> i
         .caches
         .read()
         .get(&partition)
-        .map(|cache| cache.get(&order_id).cloned());
+        .map(|cache| cache.get(&order_id));
     match found {
         None => {
             // Distinct from 404: the order may exist, but another instance owns its partition.
@@ -171,9 +171,9 @@ async fn states(State(state): State<OpsState>) -> impl IntoResponse {
     partitions.sort_unstable();
     let mut orders = 0u64;
     for cache in caches.values() {
-        for (_, order) in cache.iter() {
+        for order_state in cache.states() {
             *counts
-                .entry(state.definition.state(order.state).name.as_str())
+                .entry(state.definition.state(order_state).name.as_str())
                 .or_default() += 1;
             orders += 1;
         }

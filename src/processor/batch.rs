@@ -247,11 +247,15 @@ pub fn decide_batch(
             }
         };
         let slot = (input.partition, request.order_id.clone());
+        let committed;
         let current = match overlay.get(&slot) {
             Some(state) => state.as_ref(),
-            None => caches
-                .get(&input.partition)
-                .and_then(|c| c.get(&request.order_id)),
+            None => {
+                committed = caches
+                    .get(&input.partition)
+                    .and_then(|c| c.get(&request.order_id));
+                committed.as_ref()
+            }
         };
         let origin = Origin {
             partition: input.partition,
@@ -376,7 +380,7 @@ pub fn expire_orders(
         let Some(state) = caches.get(partition).and_then(|c| c.get(order_id)) else {
             continue;
         };
-        let step = context.decider.expire(state, now_ms);
+        let step = context.decider.expire(&state, now_ms);
         if step.change == StateChange::Unchanged && step.answers.is_empty() {
             continue;
         }

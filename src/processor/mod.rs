@@ -556,7 +556,7 @@ impl Processor {
                         "partition ready"
                     );
                     for (order_id, state) in restored.cache.iter() {
-                        let deadline = self.decider.next_deadline(state);
+                        let deadline = self.decider.next_deadline(&state);
                         self.deadlines.set(restored.partition, order_id, deadline);
                     }
                     self.caches
@@ -726,7 +726,7 @@ impl Processor {
                     .read()
                     .get(&partition)
                     .and_then(|c| c.get(&order_id))
-                    .and_then(|s| self.decider.next_deadline(s))
+                    .and_then(|s| self.decider.next_deadline(&s))
                     .filter(|d| *d > now);
                 self.deadlines.set(partition, &order_id, deadline);
             }
@@ -784,7 +784,7 @@ impl Processor {
                         .and_then(|s: &OrderState| self.decider.next_deadline(s));
                     self.deadlines.set(partition, &order_id, deadline);
                     if let Some(cache) = caches.get_mut(&partition) {
-                        cache.apply(order_id, state);
+                        cache.apply(&order_id, state.as_ref());
                     }
                 }
                 drop(caches);

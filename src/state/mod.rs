@@ -1,21 +1,27 @@
 //! Order state per owned partition: the committed cache decisions read, and its restore from the
 //! compacted state topic.
 
+pub mod packed;
 pub mod restore;
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::machine::OrderState;
+use hashbrown::HashTable;
 
-/// A map keyed by order ids: foldhash, seeded per process, instead of SipHash (a tenth of the
-/// restore's time went into hashing ids), still not predictable from outside.
-pub type OrderMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+use crate::machine::{OrderState, StateId};
+use packed::PackedOrder;
 
-/// The committed state of every known order of one partition.
+/// The committed state of every known order of one partition, each order packed into one heap
+/// block that also holds its id (a table slot is one pointer; see [`packed`]).
 #[derive(Debug, Default, Clone)]
 pub struct PartitionCache {
-    orders: OrderMap<OrderState>,
+    orders: HashTable<PackedOrder>,
+    // foldhash, seeded per process, instead of SipHash (a tenth of the restore's time went into
+    // hashing ids), still not predictable from outside.
+    hasher: foldhash::fast::RandomState,
+    scratch: Vec<u8>,
 }
 
 impl PartitionCache {
@@ -24,20 +30,47 @@ impl PartitionCache {
         PartitionCache::default()
     }
 
-    /// The committed state of an order.
-    pub fn get(&self, order_id: &str) -> Option<&OrderState> {
-        self.orders.get(order_id)
+    fn hash(&self, order_id: &[u8]) -> u64 {
+        self.hasher.hash_one(order_id)
+    }
+
+    fn find(&self, order_id: &str) -> Option<&PackedOrder> {
+        let key = order_id.as_bytes();
+        self.orders
+            .find(self.hash(key), |packed| packed.key_bytes() == key)
+    }
+
+    /// The committed state of an order (unpacked: a copy).
+    pub fn get(&self, order_id: &str) -> Option<OrderState> {
+        self.find(order_id).map(PackedOrder::unpack)
+    }
+
+    /// The state an order is in, without unpacking the rest of it.
+    pub fn state_of(&self, order_id: &str) -> Option<StateId> {
+        self.find(order_id).map(PackedOrder::state_id)
     }
 
     /// Records a committed state (`Some`) or forgets the order (`None`, a tombstone).
-    pub fn apply(&mut self, order_id: String, state: Option<OrderState>) {
-        match state {
-            Some(state) => {
-                self.orders.insert(order_id, state);
+    pub fn apply(&mut self, order_id: &str, state: Option<&OrderState>) {
+        let key = order_id.as_bytes();
+        let hash = self.hash(key);
+        let hasher = &self.hasher;
+        let entry = self.orders.entry(
+            hash,
+            |packed| packed.key_bytes() == key,
+            |packed| hasher.hash_one(packed.key_bytes()),
+        );
+        match (entry, state) {
+            (hashbrown::hash_table::Entry::Occupied(mut slot), Some(state)) => {
+                *slot.get_mut() = PackedOrder::pack(order_id, state, &mut self.scratch);
             }
-            None => {
-                self.orders.remove(&order_id);
+            (hashbrown::hash_table::Entry::Vacant(slot), Some(state)) => {
+                slot.insert(PackedOrder::pack(order_id, state, &mut self.scratch));
             }
+            (hashbrown::hash_table::Entry::Occupied(slot), None) => {
+                slot.remove();
+            }
+            (hashbrown::hash_table::Entry::Vacant(_), None) => {}
         }
     }
 
@@ -51,9 +84,16 @@ impl PartitionCache {
         self.orders.is_empty()
     }
 
-    /// Every cached order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &OrderState)> {
-        self.orders.iter()
+    /// Every cached order, unpacked one at a time.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, OrderState)> {
+        self.orders
+            .iter()
+            .map(|packed| (packed.order_id(), packed.unpack()))
+    }
+
+    /// The state every cached order is in.
+    pub fn states(&self) -> impl Iterator<Item = StateId> + '_ {
+        self.orders.iter().map(PackedOrder::state_id)
     }
 }
 
@@ -86,5 +126,57 @@ impl SharedCaches {
     /// Cached orders over all partitions.
     pub fn orders(&self) -> usize {
         self.read().values().map(PartitionCache::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn order(state: u16, version: u64) -> OrderState {
+        OrderState {
+            state: StateId(state),
+            version,
+            created_at_ms: 1_764_000_000_000,
+            updated_at_ms: 1_764_000_000_000 + version as i64,
+            recent: Vec::new(),
+            parked: Vec::new(),
+        }
+    }
+
+    proptest! {
+        /// Puts, replacements and tombstones over few ids (so they collide often) and enough
+        /// of them to grow the table several times: the cache answers like a plain map.
+        #[test]
+        fn the_cache_answers_like_a_map_of_its_last_writes(
+            writes in proptest::collection::vec((0u32..300, proptest::option::of((0u16..7, 1u64..9))), 0..2000)
+        ) {
+            let mut cache = PartitionCache::new();
+            let mut model: std::collections::HashMap<String, OrderState> = Default::default();
+            for (id, write) in writes {
+                let order_id = format!("order-{id}");
+                let state = write.map(|(s, v)| order(s, v));
+                cache.apply(&order_id, state.as_ref());
+                match state {
+                    Some(state) => { model.insert(order_id, state); }
+                    None => { model.remove(&order_id); }
+                }
+            }
+            prop_assert_eq!(cache.len(), model.len());
+            for id in 0..300 {
+                let order_id = format!("order-{id}");
+                prop_assert_eq!(cache.get(&order_id), model.get(&order_id).cloned());
+                prop_assert_eq!(cache.state_of(&order_id), model.get(&order_id).map(|o| o.state));
+            }
+            let listed: std::collections::HashMap<String, OrderState> =
+                cache.iter().map(|(id, state)| (id.to_string(), state)).collect();
+            prop_assert_eq!(&listed, &model);
+            let mut states: Vec<StateId> = cache.states().collect();
+            let mut expected: Vec<StateId> = model.values().map(|o| o.state).collect();
+            states.sort();
+            expected.sort();
+            prop_assert_eq!(states, expected);
+        }
     }
 }

@@ -199,11 +199,11 @@ pub fn restore_partitions(
                     .and_then(|k| std::str::from_utf8(k).map_err(|_| CodecError::KeyNotUtf8))
                     .map_err(corrupt)?;
                 match message.payload() {
-                    None => cache.apply(key.to_string(), None),
+                    None => cache.apply(key, None),
                     Some(value) => {
                         let (order_id, state) =
                             decode_order_state(definition, value).map_err(corrupt)?;
-                        cache.apply(order_id, Some(state));
+                        cache.apply(&order_id, Some(&state));
                     }
                 }
             }
