@@ -386,17 +386,48 @@ async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
     let mut restored = 0;
     while let Ok(orderflow::state::restore::RestoreEvent::Done(done)) = rx.try_recv() {
         restored += done.cache.len() as u64;
-        caches.push(done.cache);
+        caches.push((done.partition, done.cache));
     }
     let after = resident_bytes();
     if restored != written {
         bail!("restored {restored} orders of {written}");
     }
+    // The processor's deadline index over the same orders, as if each had one (a delivered order
+    // in its return window), and the earlier index (ids as `String`s) as its baseline.
+    let mut deadlines = orderflow::processor::deadlines::DeadlineIndex::new();
+    for (partition, cache) in &caches {
+        for (order_id, state) in cache.iter() {
+            deadlines.update(
+                *partition,
+                order_id,
+                None,
+                Some(state.updated_at_ms + 30 * 86_400_000),
+            );
+        }
+    }
+    let with_index = resident_bytes();
+    let mut string_index = (
+        std::collections::BTreeSet::<(i64, i32, String)>::new(),
+        HashMap::<(i32, String), i64, foldhash::fast::RandomState>::default(),
+    );
+    for (partition, cache) in &caches {
+        for (order_id, state) in cache.iter() {
+            let deadline = state.updated_at_ms + 30 * 86_400_000;
+            string_index
+                .0
+                .insert((deadline, *partition, order_id.to_string()));
+            string_index
+                .1
+                .insert((*partition, order_id.to_string()), deadline);
+        }
+    }
+    let with_string_index = resident_bytes();
+    let after_indexes = with_string_index;
     // The baseline, measured in the same process: the same orders held as unpacked `OrderState`
     // values under `String` keys (the cache's representation before orders were packed).
     let unpacked: Vec<HashMap<String, OrderState, foldhash::fast::RandomState>> = caches
         .iter()
-        .map(|cache| {
+        .map(|(_, cache)| {
             cache
                 .iter()
                 .map(|(order_id, state)| (order_id.to_string(), state))
@@ -407,7 +438,11 @@ async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
     let unpacked_orders: usize = unpacked.iter().map(HashMap::len).sum();
     // Bytes per order is megabytes per million orders.
     let packed_mb = after.saturating_sub(before) as f64 / restored as f64;
-    let unpacked_mb = with_unpacked.saturating_sub(after) as f64 / unpacked_orders.max(1) as f64;
+    let unpacked_mb =
+        with_unpacked.saturating_sub(after_indexes) as f64 / unpacked_orders.max(1) as f64;
+    let index_mb = with_index.saturating_sub(after) as f64 / deadlines.len().max(1) as f64;
+    let string_index_mb =
+        with_string_index.saturating_sub(with_index) as f64 / string_index.1.len().max(1) as f64;
     println!(
         "{}",
         json!({
@@ -417,9 +452,11 @@ async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
             "resident_mb_per_million_orders": packed_mb,
             "unpacked_mb_per_million_orders": unpacked_mb,
             "unpacked_over_packed": unpacked_mb / packed_mb.max(1e-9),
+            "deadline_index_mb_per_million_orders": index_mb,
+            "string_deadline_index_mb_per_million_orders": string_index_mb,
         })
     );
-    drop(Arc::new((caches, unpacked)));
+    drop(Arc::new((caches, unpacked, deadlines, string_index)));
     Ok(())
 }
 

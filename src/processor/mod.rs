@@ -22,6 +22,7 @@
 //! Everything here blocks and runs on a dedicated thread, never on an async runtime worker.
 
 pub mod batch;
+pub mod deadlines;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use self::batch::{
     decide_batch, expire_orders, BatchContext, BatchOutput, BatchStats, InputRecord,
 };
+use self::deadlines::DeadlineIndex;
 use crate::config::Settings;
 use crate::kafka::{
     is_fenced, parse_processor_client_id, processor_consumer_config, transactional_id,
@@ -273,41 +275,6 @@ impl Clock for SystemClock {
     }
 }
 
-/// When each order next needs an expiry pass (parked deadline or end of retention).
-#[derive(Debug, Default)]
-struct DeadlineIndex {
-    by_time: std::collections::BTreeSet<(i64, i32, String)>,
-    by_order: HashMap<(i32, String), i64, foldhash::fast::RandomState>,
-}
-
-impl DeadlineIndex {
-    fn set(&mut self, partition: i32, order_id: &str, deadline: Option<i64>) {
-        let key = (partition, order_id.to_string());
-        if let Some(old) = self.by_order.remove(&key) {
-            self.by_time.remove(&(old, partition, key.1.clone()));
-        }
-        if let Some(deadline) = deadline {
-            self.by_time.insert((deadline, partition, key.1.clone()));
-            self.by_order.insert(key, deadline);
-        }
-    }
-
-    fn drop_partition(&mut self, partition: i32) {
-        self.by_time.retain(|(_, p, _)| *p != partition);
-        self.by_order.retain(|(p, _), _| *p != partition);
-    }
-
-    /// Orders due at `now`, at most `limit`.
-    fn due(&self, now: i64, limit: usize) -> Vec<(i32, String)> {
-        self.by_time
-            .iter()
-            .take_while(|(deadline, _, _)| *deadline <= now)
-            .take(limit)
-            .map(|(_, p, o)| (*p, o.clone()))
-            .collect()
-    }
-}
-
 /// Running totals, logged periodically.
 #[derive(Debug, Default)]
 struct Totals {
@@ -422,7 +389,7 @@ impl Processor {
             failpoint: Failpoint::from_env(),
             totals: Totals::default(),
             clock,
-            deadlines: DeadlineIndex::default(),
+            deadlines: DeadlineIndex::new(),
             metrics,
             health,
             assigned_once: false,
@@ -557,7 +524,8 @@ impl Processor {
                     );
                     for (order_id, state) in restored.cache.iter() {
                         let deadline = self.decider.next_deadline(&state);
-                        self.deadlines.set(restored.partition, order_id, deadline);
+                        self.deadlines
+                            .update(restored.partition, order_id, None, deadline);
                     }
                     self.caches
                         .write()
@@ -711,9 +679,11 @@ impl Processor {
     /// Runs the expiry pass for orders whose deadline is due, in its own transaction.
     fn expire_due(&mut self) -> Result<(), ProcessorError> {
         let now = self.clock.now_ms();
-        let due = self
-            .deadlines
-            .due(now, self.settings.processor.batch_max_records);
+        let due = self.deadlines.due(
+            &self.caches.read(),
+            now,
+            self.settings.processor.batch_max_records,
+        );
         if due.is_empty() {
             return Ok(());
         }
@@ -726,9 +696,10 @@ impl Processor {
                     .read()
                     .get(&partition)
                     .and_then(|c| c.get(&order_id))
-                    .and_then(|s| self.decider.next_deadline(&s))
-                    .filter(|d| *d > now);
-                self.deadlines.set(partition, &order_id, deadline);
+                    .and_then(|s| self.decider.next_deadline(&s));
+                let future = deadline.filter(|d| *d > now);
+                self.deadlines
+                    .update(partition, &order_id, deadline, future);
             }
             return Ok(());
         }
@@ -779,13 +750,17 @@ impl Processor {
                 self.record_metrics(&output, inputs, started.elapsed());
                 let mut caches = self.caches.write();
                 for (partition, order_id, state) in output.changes {
-                    let deadline = state
+                    let Some(cache) = caches.get_mut(&partition) else {
+                        continue;
+                    };
+                    let old = cache
+                        .get(&order_id)
+                        .and_then(|s| self.decider.next_deadline(&s));
+                    let new = state
                         .as_ref()
                         .and_then(|s: &OrderState| self.decider.next_deadline(s));
-                    self.deadlines.set(partition, &order_id, deadline);
-                    if let Some(cache) = caches.get_mut(&partition) {
-                        cache.apply(&order_id, state.as_ref());
-                    }
+                    self.deadlines.update(partition, &order_id, old, new);
+                    cache.apply(&order_id, state.as_ref());
                 }
                 drop(caches);
                 self.totals.batches += 1;

@@ -6,21 +6,28 @@ pub mod restore;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, LazyLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
 use crate::machine::{OrderState, StateId};
 use packed::PackedOrder;
 
+// foldhash, seeded once per process, instead of SipHash (a tenth of the restore's time went into
+// hashing ids), still not predictable from outside. One seed for every cache, so an order's hash
+// can stand for its id elsewhere (the processor's deadline index).
+static ORDER_HASHER: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
+
+/// The hash the caches file an order id under (stable for the life of the process).
+pub fn order_hash(order_id: &[u8]) -> u64 {
+    ORDER_HASHER.hash_one(order_id)
+}
+
 /// The committed state of every known order of one partition, each order packed into one heap
 /// block that also holds its id (a table slot is one pointer; see [`packed`]).
 #[derive(Debug, Default, Clone)]
 pub struct PartitionCache {
     orders: HashTable<PackedOrder>,
-    // foldhash, seeded per process, instead of SipHash (a tenth of the restore's time went into
-    // hashing ids), still not predictable from outside.
-    hasher: foldhash::fast::RandomState,
     scratch: Vec<u8>,
 }
 
@@ -30,14 +37,18 @@ impl PartitionCache {
         PartitionCache::default()
     }
 
-    fn hash(&self, order_id: &[u8]) -> u64 {
-        self.hasher.hash_one(order_id)
-    }
-
     fn find(&self, order_id: &str) -> Option<&PackedOrder> {
         let key = order_id.as_bytes();
         self.orders
-            .find(self.hash(key), |packed| packed.key_bytes() == key)
+            .find(order_hash(key), |packed| packed.key_bytes() == key)
+    }
+
+    /// The cached orders whose id has this [`order_hash`] (one, but two ids may share a hash).
+    pub fn ids_with_hash(&self, hash: u64) -> impl Iterator<Item = &str> {
+        self.orders
+            .iter_hash(hash)
+            .filter(move |packed| order_hash(packed.key_bytes()) == hash)
+            .map(PackedOrder::order_id)
     }
 
     /// The committed state of an order (unpacked: a copy).
@@ -53,12 +64,10 @@ impl PartitionCache {
     /// Records a committed state (`Some`) or forgets the order (`None`, a tombstone).
     pub fn apply(&mut self, order_id: &str, state: Option<&OrderState>) {
         let key = order_id.as_bytes();
-        let hash = self.hash(key);
-        let hasher = &self.hasher;
         let entry = self.orders.entry(
-            hash,
+            order_hash(key),
             |packed| packed.key_bytes() == key,
-            |packed| hasher.hash_one(packed.key_bytes()),
+            |packed| order_hash(packed.key_bytes()),
         );
         match (entry, state) {
             (hashbrown::hash_table::Entry::Occupied(mut slot), Some(state)) => {
