@@ -72,6 +72,9 @@ enum Command {
     Restore {
         #[arg(long, default_value_t = 1_000_000)]
         orders: u64,
+        /// Restore consumers side by side (0: the processor's default, `processor.restore_threads`).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
 }
 
@@ -526,6 +529,10 @@ async fn main() -> anyhow::Result<()> {
         } => tokio::task::block_in_place(|| {
             await_outcomes(&settings, *count, Duration::from_secs(*timeout_secs))
         }),
-        Command::Restore { orders } => restore(&settings, *orders).await,
+        Command::Restore { orders, threads } => {
+            let mut settings = settings;
+            settings.processor.restore_threads = *threads;
+            restore(&settings, *orders).await
+        }
     }
 }
