@@ -85,6 +85,8 @@ fn settings(cli: &Cli) -> Settings {
     settings.instance_id = "bench".into();
     settings.topics = settings.topics.with_prefix(&cli.prefix);
     settings.topics.partitions = cli.partitions;
+    // The throughput runs batch like Kafka Streams' commit.interval.ms=20 (bench/run.py).
+    settings.processor.batch_max_wait_ms = 20;
     settings
 }
 

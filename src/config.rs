@@ -131,8 +131,9 @@ pub struct ProcessorSettings {
     /// Most requests in one transaction. Default: 2000. Under load, batches fill to this size
     /// (records wait in the consumer while the previous batch commits), amortising each commit.
     pub batch_max_records: usize,
-    /// Longest wait from a batch's first request to its commit, in ms. Default: 20. Bounds the
-    /// latency a lone request sees at low load.
+    /// Longest wait from a batch's first request to its commit, in ms. Default: 5. Bounds the
+    /// latency a lone request sees at low load; under load batches fill while the previous one
+    /// commits, so a longer wait buys little (p50 40 → 28 ms at 5,800/s going from 20 to 5).
     pub batch_max_wait_ms: u64,
     /// Kafka's `transaction.timeout.ms`: how long a vanished instance's open transaction can hold
     /// back read_committed readers. Default: 10000.
@@ -172,7 +173,7 @@ impl Default for ProcessorSettings {
     fn default() -> ProcessorSettings {
         ProcessorSettings {
             batch_max_records: 2000,
-            batch_max_wait_ms: 20,
+            batch_max_wait_ms: 5,
             transaction_timeout_ms: 10_000,
             session_timeout_ms: 10_000,
             recent_requests: crate::machine::DEFAULT_RECENT_WINDOW,

@@ -84,7 +84,8 @@ impl ProducerContext for LoadContext {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Seen {
     kind: Expect,
-    latency_ms: Option<i64>,
+    /// Request to visible outcome, and decision to visible outcome.
+    latency_ms: Option<(i64, i64)>,
 }
 
 #[derive(Default)]
@@ -121,8 +122,15 @@ pub struct Report {
     pub total_seconds: f64,
     /// Outcomes per second over `total_seconds`.
     pub outcome_rate: f64,
-    /// Latency percentiles in ms (p50, p90, p99, p99.9, max), request to committed outcome.
+    /// Latency percentiles in ms (p50, p90, p99, p99.9, max), request to committed outcome, of
+    /// the requests answered on arrival.
     pub latency_ms: BTreeMap<String, i64>,
+    /// The same for requests whose outcome waits for a later request by design (parked, or a
+    /// redelivery of a parked request): they measure the load's ordering, not orderflow.
+    pub waiting_latency_ms: BTreeMap<String, i64>,
+    /// Of `latency_ms`, the part after the decision (the transaction and its visibility to a
+    /// read_committed reader); the rest is fetching and batching the request.
+    pub after_decision_latency_ms: BTreeMap<String, i64>,
 }
 
 impl Report {
@@ -145,6 +153,14 @@ impl Report {
         text += &format!(
             "  latency request -> committed outcome (ms): {:?}\n",
             self.latency_ms
+        );
+        text += &format!(
+            "  of that, decision -> committed outcome (ms): {:?}\n",
+            self.after_decision_latency_ms
+        );
+        text += &format!(
+            "  of requests that waited for a later one (parked): {:?}\n",
+            self.waiting_latency_ms
         );
         text += &format!(
             "  missing {}, repeated {}, unexpected {}, send failures {}: {}",
@@ -274,13 +290,18 @@ pub fn run(
                     continue;
                 };
                 let now = SystemClock.now_ms();
+                let times = |requested_at_ms: i64, decided_at_ms: i64| {
+                    Some((now - requested_at_ms, now - decided_at_ms))
+                };
                 let (kind, latency_ms) = match &outcome {
                     Outcome::Accepted(a) if a.duplicate => {
-                        (Expect::Duplicate, Some(now - a.requested_at_ms))
+                        (Expect::Duplicate, times(a.requested_at_ms, a.decided_at_ms))
                     }
-                    Outcome::Accepted(a) => (Expect::Accepted, Some(now - a.requested_at_ms)),
+                    Outcome::Accepted(a) => {
+                        (Expect::Accepted, times(a.requested_at_ms, a.decided_at_ms))
+                    }
                     Outcome::Rejected(r) if r.duplicate => {
-                        (Expect::Duplicate, Some(now - r.requested_at_ms))
+                        (Expect::Duplicate, times(r.requested_at_ms, r.decided_at_ms))
                     }
                     Outcome::Rejected(r) => {
                         *observed
@@ -289,7 +310,7 @@ pub fn run(
                             .unwrap_or_else(|e| e.into_inner())
                             .entry(r.reason.as_str().to_string())
                             .or_default() += 1;
-                        (Expect::Rejected, Some(now - r.requested_at_ms))
+                        (Expect::Rejected, times(r.requested_at_ms, r.decided_at_ms))
                     }
                     Outcome::DeadLetter(_) => (Expect::DeadLetter, None),
                 };
@@ -326,6 +347,7 @@ pub fn run(
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     let mut expectations: Vec<Expect> = Vec::new();
+    let mut waits: Vec<bool> = Vec::new();
     let started = Instant::now();
     for (index, planned) in plan.enumerate() {
         if spec.rate > 0 {
@@ -335,6 +357,7 @@ pub fn run(
             }
         }
         expectations.push(planned.expect());
+        waits.push(planned.waits());
         let (key, value) = encode(&planned, settings.processor.max_attributes);
         let mut opaque = Box::new(index);
         loop {
@@ -424,8 +447,12 @@ pub fn run(
         total_seconds,
         outcome_rate: positions.len() as f64 / total_seconds.max(1e-9),
         latency_ms: BTreeMap::new(),
+        waiting_latency_ms: BTreeMap::new(),
+        after_decision_latency_ms: BTreeMap::new(),
     };
     let mut latencies = Vec::with_capacity(positions.len());
+    let mut after_decision = Vec::with_capacity(positions.len());
+    let mut waiting_latencies = Vec::new();
     for expect in &expectations {
         *report.expected.entry(label(*expect).into()).or_default() += 1;
     }
@@ -442,23 +469,37 @@ pub fn run(
         if expectations.get(*index) != Some(&first.kind) {
             report.unexpected += 1;
         }
-        if let Some(latency) = first.latency_ms {
-            latencies.push(latency);
+        if let Some((latency, since_decision)) = first.latency_ms {
+            if waits.get(*index) == Some(&true) {
+                waiting_latencies.push(latency);
+            } else {
+                latencies.push(latency);
+                after_decision.push(since_decision);
+            }
         }
     }
-    latencies.sort_unstable();
-    for (name, q) in [
+    report.latency_ms = percentiles(latencies);
+    report.after_decision_latency_ms = percentiles(after_decision);
+    report.waiting_latency_ms = percentiles(waiting_latencies);
+    Ok(report)
+}
+
+/// p50, p90, p99, p99.9 and max of `values` (nearest rank); empty when there are none.
+fn percentiles(mut values: Vec<i64>) -> BTreeMap<String, i64> {
+    if values.is_empty() {
+        return BTreeMap::new();
+    }
+    values.sort_unstable();
+    [
         ("p50", 0.5),
         ("p90", 0.9),
         ("p99", 0.99),
         ("p99.9", 0.999),
         ("max", 1.0),
-    ] {
-        report
-            .latency_ms
-            .insert(name.into(), percentile(&latencies, q));
-    }
-    Ok(report)
+    ]
+    .into_iter()
+    .map(|(name, q)| (name.to_string(), percentile(&values, q)))
+    .collect()
 }
 
 #[cfg(test)]

@@ -89,6 +89,9 @@ pub enum Planned {
         request: TransitionRequest,
         /// What it must get.
         expect: Expect,
+        /// Its outcome waits for a later request by design: it parks until its predecessor
+        /// arrives, or it repeats a request that is parked.
+        waits: bool,
     },
     /// A record that is not a valid request.
     Poison {
@@ -106,6 +109,11 @@ impl Planned {
             Planned::Request { expect, .. } => *expect,
             Planned::Poison { .. } => Expect::DeadLetter,
         }
+    }
+
+    /// Whether its outcome waits for a later request by design (see [`Planned::Request`]).
+    pub fn waits(&self) -> bool {
+        matches!(self, Planned::Request { waits: true, .. })
     }
 }
 
@@ -309,13 +317,17 @@ impl Iterator for Plan {
             return Some(Planned::Request {
                 request,
                 expect: Expect::Rejected,
+                waits: false,
             });
         }
         if roll < s.poison + s.invalid + s.duplicate {
             if let Some(previous) = self.active[index].last_sent.clone() {
+                // An order holds a parked request only while it is the last one sent.
+                let waits = self.active[index].parked.is_some();
                 return Some(Planned::Request {
                     request: previous,
                     expect: Expect::Duplicate,
+                    waits,
                 });
             }
         }
@@ -333,10 +345,11 @@ impl Iterator for Plan {
         }
         let mut script = self.active.swap_remove(index);
         let request = script.steps.pop_front()?;
-        if self.applies(&request.transition, script.state) {
-            self.advance(&mut script, &request.transition);
-        } else {
+        let waits = !self.applies(&request.transition, script.state);
+        if waits {
             script.parked = Some(request.transition.clone());
+        } else {
+            self.advance(&mut script, &request.transition);
         }
         script.last_sent = Some(request.clone());
         if !script.steps.is_empty() {
@@ -347,6 +360,7 @@ impl Iterator for Plan {
         Some(Planned::Request {
             request,
             expect: Expect::Accepted,
+            waits,
         })
     }
 }
@@ -436,6 +450,7 @@ mod tests {
         let planned: Vec<Planned> = plan(3, 2_000, shares);
         let mut states: HashMap<String, OrderState> = HashMap::new();
         let mut answers: HashMap<i64, Vec<(bool, bool)>> = HashMap::new();
+        let mut waited = 0;
         for (offset, record) in planned.iter().enumerate() {
             let Planned::Request { request, .. } = record else {
                 continue;
@@ -454,6 +469,10 @@ mod tests {
                 }
                 StateChange::Unchanged => {}
             }
+            // Marked as waiting exactly when its answer is not given by its own arrival.
+            let answered_now = step.answers.iter().any(|a| a.origin == origin);
+            assert_eq!(record.waits(), !answered_now, "record {offset}: {record:?}");
+            waited += usize::from(record.waits());
             for answer in step.answers {
                 answers
                     .entry(answer.origin.offset)
@@ -476,6 +495,7 @@ mod tests {
             assert_eq!(got, vec![wanted], "record {offset}: {record:?}");
         }
         assert!(duplicates_seen > 100);
+        assert!(waited > 50, "only {waited} requests waited");
         assert!(
             states.values().all(|s| s.parked.is_empty()),
             "every swapped step was released"
