@@ -149,9 +149,9 @@ async fn the_state_rebuilt_from_the_event_log_equals_the_live_state_and_processo
     let mut switched = settings.clone();
     switched.topics.state = into;
     let processor = spawn_binary(&switched, None);
+    // Every kind counts: the wait below compares with all outcomes, rejections included.
     let before = outcomes_within(&switched, 0, Duration::from_secs(1))
         .await
-        .accepted
         .len();
     produce(&switched, &[request("probe-1", "ship")]).await;
     let outcomes = outcomes_within(&switched, before + 1, Duration::from_secs(60)).await;
@@ -159,7 +159,14 @@ async fn the_state_rebuilt_from_the_event_log_equals_the_live_state_and_processo
         .accepted
         .iter()
         .find(|a| a.order_id == "probe-1" && a.transition == "ship")
-        .expect("the probe order ships after the switch");
+        .unwrap_or_else(|| {
+            let rejected: Vec<_> = outcomes
+                .rejected
+                .iter()
+                .filter(|r| r.order_id == "probe-1")
+                .collect();
+            panic!("the probe order ships after the switch; its rejections: {rejected:?}")
+        });
     assert_eq!(shipped.version, 3, "the rebuilt state carried the version");
     assert_eq!(shipped.from_state.as_deref(), Some("Confirmed"));
     stop_gracefully(processor);
