@@ -238,27 +238,28 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                     )))
                 }
             };
-            let demand =
-                tools::capacity::Demand {
-                    orders_per_day: args.orders_per_day,
-                    transitions_per_order: args.transitions_per_order,
-                    peak_factor: args.peak_factor,
-                    per_pod_rate,
-                    cached_days: args.cached_days,
-                    input_retention_days: args.input_retention_days,
-                    event_log_retention_days: args.event_log_retention_days,
-                    replication_factor: args.replication_factor,
-                    // Most cached orders wait out a retention, so each also has a deadline entry.
-                    bytes_per_cached_order: measured("/restore/resident_mb_per_million_orders")
-                        .map_or(400.0, |cache| {
-                            cache
-                                + measured("/restore/deadline_index_mb_per_million_orders")
-                                    .unwrap_or(0.0)
-                        }),
-                    pod_cache_bytes: args.pod_cache_gb * 1e9,
-                    partition_cache_bytes: args.partition_cache_gb * 1e9,
-                    restore_rate: measured("/restore/orders_per_second").unwrap_or(250_000.0),
-                };
+            let demand = tools::capacity::Demand {
+                orders_per_day: args.orders_per_day,
+                transitions_per_order: args.transitions_per_order,
+                peak_factor: args.peak_factor,
+                per_pod_rate,
+                cached_days: args.cached_days,
+                input_retention_days: args.input_retention_days,
+                event_log_retention_days: args.event_log_retention_days,
+                replication_factor: args.replication_factor,
+                // Most cached orders are delivered orders waiting out their return window:
+                // their packed size (five remembered requests) and a deadline entry each.
+                bytes_per_cached_order: measured("/restore/delivered_packed_mb_per_million_orders")
+                    .or_else(|| measured("/restore/resident_mb_per_million_orders"))
+                    .map_or(400.0, |cache| {
+                        cache
+                            + measured("/restore/deadline_index_mb_per_million_orders")
+                                .unwrap_or(0.0)
+                    }),
+                pod_cache_bytes: args.pod_cache_gb * 1e9,
+                partition_cache_bytes: args.partition_cache_gb * 1e9,
+                restore_rate: measured("/restore/orders_per_second").unwrap_or(250_000.0),
+            };
             let sizes = tools::capacity::record_sizes(&definition)
                 .ok_or_else(|| usage(anyhow::anyhow!("the definition has no transitions")))?;
             let plan = tools::capacity::plan(&demand, sizes);

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::GatewayError;
 use crate::config::KafkaSettings;
-use crate::kafka::{committed_reader_config, EndOfPartitionIsNews};
+use crate::kafka::{committed_reader_config, read_in_bulk, EndOfPartitionIsNews};
 
 /// Visits every committed record of `partitions` of `topic`, from the beginning up to the end each
 /// partition had when the scan reached it; returns how many were visited. Gives up after `timeout`
@@ -26,17 +26,19 @@ pub fn scan_topic(
     timeout: Duration,
     mut visit: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64, GatewayError> {
-    let consumer: BaseConsumer<EndOfPartitionIsNews> = committed_reader_config(
+    let mut config = committed_reader_config(
         kafka,
         client_name,
         &format!("{client_name}-{}", Uuid::new_v4().simple()),
-    )?
-    .set("enable.partition.eof", "true")
-    .create_with_context(EndOfPartitionIsNews)
-    .map_err(|source| GatewayError::Kafka {
-        doing: format!("creating a reader of {topic}"),
-        source,
-    })?;
+    )?;
+    read_in_bulk(&mut config);
+    let consumer: BaseConsumer<EndOfPartitionIsNews> = config
+        .set("enable.partition.eof", "true")
+        .create_with_context(EndOfPartitionIsNews)
+        .map_err(|source| GatewayError::Kafka {
+            doing: format!("creating a reader of {topic}"),
+            source,
+        })?;
     let mut assignment = TopicPartitionList::new();
     for &partition in partitions {
         assignment

@@ -317,6 +317,13 @@ pub fn restore_consumer_config(settings: &Settings) -> Result<ClientConfig, Clie
         &format!("orderflow-{}-restore", settings.instance_id),
         &format!("{}-restore", settings.kafka.group_id),
     )?;
+    read_in_bulk(&mut config);
+    Ok(config)
+}
+
+/// Settings for a consumer that reads whole partitions as fast as it can (restores, scans of the
+/// event log): large fetches and a prefetch bounded by bytes.
+pub fn read_in_bulk(config: &mut ClientConfig) {
     config
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760")
@@ -327,7 +334,6 @@ pub fn restore_consumer_config(settings: &Settings) -> Result<ClientConfig, Clie
         .set("queued.min.messages", "1000000")
         .set("fetch.queue.backoff.ms", "10")
         .set("queued.max.messages.kbytes", "32768");
-    Ok(config)
 }
 
 /// Renders a client config for logs, with secrets masked.

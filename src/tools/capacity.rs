@@ -32,7 +32,8 @@ pub struct Demand {
     pub event_log_retention_days: f64,
     /// Replicas per partition.
     pub replication_factor: f64,
-    /// Resident bytes per cached order, its deadline entry included (measured by `make bench`).
+    /// Resident bytes per cached order: a delivered order's packed block and its deadline entry
+    /// (measured by `make bench`).
     pub bytes_per_cached_order: f64,
     /// Memory one pod may use for its caches (a pod's limit, less headroom).
     pub pod_cache_bytes: f64,
