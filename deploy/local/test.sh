@@ -25,6 +25,9 @@ else
   started=1
 fi
 stop() {
+  # A test that panics leaves the orderflow processes it spawned running (retrying forever once the
+  # broker is gone), and they would hold this script's output open: stop them first.
+  pkill -f "^$repo/target/debug/orderflow " 2>/dev/null || true
   if [ "$started" = 1 ]; then
     "$here/kafka.sh" down --purge >/dev/null
   fi
