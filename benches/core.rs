@@ -55,7 +55,8 @@ fn delivered(decider: &Decider) -> OrderState {
     state.expect("created")
 }
 
-fn benches(c: &mut Criterion) {
+/// The shipped definition, its decider and the large delivered order.
+fn fixtures() -> (Arc<Definition>, Decider, OrderState) {
     let definition = Arc::new(
         Definition::parse(
             include_str!("../machines/order-lifecycle.toml"),
@@ -65,6 +66,11 @@ fn benches(c: &mut Criterion) {
     );
     let decider = Decider::new(Arc::clone(&definition), DEFAULT_RECENT_WINDOW);
     let state = delivered(&decider);
+    (definition, decider, state)
+}
+
+fn benches(c: &mut Criterion) {
+    let (definition, decider, state) = fixtures();
     let confirmed = {
         let created = decider.decide(None, &request("create", 100), 0);
         let StateChange::Put(s) = created.change else {
@@ -198,15 +204,7 @@ fn benches(c: &mut Criterion) {
 /// The cache's read (before a decision) and write (after a commit) for the large delivered order,
 /// against the same order held unpacked under a `String` key (the earlier representation).
 fn cache_benches(c: &mut Criterion) {
-    let definition = Arc::new(
-        Definition::parse(
-            include_str!("../machines/order-lifecycle.toml"),
-            "order-lifecycle.toml",
-        )
-        .expect("valid"),
-    );
-    let decider = Decider::new(Arc::clone(&definition), DEFAULT_RECENT_WINDOW);
-    let state = delivered(&decider);
+    let (_, _, state) = fixtures();
     let ids: Vec<String> = (0..100_000).map(|n| format!("order-{n:010}")).collect();
     let mut packed = PartitionCache::new();
     let mut unpacked: HashMap<String, OrderState, foldhash::fast::RandomState> = HashMap::default();
