@@ -102,13 +102,27 @@ impl std::ops::AddAssign for BatchStats {
     }
 }
 
+/// One order a batch changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderChange {
+    /// Its partition.
+    pub partition: i32,
+    /// Its id.
+    pub order_id: String,
+    /// Its last state in the batch; `None` forgets it.
+    pub state: Option<OrderState>,
+    /// The next deadline of its committed state before the batch: the entry the processor's
+    /// deadline index holds for it, to be moved.
+    pub deadline_before: Option<i64>,
+}
+
 /// The decided batch.
 #[derive(Debug, Default)]
 pub struct BatchOutput {
     /// Records to produce, in order.
     pub records: Vec<OutgoingRecord>,
-    /// The last state of each changed order: (partition, order id, state or `None` to forget).
-    pub changes: Vec<(i32, String, Option<OrderState>)>,
+    /// Each changed order, in first-change order.
+    pub changes: Vec<OrderChange>,
     /// Per partition, the offset to commit (last consumed + 1).
     pub next_offsets: BTreeMap<i32, i64>,
     /// What happened.
@@ -192,8 +206,9 @@ pub fn parse_request(
 #[derive(Debug, Default)]
 struct Overlay {
     states: HashMap<(i32, String), Option<OrderState>, foldhash::fast::RandomState>,
-    /// Slots in the order they first changed, so changes are applied in a stable order.
-    order: Vec<(i32, String)>,
+    /// Slots in the order they first changed, so changes are applied in a stable order, each with
+    /// the deadline of its committed state.
+    order: Vec<((i32, String), Option<i64>)>,
 }
 
 impl Overlay {
@@ -202,20 +217,32 @@ impl Overlay {
         self.states.get(slot)
     }
 
-    fn set(&mut self, slot: (i32, String), state: Option<OrderState>) {
+    /// Records a slot's latest state; `deadline_before` (its committed state's deadline) counts
+    /// only on the slot's first change.
+    fn set(
+        &mut self,
+        slot: (i32, String),
+        state: Option<OrderState>,
+        deadline_before: Option<i64>,
+    ) {
         if !self.states.contains_key(&slot) {
-            self.order.push(slot.clone());
+            self.order.push((slot.clone(), deadline_before));
         }
         self.states.insert(slot, state);
     }
 
     /// The last state of each changed order, in first-change order.
-    fn into_changes(mut self) -> Vec<(i32, String, Option<OrderState>)> {
+    fn into_changes(mut self) -> Vec<OrderChange> {
         self.order
             .into_iter()
-            .filter_map(|slot| {
+            .filter_map(|(slot, deadline_before)| {
                 let state = self.states.remove(&slot)?;
-                Some((slot.0, slot.1, state))
+                Some(OrderChange {
+                    partition: slot.0,
+                    order_id: slot.1,
+                    state,
+                    deadline_before,
+                })
             })
             .collect()
     }
@@ -248,13 +275,16 @@ pub fn decide_batch(
         };
         let slot = (input.partition, request.order_id.clone());
         let committed;
-        let current = match overlay.get(&slot) {
-            Some(state) => state.as_ref(),
+        let (current, deadline_before) = match overlay.get(&slot) {
+            Some(state) => (state.as_ref(), None),
             None => {
                 committed = caches
                     .get(&input.partition)
                     .and_then(|c| c.get(&request.order_id));
-                committed.as_ref()
+                let deadline = committed
+                    .as_ref()
+                    .and_then(|s| context.decider.next_deadline(s));
+                (committed.as_ref(), deadline)
             }
         };
         let origin = Origin {
@@ -276,7 +306,7 @@ pub fn decide_batch(
             context,
             &mut output,
             &mut overlay,
-            slot,
+            (slot, deadline_before),
             step,
             now_ms,
             trace.map(|t| (origin, t)),
@@ -291,7 +321,7 @@ fn emit_step(
     context: &BatchContext<'_>,
     output: &mut BatchOutput,
     overlay: &mut Overlay,
-    slot: (i32, String),
+    (slot, deadline_before): ((i32, String), Option<i64>),
     step: Step,
     now_ms: i64,
     trace: Option<(Origin, (String, Vec<u8>))>,
@@ -318,7 +348,7 @@ fn emit_step(
             value,
             headers: Vec::new(),
         });
-        overlay.set(slot, state);
+        overlay.set(slot, state, deadline_before);
     }
     for answer in step.answers {
         match &answer.outcome {
@@ -384,11 +414,12 @@ pub fn expire_orders(
         if step.change == StateChange::Unchanged && step.answers.is_empty() {
             continue;
         }
+        let deadline_before = context.decider.next_deadline(&state);
         emit_step(
             context,
             &mut output,
             &mut overlay,
-            (*partition, order_id.clone()),
+            ((*partition, order_id.clone()), deadline_before),
             step,
             now_ms,
             None,
@@ -617,4 +648,98 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
         .rev()
         .find(|i| s.is_char_boundary(*i))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::codec::encode_request;
+
+    fn request(order_id: &str, transition: &str) -> TransitionRequest {
+        TransitionRequest {
+            request_id: Uuid::new_v4(),
+            order_id: order_id.into(),
+            transition: transition.into(),
+            expected_version: None,
+            requested_at_ms: 1_000,
+            source: "test".into(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    fn input(offset: i64, request: &TransitionRequest) -> InputRecord {
+        let mut value = Vec::new();
+        encode_request(request, &mut value);
+        InputRecord {
+            partition: 0,
+            offset,
+            timestamp_ms: None,
+            key: Some(request.order_id.clone().into_bytes()),
+            value: Some(value),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_change_carries_the_deadline_of_the_committed_state_it_replaces() {
+        let definition = Arc::new(
+            Definition::parse(
+                include_str!("../../machines/order-lifecycle.toml"),
+                "order-lifecycle.toml",
+            )
+            .unwrap(),
+        );
+        let decider = Decider::new(Arc::clone(&definition), 8);
+        let mut delivered = None;
+        for transition in ["create", "confirm", "ship", "deliver"] {
+            let decision = decider.decide(delivered.as_ref(), &request("o-1", transition), 1_000);
+            if let StateChange::Put(next) = decision.change {
+                delivered = Some(next);
+            }
+        }
+        let delivered = delivered.unwrap();
+        let committed_deadline = decider.next_deadline(&delivered);
+        assert!(
+            committed_deadline.is_some(),
+            "a delivered order waits out its return window"
+        );
+        let mut cache = PartitionCache::new();
+        cache.apply("o-1", Some(&delivered));
+        let caches = HashMap::from([(0, cache)]);
+        let (topics, limits) = (TopicSettings::default(), ProcessorSettings::default());
+        let context = BatchContext {
+            decider: &decider,
+            topics: &topics,
+            limits: &limits,
+            group_id: "g",
+        };
+        // Two changes of o-1 in one batch (returned, then a rejection remembered), and a new order.
+        let inputs = [
+            input(0, &request("o-1", "return")),
+            input(1, &request("o-1", "ship")),
+            input(2, &request("o-2", "create")),
+        ];
+        let output = decide_batch(&context, &caches, &inputs, 2_000);
+        let summary: Vec<_> = output
+            .changes
+            .iter()
+            .map(|c| {
+                (
+                    c.order_id.as_str(),
+                    c.deadline_before,
+                    c.state.as_ref().map(|s| s.version),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![("o-1", committed_deadline, Some(5)), ("o-2", None, Some(1))]
+        );
+        let returned = output.changes[0].state.as_ref().unwrap();
+        assert_ne!(decider.next_deadline(returned), committed_deadline);
+    }
 }

@@ -752,18 +752,21 @@ impl Processor {
             Ok(()) => {
                 self.record_metrics(&output, inputs, started.elapsed());
                 let mut caches = self.caches.write();
-                for (partition, order_id, state) in output.changes {
-                    let Some(cache) = caches.get_mut(&partition) else {
+                for change in output.changes {
+                    let Some(cache) = caches.get_mut(&change.partition) else {
                         continue;
                     };
-                    let old = cache
-                        .get(&order_id)
-                        .and_then(|s| self.decider.next_deadline(&s));
-                    let new = state
+                    let new = change
+                        .state
                         .as_ref()
                         .and_then(|s: &OrderState| self.decider.next_deadline(s));
-                    self.deadlines.update(partition, &order_id, old, new);
-                    cache.apply(&order_id, state.as_ref());
+                    self.deadlines.update(
+                        change.partition,
+                        &change.order_id,
+                        change.deadline_before,
+                        new,
+                    );
+                    cache.apply(&change.order_id, change.state.as_ref());
                 }
                 drop(caches);
                 self.totals.batches += 1;
