@@ -517,6 +517,10 @@ async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same allocator as `orderflow`, so the pipe and the restore's memory figures compare like with like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -24,6 +24,11 @@ use orderflow::processor::{Clock, Processor, SystemClock};
 use orderflow::state::SharedCaches;
 use orderflow::{telemetry, tools};
 
+/// mimalloc rather than glibc's malloc: the processor allocates and frees a few dozen small blocks
+/// per request, and glibc's allocator was a third of its CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A failure and the exit code it maps to.
 struct Failure {
     code: u8,
