@@ -1,26 +1,29 @@
 //! Send a transition request and wait for its outcome: the synchronous face of an asynchronous
 //! service, for `orderflow send --wait` and `POST /orders/{id}/transitions`.
 //!
-//! One reader per gateway follows the three output topics (read_committed, from their ends when the
-//! gateway starts) and hands each outcome to the caller waiting for that request id; a dead letter,
-//! which has no request id, is matched by the request's partition and offset.
+//! One reader per gateway follows the three output topics (read_committed), but only the partition
+//! numbers some caller is waiting on: each is read from its end as of just before the request is
+//! sent, and dropped a while after its last caller got an answer. Each outcome goes to the caller
+//! waiting for that request id; a dead letter, which has no request id, is matched by the request's
+//! partition and offset.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::assign_outputs;
 use super::outcome::{decode_outcome, Outcome};
 use crate::codec::encode_request;
 use crate::config::{Settings, TopicSettings};
+use crate::kafka::partitioner::partition_for;
 use crate::kafka::{committed_reader_config, request_producer_config, ClientConfigError};
 use crate::machine::TransitionRequest;
 
@@ -37,6 +40,19 @@ pub enum GatewayError {
         doing: String,
         /// librdkafka's error.
         source: KafkaError,
+    },
+    /// The request landed in another partition than its order id hashes to among
+    /// `topics.partitions`: the topic and the setting disagree.
+    #[error("request sent to {topic} landed in partition {found}, but its order id hashes to partition {expected} of {partitions}: the topic's partition count differs from topics.partitions; set topics.partitions to the topics' real count (orderflow run refuses to start on this mismatch too). The request was sent; retrying with the same request id is safe")]
+    PartitionMismatch {
+        /// The requests topic.
+        topic: String,
+        /// Where murmur2 over topics.partitions puts the key.
+        expected: i32,
+        /// Where it landed.
+        found: i32,
+        /// topics.partitions.
+        partitions: i32,
     },
     /// The outcome reader thread could not start.
     #[error("cannot start the outcome reader thread: {0}")]
@@ -94,18 +110,151 @@ impl Waiting {
     }
 }
 
-/// Produces requests and awaits their outcomes.
+/// How long a partition stays followed after its last caller got an answer: a steady trickle of
+/// synchronous requests to one partition should not pay an end-offset lookup each.
+pub const FOLLOW_LINGER: Duration = Duration::from_secs(30);
+
+/// A partition of the output topics being read for waiting callers.
+struct Followed {
+    /// Callers waiting on it now.
+    waiting: usize,
+    /// When the last of them stopped waiting.
+    idle_since: Instant,
+}
+
+/// What the caller side and the reader thread share.
+struct Shared {
+    reader: BaseConsumer,
+    topics: TopicSettings,
+    waiting: Mutex<Waiting>,
+    /// The followed partitions; held across the end-offset lookup so the reader thread cannot drop
+    /// a partition a caller is about to rely on.
+    followed: Mutex<HashMap<i32, Followed>>,
+    linger: Duration,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn followed(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Followed>> {
+        self.followed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn output_topics(&self) -> [&str; 3] {
+        [
+            &self.topics.accepted,
+            &self.topics.rejected,
+            &self.topics.dead_letters,
+        ]
+    }
+
+    /// Counts one more caller waiting on `partition`, and starts reading it from the current end of
+    /// the output topics if nobody was (blocking). Outcomes are co-partitioned with their request,
+    /// and a request's outcome is written after the request, so it lies after that end.
+    fn follow(&self, partition: i32) -> Result<(), GatewayError> {
+        let mut followed = self.followed();
+        if let Some(entry) = followed.get_mut(&partition) {
+            entry.waiting += 1;
+            return Ok(());
+        }
+        let mut assignment = TopicPartitionList::new();
+        for topic in self.output_topics() {
+            let end = crate::state::restore::end_offset(&self.reader, topic, partition)
+                .map_err(kafka(format!("reading the end of {topic} [{partition}]")))?;
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(end))
+                .map_err(kafka(format!("assigning {topic} [{partition}]")))?;
+        }
+        self.reader
+            .incremental_assign(&assignment)
+            .map_err(kafka(format!(
+                "reading partition {partition} of the outputs"
+            )))?;
+        followed.insert(
+            partition,
+            Followed {
+                waiting: 1,
+                idle_since: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// One caller stopped waiting on `partition`.
+    fn unfollow(&self, partition: i32) {
+        if let Some(entry) = self.followed().get_mut(&partition) {
+            entry.waiting = entry.waiting.saturating_sub(1);
+            entry.idle_since = Instant::now();
+        }
+    }
+
+    /// Stops reading partitions nobody has waited on for the linger time.
+    fn drop_idle_partitions(&self) {
+        let mut followed = self.followed();
+        let idle: Vec<i32> = followed
+            .iter()
+            .filter(|(_, f)| f.waiting == 0 && f.idle_since.elapsed() >= self.linger)
+            .map(|(p, _)| *p)
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let mut assignment = TopicPartitionList::new();
+        for partition in &idle {
+            for topic in self.output_topics() {
+                assignment.add_partition(topic, *partition);
+            }
+        }
+        match self.reader.incremental_unassign(&assignment) {
+            Ok(()) => {
+                for partition in idle {
+                    followed.remove(&partition);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the outcome reader could not drop idle partitions")
+            }
+        }
+    }
+}
+
+/// Counts a caller as waiting on a partition until dropped (also when the caller's future is
+/// cancelled, e.g. an HTTP client that hung up).
+struct FollowGuard {
+    shared: Arc<Shared>,
+    partition: i32,
+}
+
+impl Drop for FollowGuard {
+    fn drop(&mut self) {
+        self.shared.unfollow(self.partition);
+    }
+}
+
+/// Produces requests and awaits their outcomes. Its reader follows only the output partitions
+/// callers are waiting on (outcomes share their request's partition number), so a pod's HTTP API
+/// does not read every outcome of the whole service.
 pub struct Gateway {
     producer: FutureProducer,
-    topics: TopicSettings,
-    waiting: Arc<Mutex<Waiting>>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl Gateway {
-    /// Creates the producer and starts the outcome reader at the current end of the output topics
-    /// (blocking: call it from a thread that may block).
+    /// Creates the producer and the outcome reader thread (blocking: call it from a thread that
+    /// may block).
     pub fn start(settings: &Settings, client_name: &str) -> Result<Gateway, GatewayError> {
+        Gateway::start_lingering(settings, client_name, FOLLOW_LINGER)
+    }
+
+    /// [`Gateway::start`] with partitions followed for `linger` after their last caller.
+    pub fn start_lingering(
+        settings: &Settings,
+        client_name: &str,
+        linger: Duration,
+    ) -> Result<Gateway, GatewayError> {
         let producer: FutureProducer = request_producer_config(&settings.kafka, client_name)?
             .create()
             .map_err(kafka("creating the request producer"))?;
@@ -116,32 +265,39 @@ impl Gateway {
         )?
         .create()
         .map_err(kafka("creating the outcome reader"))?;
-        let topics = settings.topics.clone();
-        assign_outputs(
-            &reader,
-            &[&topics.accepted, &topics.rejected, &topics.dead_letters],
-            topics.partitions,
-            false,
-        )?;
-        let waiting = Arc::new(Mutex::new(Waiting::default()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            reader,
+            topics: settings.topics.clone(),
+            waiting: Mutex::new(Waiting::default()),
+            followed: Mutex::new(HashMap::new()),
+            linger,
+            stop: AtomicBool::new(false),
+        });
         {
-            let (waiting, stop, topics) = (Arc::clone(&waiting), Arc::clone(&stop), topics.clone());
+            let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("orderflow-outcomes".into())
-                .spawn(move || follow_outcomes(reader, &topics, &waiting, &stop))
+                .spawn(move || follow_outcomes(&shared))
                 .map_err(GatewayError::Thread)?;
         }
-        Ok(Gateway {
-            producer,
-            topics,
-            waiting,
-            stop,
-        })
+        Ok(Gateway { producer, shared })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    /// The partitions of the output topics the reader is assigned now, by topic.
+    pub fn followed_partitions(&self) -> Result<BTreeMap<String, BTreeSet<i32>>, GatewayError> {
+        let assignment = self
+            .shared
+            .reader
+            .assignment()
+            .map_err(kafka("reading the outcome reader's assignment"))?;
+        let mut by_topic: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+        for element in assignment.elements() {
+            by_topic
+                .entry(element.topic().to_string())
+                .or_default()
+                .insert(element.partition());
+        }
+        Ok(by_topic)
     }
 
     /// Sends `request` and waits up to `timeout` for its outcome.
@@ -151,18 +307,43 @@ impl Gateway {
         headers: &[(String, Vec<u8>)],
         timeout: Duration,
     ) -> Result<Outcome, GatewayError> {
+        // The partition the producer's murmur2 partitioner will choose, followed before the
+        // request exists so that its outcome cannot slip past the reader.
+        let partition = partition_for(request.order_id.as_bytes(), self.shared.topics.partitions);
+        let guard = {
+            let shared = Arc::clone(&self.shared);
+            tokio::task::spawn_blocking(move || {
+                shared
+                    .follow(partition)
+                    .map(|()| FollowGuard { shared, partition })
+            })
+            .await
+            .map_err(|e| GatewayError::Thread(std::io::Error::other(e)))??
+        };
         let (tx, rx) = oneshot::channel();
-        self.lock().by_request.insert(request.request_id, tx);
+        self.shared
+            .waiting()
+            .by_request
+            .insert(request.request_id, tx);
         let sent = self.send(request, headers).await;
         let position = match sent {
             Ok(position) => position,
             Err(e) => {
-                self.lock().by_request.remove(&request.request_id);
+                self.shared.waiting().by_request.remove(&request.request_id);
                 return Err(e);
             }
         };
+        if position.0 != partition {
+            self.shared.waiting().by_request.remove(&request.request_id);
+            return Err(GatewayError::PartitionMismatch {
+                topic: self.shared.topics.requests.clone(),
+                expected: partition,
+                found: position.0,
+                partitions: self.shared.topics.partitions,
+            });
+        }
         {
-            let mut waiting = self.lock();
+            let mut waiting = self.shared.waiting();
             match waiting.unclaimed_dead_letters.remove(&position) {
                 Some(dead_letter) => {
                     waiting.by_request.remove(&request.request_id);
@@ -173,10 +354,12 @@ impl Gateway {
                 }
             }
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let answer = tokio::time::timeout(timeout, rx).await;
+        drop(guard);
+        match answer {
             Ok(Ok(outcome)) => Ok(outcome),
             _ => {
-                let mut waiting = self.lock();
+                let mut waiting = self.shared.waiting();
                 waiting.by_request.remove(&request.request_id);
                 waiting.by_position.remove(&position);
                 Err(GatewayError::Timeout {
@@ -202,7 +385,8 @@ impl Gateway {
                 value: Some(value),
             });
         }
-        let record = FutureRecord::to(&self.topics.requests)
+        let topic = &self.shared.topics.requests;
+        let record = FutureRecord::to(topic)
             .key(&request.order_id)
             .payload(&value)
             .headers(owned);
@@ -211,35 +395,32 @@ impl Gateway {
             .send(record, Duration::from_secs(30))
             .await
             .map_err(|(e, _)| e)
-            .map_err(kafka(format!("sending to {}", self.topics.requests)))?;
+            .map_err(kafka(format!("sending to {topic}")))?;
         Ok((delivery.partition, delivery.offset))
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
     }
 }
 
-fn follow_outcomes(
-    reader: BaseConsumer,
-    topics: &TopicSettings,
-    waiting: &Mutex<Waiting>,
-    stop: &AtomicBool,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        match reader.poll(Duration::from_millis(100)) {
+fn follow_outcomes(shared: &Shared) {
+    let mut last_sweep = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match shared.reader.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(e)) => tracing::warn!(error = %e, "outcome reader"),
-            Some(Ok(message)) => match decode_outcome(topics, &message) {
-                Some(Ok(outcome)) => waiting
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .deliver(outcome),
+            Some(Ok(message)) => match decode_outcome(&shared.topics, &message) {
+                Some(Ok(outcome)) => shared.waiting().deliver(outcome),
                 Some(Err(e)) => tracing::warn!(error = %e, "undecodable outcome record"),
                 None => {}
             },
+        }
+        if last_sweep.elapsed() >= Duration::from_secs(1) {
+            shared.drop_idle_partitions();
+            last_sweep = Instant::now();
         }
     }
 }

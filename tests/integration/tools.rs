@@ -268,6 +268,78 @@ async fn the_http_transition_api_answers_each_outcome_with_its_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reads_only_the_partitions_its_callers_wait_on() {
+    let settings = processor_settings(4, &unique("follow"));
+    create_topics(&settings).await;
+    let processor = RunningProcessor::start(&settings);
+    let gateway = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || {
+            orderflow::client::Gateway::start_lingering(
+                &settings,
+                "test-follow",
+                Duration::from_secs(1),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    let idle = gateway.followed_partitions().unwrap();
+    assert!(
+        idle.is_empty(),
+        "nothing followed before a caller: {idle:?}"
+    );
+
+    let order = unique("order");
+    let request = orderflow::machine::TransitionRequest {
+        request_id: uuid::Uuid::new_v4(),
+        order_id: order.clone(),
+        transition: "create".into(),
+        expected_version: None,
+        requested_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+        source: "test".into(),
+        attributes: Default::default(),
+    };
+    let outcome = gateway
+        .submit(&request, &[], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let orderflow::client::Outcome::Accepted(accepted) = outcome else {
+        panic!("create was not accepted: {outcome:?}");
+    };
+    let followed = gateway.followed_partitions().unwrap();
+    let only_its_partition: std::collections::BTreeSet<i32> = [accepted.input.partition].into();
+    for topic in [
+        &settings.topics.accepted,
+        &settings.topics.rejected,
+        &settings.topics.dead_letters,
+    ] {
+        assert_eq!(
+            followed.get(topic),
+            Some(&only_its_partition),
+            "{followed:?}"
+        );
+    }
+    assert_eq!(followed.len(), 3, "{followed:?}");
+
+    // A second of linger after the answer, then the partition is dropped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let dropped = loop {
+        let followed = gateway.followed_partitions().unwrap();
+        if followed.is_empty() || std::time::Instant::now() > deadline {
+            break followed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    processor.stop();
+    assert!(dropped.is_empty(), "still followed: {dropped:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_gets_every_planned_outcome_from_a_running_processor() {
     let settings = processor_settings(3, &unique("loadgen"));
     create_topics(&settings).await;
