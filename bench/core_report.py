@@ -25,6 +25,8 @@ names = [
     "cache/get_unpacked_borrow",
     "cache/apply_packed",
     "cache/insert_unpacked",
+    "batch/pipe_copy_2000",
+    "batch/decide_2000",
 ]
 
 

@@ -20,6 +20,10 @@ use orderflow::machine::{
 use orderflow::state::PartitionCache;
 use uuid::Uuid;
 
+/// The allocator the binaries use, so allocation-heavy paths cost what they cost in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn request(transition: &str, n: u128) -> TransitionRequest {
     TransitionRequest {
         request_id: Uuid::from_u128(n),
@@ -231,5 +235,93 @@ fn cache_benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(core, benches, cache_benches);
+/// One batch of 2,000 requests as the throughput benchmark preloads them (the same plan and shares),
+/// decided against the caches holding the states the plan's earlier requests left; the baseline is
+/// the bare pipe's work on the same records (copy key and value into two outgoing records each).
+fn batch_benches(c: &mut Criterion) {
+    use orderflow::config::Settings;
+    use orderflow::kafka::OutgoingRecord;
+    use orderflow::processor::batch::{decide_batch, BatchContext, InputRecord};
+    use orderflow::tools::loadgen::plan::{Plan, Planned, Shares};
+
+    let (definition, decider, _) = fixtures();
+    let settings = Settings::default();
+    let context = BatchContext {
+        decider: &decider,
+        topics: &settings.topics,
+        limits: &settings.processor,
+        group_id: "bench",
+    };
+    let shares = Shares {
+        invalid: 0.02,
+        duplicate: 0.02,
+        out_of_order: 0.0,
+        poison: 0.0,
+        cancel: 0.10,
+        returned: 0.05,
+    };
+    const BATCH: usize = 2_000;
+    let now = 1_764_000_000_000;
+    let inputs: Vec<InputRecord> = Plan::new(&definition, 42, "bench", 10_000, 10_000, shares)
+        .expect("plan")
+        .filter_map(|planned| match planned {
+            Planned::Request { mut request, .. } => {
+                request.requested_at_ms = now;
+                Some(request)
+            }
+            Planned::Poison { .. } => None,
+        })
+        .take(20 * BATCH)
+        .enumerate()
+        .map(|(n, request)| {
+            let mut value = Vec::with_capacity(96);
+            orderflow::codec::encode_request(&request, &mut value);
+            InputRecord {
+                partition: orderflow::kafka::partitioner::partition_for(
+                    request.order_id.as_bytes(),
+                    12,
+                ),
+                offset: n as i64,
+                timestamp_ms: Some(now),
+                key: Some(request.order_id.into_bytes()),
+                value: Some(value),
+                headers: Vec::new(),
+            }
+        })
+        .collect();
+    // The caches after all but the last batch, applied batch by batch as the processor does.
+    let mut caches: HashMap<i32, PartitionCache> =
+        (0..12).map(|p| (p, PartitionCache::new())).collect();
+    let (earlier, batch) = inputs.split_at(inputs.len() - BATCH);
+    for chunk in earlier.chunks(BATCH) {
+        for change in decide_batch(&context, &caches, chunk, now).changes {
+            if let Some(cache) = caches.get_mut(&change.partition) {
+                cache.apply(&change.order_id, change.state.as_ref());
+            }
+        }
+    }
+    let topics = &settings.topics;
+    c.bench_function("batch/pipe_copy_2000", |b| {
+        b.iter(|| {
+            let mut records = Vec::with_capacity(2 * BATCH);
+            for input in black_box(batch) {
+                for topic in [&topics.state, &topics.accepted] {
+                    records.push(OutgoingRecord {
+                        topic: topic.clone(),
+                        partition: input.partition,
+                        key: input.key.clone().unwrap_or_default(),
+                        value: input.value.clone(),
+                        headers: Vec::new(),
+                    });
+                }
+            }
+            records
+        })
+    });
+    c.bench_function("batch/decide_2000", |b| {
+        b.iter(|| decide_batch(&context, &caches, black_box(batch), now))
+    });
+}
+
+criterion_group!(core, benches, cache_benches, batch_benches);
 criterion_main!(core);

@@ -80,8 +80,9 @@ pub struct KnownSchema {
 #[derive(Debug)]
 pub struct Registry {
     schemas: Vec<KnownSchema>,
-    by_fingerprint: HashMap<u64, usize>,
-    current: HashMap<RecordKind, usize>,
+    // foldhash, not SipHash: every record encoded or decoded looks its schema up here.
+    by_fingerprint: HashMap<u64, usize, foldhash::fast::RandomState>,
+    current: HashMap<RecordKind, usize, foldhash::fast::RandomState>,
 }
 
 /// CRC-64-AVRO (Rabin) fingerprint of a schema's parsing canonical form, as Java's
@@ -239,8 +240,10 @@ fn pcf(
 impl Registry {
     fn build() -> Registry {
         let mut schemas = Vec::new();
-        let mut by_fingerprint = HashMap::new();
-        let mut current: HashMap<RecordKind, usize> = HashMap::new();
+        let mut by_fingerprint: HashMap<u64, usize, foldhash::fast::RandomState> =
+            HashMap::default();
+        let mut current: HashMap<RecordKind, usize, foldhash::fast::RandomState> =
+            HashMap::default();
         for shipped in SHIPPED {
             // The files are compiled in and parsed by a unit test, so a failure here is a build defect.
             let schema = Schema::parse_str(shipped.json)

@@ -1,6 +1,8 @@
 //! A state-machine definition: parsed from TOML, validated as a whole, compiled into lookup tables.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+type NameHasher = foldhash::fast::RandomState;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -88,8 +90,10 @@ pub struct Definition {
     hash: String,
     states: Vec<State>,
     transitions: Vec<Transition>,
-    state_by_name: HashMap<String, StateId>,
-    transition_by_name: HashMap<String, TransitionId>,
+    // foldhash, not SipHash: every request looks its transition name up here. The keys come from
+    // the definition, so request data cannot steer the table's layout.
+    state_by_name: HashMap<String, StateId, NameHasher>,
+    transition_by_name: HashMap<String, TransitionId, NameHasher>,
     /// `allowed[t * states.len() + s]`: transition `t` applies to an order in state `s`.
     allowed: Vec<bool>,
     /// `ahead[t * states.len() + s]`: from state `s`, one or more transitions lead to a source
@@ -350,7 +354,7 @@ fn compile(raw: RawDefinition) -> Result<Definition, Vec<Problem>> {
         return Err(problems);
     }
 
-    let mut state_by_name: HashMap<String, StateId> = HashMap::new();
+    let mut state_by_name: HashMap<String, StateId, NameHasher> = HashMap::default();
     let mut states = Vec::with_capacity(raw.states.len());
     for (index, raw_state) in raw.states.iter().enumerate() {
         let item = format!("state \"{}\"", raw_state.name);
@@ -392,7 +396,7 @@ fn compile(raw: RawDefinition) -> Result<Definition, Vec<Problem>> {
         });
     }
 
-    let mut transition_by_name: HashMap<String, TransitionId> = HashMap::new();
+    let mut transition_by_name: HashMap<String, TransitionId, NameHasher> = HashMap::default();
     let mut transitions = Vec::with_capacity(raw.transitions.len());
     for (index, raw_t) in raw.transitions.iter().enumerate() {
         let item = format!("transition \"{}\"", raw_t.name);

@@ -65,11 +65,12 @@ fn answer_parked(entry: &ParkedRequest, outcome: Outcome, answers: &mut Vec<Answ
 impl Decider {
     /// Decides one input: like [`Decider::decide`], but a request that is early (its transition may
     /// park and the order can still reach one of its source states) waits with the order, and an
-    /// accepted transition releases the parked requests that now apply.
+    /// accepted transition releases the parked requests that now apply. Takes the request by value:
+    /// it moves into the answer or the parked entry.
     pub fn decide_input(
         &self,
         current: Option<&OrderState>,
-        request: &TransitionRequest,
+        request: TransitionRequest,
         origin: Origin,
         now_ms: i64,
     ) -> Step {
@@ -88,7 +89,7 @@ impl Decider {
                 };
             }
         }
-        let decision = self.decide(current, request, now_ms);
+        let decision = self.decide(current, &request, now_ms);
         if let (
             Some(state),
             Outcome::Rejected {
@@ -106,17 +107,14 @@ impl Decider {
                 return self.park(state, request, origin, now_ms);
             }
         }
+        let first_acceptance = decision.outcome.is_accepted() && !decision.outcome.is_duplicate();
         let mut answers = vec![Answer {
             origin,
-            request: request.clone(),
-            outcome: decision.outcome.clone(),
+            request,
+            outcome: decision.outcome,
         }];
         let change = match decision.change {
-            StateChange::Put(mut next)
-                if decision.outcome.is_accepted()
-                    && !decision.outcome.is_duplicate()
-                    && !next.parked.is_empty() =>
-            {
+            StateChange::Put(mut next) if first_acceptance && !next.parked.is_empty() => {
                 self.release(&mut next, now_ms, &mut answers);
                 StateChange::Put(next)
             }
@@ -128,7 +126,7 @@ impl Decider {
     fn park(
         &self,
         state: &OrderState,
-        request: &TransitionRequest,
+        request: TransitionRequest,
         origin: Origin,
         now_ms: i64,
     ) -> Step {
@@ -147,7 +145,7 @@ impl Decider {
             return Step {
                 answers: vec![Answer {
                     origin,
-                    request: request.clone(),
+                    request,
                     outcome: Outcome::Rejected {
                         reason: Rejection::ParkingFull,
                         state: Some(state.state),
@@ -159,7 +157,7 @@ impl Decider {
             };
         }
         next.parked.push(ParkedRequest {
-            request: request.clone(),
+            request,
             partition: origin.partition,
             offset: origin.offset,
             parked_at_ms: now_ms,

@@ -554,7 +554,7 @@ fn ship_before_confirm_waits_and_is_accepted_right_after_confirm() {
     let d = parking_decider(4);
     let pending = order_through(&d, &["create"]);
     let ship = request("ship");
-    let parked = d.decide_input(Some(&pending), &ship, origin(7), 100);
+    let parked = d.decide_input(Some(&pending), ship.clone(), origin(7), 100);
     assert!(
         parked.answers.is_empty(),
         "no answer yet: {:?}",
@@ -565,7 +565,7 @@ fn ship_before_confirm_waits_and_is_accepted_right_after_confirm() {
     assert_eq!(waiting.parked[0].deadline_ms, 1100);
     assert_eq!(waiting.version, 1, "parking changes no version");
 
-    let step = d.decide_input(Some(&waiting), &request("confirm"), origin(8), 200);
+    let step = d.decide_input(Some(&waiting), request("confirm"), origin(8), 200);
     let answered: Vec<(i64, bool, u64)> = step
         .answers
         .iter()
@@ -584,14 +584,14 @@ fn ship_before_confirm_waits_and_is_accepted_right_after_confirm() {
 fn a_parked_request_waits_through_transitions_that_do_not_yet_enable_it() {
     let d = parking_decider(4);
     let pending = order_through(&d, &["create"]);
-    let waiting = put(&d.decide_input(Some(&pending), &request("deliver"), origin(1), 0));
-    let confirmed = d.decide_input(Some(&waiting), &request("confirm"), origin(2), 0);
+    let waiting = put(&d.decide_input(Some(&pending), request("deliver"), origin(1), 0));
+    let confirmed = d.decide_input(Some(&waiting), request("confirm"), origin(2), 0);
     assert_eq!(
         confirmed.answers.len(),
         1,
         "deliver still waits after confirm"
     );
-    let step = d.decide_input(Some(&put(&confirmed)), &request("ship"), origin(3), 0);
+    let step = d.decide_input(Some(&put(&confirmed)), request("ship"), origin(3), 0);
     let offsets: Vec<i64> = step.answers.iter().map(|a| a.origin.offset).collect();
     assert_eq!(offsets, vec![3, 1]);
     assert_eq!(put(&step).state, id(&d, "Delivered"));
@@ -601,8 +601,8 @@ fn a_parked_request_waits_through_transitions_that_do_not_yet_enable_it() {
 fn parked_requests_are_rejected_when_the_order_reaches_a_terminal_state() {
     let d = parking_decider(4);
     let pending = order_through(&d, &["create"]);
-    let waiting = put(&d.decide_input(Some(&pending), &request("ship"), origin(1), 0));
-    let step = d.decide_input(Some(&waiting), &request("cancel"), origin(2), 0);
+    let waiting = put(&d.decide_input(Some(&pending), request("ship"), origin(1), 0));
+    let step = d.decide_input(Some(&waiting), request("cancel"), origin(2), 0);
     assert_eq!(step.answers.len(), 2);
     assert!(step.answers[0].outcome.is_accepted());
     assert!(matches!(
@@ -621,7 +621,7 @@ fn requests_that_can_never_apply_are_rejected_at_once_not_parked() {
     let shipped = order_through(&d, &["create", "confirm", "ship"]);
     // cancel does not park; confirm can no longer apply after shipping.
     for t in ["cancel", "confirm"] {
-        let step = d.decide_input(Some(&shipped), &request(t), origin(1), 0);
+        let step = d.decide_input(Some(&shipped), request(t), origin(1), 0);
         assert_eq!(step.answers.len(), 1, "{t}");
         assert!(matches!(
             step.answers[0].outcome,
@@ -638,8 +638,8 @@ fn requests_that_can_never_apply_are_rejected_at_once_not_parked() {
 fn a_full_parking_slot_rejects_with_its_own_reason() {
     let d = parking_decider(1);
     let pending = order_through(&d, &["create"]);
-    let one = put(&d.decide_input(Some(&pending), &request("ship"), origin(1), 0));
-    let step = d.decide_input(Some(&one), &request("deliver"), origin(2), 0);
+    let one = put(&d.decide_input(Some(&pending), request("ship"), origin(1), 0));
+    let step = d.decide_input(Some(&one), request("deliver"), origin(2), 0);
     assert!(matches!(
         step.answers[0].outcome,
         Outcome::Rejected {
@@ -659,8 +659,8 @@ fn parking_rejections_and_expiries_are_remembered_within_the_window() {
     });
     assert_eq!(d.recent_window(), 3);
     let pending = order_through(&d, &["create"]);
-    let parked = put(&d.decide_input(Some(&pending), &request("ship"), origin(1), 0));
-    let full = put(&d.decide_input(Some(&parked), &request("deliver"), origin(2), 0));
+    let parked = put(&d.decide_input(Some(&pending), request("ship"), origin(1), 0));
+    let full = put(&d.decide_input(Some(&parked), request("deliver"), origin(2), 0));
     let expired = put(&d.expire(&full, 10));
     let kinds: Vec<RecordedOutcome> = expired.recent.iter().map(|r| r.outcome).collect();
     assert_eq!(
@@ -677,7 +677,7 @@ fn parking_rejections_and_expiries_are_remembered_within_the_window() {
 fn parking_can_be_turned_off() {
     let d = parking_decider(0);
     let pending = order_through(&d, &["create"]);
-    let step = d.decide_input(Some(&pending), &request("ship"), origin(1), 0);
+    let step = d.decide_input(Some(&pending), request("ship"), origin(1), 0);
     assert_eq!(step.answers.len(), 1);
     assert!(
         matches!(
@@ -696,7 +696,7 @@ fn parking_can_be_turned_off() {
 fn a_parked_request_expires_at_its_deadline_not_before() {
     let d = parking_decider(4);
     let pending = order_through(&d, &["create"]);
-    let waiting = put(&d.decide_input(Some(&pending), &request("ship"), origin(1), 0));
+    let waiting = put(&d.decide_input(Some(&pending), request("ship"), origin(1), 0));
     assert_eq!(d.next_deadline(&waiting), Some(1000));
     let early = d.expire(&waiting, 999);
     assert!(early.answers.is_empty());
@@ -724,12 +724,12 @@ fn a_redelivered_parked_request_is_answered_with_it_as_a_duplicate() {
     let d = parking_decider(4);
     let pending = order_through(&d, &["create"]);
     let ship = request("ship");
-    let once = put(&d.decide_input(Some(&pending), &ship, origin(1), 0));
-    let twice = d.decide_input(Some(&once), &ship, origin(5), 0);
+    let once = put(&d.decide_input(Some(&pending), ship.clone(), origin(1), 0));
+    let twice = d.decide_input(Some(&once), ship.clone(), origin(5), 0);
     assert!(twice.answers.is_empty());
     let twice = put(&twice);
     assert_eq!(twice.parked.len(), 1, "not parked twice");
-    let step = d.decide_input(Some(&twice), &request("confirm"), origin(6), 0);
+    let step = d.decide_input(Some(&twice), request("confirm"), origin(6), 0);
     let shipped: Vec<(i64, bool)> = step
         .answers
         .iter()
@@ -824,7 +824,7 @@ proptest! {
                     StateChange::Unchanged => {}
                 }
             }
-            let step = d.decide_input(state.as_ref(), &req, origin(inputs), now);
+            let step = d.decide_input(state.as_ref(), req.clone(), origin(inputs), now);
             inputs += 1;
             for a in &step.answers { *answered.entry(a.origin.offset).or_default() += 1; }
             match step.change {

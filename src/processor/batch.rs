@@ -5,6 +5,7 @@
 //! requests in the same batch see earlier ones' effects through an overlay.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 
 use crate::codec::{
     decode_request, encode_accepted_view, encode_order_state, encode_rejected, AcceptedView,
@@ -13,10 +14,11 @@ use crate::codec::{
 use crate::config::{ProcessorSettings, TopicSettings};
 use crate::kafka::OutgoingRecord;
 use crate::machine::{
-    Decider, Definition, OrderState, Origin, Outcome, Rejection, StateChange, StateId, Step,
-    TransitionRequest,
+    Answer, Decider, Definition, OrderState, Origin, Outcome, Rejection, StateChange, StateId,
+    Step, TransitionRequest,
 };
 use crate::state::PartitionCache;
+use hashbrown::HashTable;
 
 /// The W3C trace context header, carried from a request onto its outcome.
 pub const TRACEPARENT: &str = "traceparent";
@@ -203,48 +205,79 @@ pub fn parse_request(
 }
 
 /// The batch's own state changes: read before the committed caches, applied to them after commit.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Overlay {
-    states: HashMap<(i32, String), Option<OrderState>, foldhash::fast::RandomState>,
-    /// Slots in the order they first changed, so changes are applied in a stable order, each with
-    /// the deadline of its committed state.
-    order: Vec<((i32, String), Option<i64>)>,
+    /// Each changed order once, in first-change order (the order changes are applied in), with
+    /// its latest state and the deadline of its committed state.
+    changes: Vec<OrderChange>,
+    /// Positions in `changes` by (partition, order id); the id is compared inside the change, so
+    /// looking an order up copies nothing.
+    positions: HashTable<usize>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Overlay {
-    /// The batch's latest state for a slot (`Some(None)`: forgotten in this batch).
-    fn get(&self, slot: &(i32, String)) -> Option<&Option<OrderState>> {
-        self.states.get(slot)
+    fn with_capacity(orders: usize) -> Overlay {
+        Overlay {
+            changes: Vec::with_capacity(orders),
+            positions: HashTable::with_capacity(orders),
+            hasher: foldhash::fast::RandomState::default(),
+        }
     }
 
-    /// Records a slot's latest state; `deadline_before` (its committed state's deadline) counts
-    /// only on the slot's first change.
+    fn hash(hasher: &foldhash::fast::RandomState, partition: i32, order_id: &str) -> u64 {
+        hasher.hash_one((partition, order_id))
+    }
+
+    fn position(&self, partition: i32, order_id: &str) -> Option<usize> {
+        let hash = Overlay::hash(&self.hasher, partition, order_id);
+        self.positions
+            .find(hash, |&i| {
+                self.changes[i].partition == partition && self.changes[i].order_id == order_id
+            })
+            .copied()
+    }
+
+    /// The batch's latest state for an order (`Some(None)`: forgotten in this batch).
+    fn get(&self, partition: i32, order_id: &str) -> Option<&Option<OrderState>> {
+        self.position(partition, order_id)
+            .map(|i| &self.changes[i].state)
+    }
+
+    /// Records an order's latest state; `deadline_before` (its committed state's deadline) counts
+    /// only on the order's first change.
     fn set(
         &mut self,
-        slot: (i32, String),
+        partition: i32,
+        order_id: &str,
         state: Option<OrderState>,
         deadline_before: Option<i64>,
     ) {
-        if !self.states.contains_key(&slot) {
-            self.order.push((slot.clone(), deadline_before));
+        if let Some(i) = self.position(partition, order_id) {
+            self.changes[i].state = state;
+            return;
         }
-        self.states.insert(slot, state);
+        let Overlay {
+            changes,
+            positions,
+            hasher,
+        } = self;
+        positions.insert_unique(
+            Overlay::hash(hasher, partition, order_id),
+            changes.len(),
+            |&i| Overlay::hash(hasher, changes[i].partition, &changes[i].order_id),
+        );
+        changes.push(OrderChange {
+            partition,
+            order_id: order_id.to_string(),
+            state,
+            deadline_before,
+        });
     }
 
     /// The last state of each changed order, in first-change order.
-    fn into_changes(mut self) -> Vec<OrderChange> {
-        self.order
-            .into_iter()
-            .filter_map(|(slot, deadline_before)| {
-                let state = self.states.remove(&slot)?;
-                Some(OrderChange {
-                    partition: slot.0,
-                    order_id: slot.1,
-                    state,
-                    deadline_before,
-                })
-            })
-            .collect()
+    fn into_changes(self) -> Vec<OrderChange> {
+        self.changes
     }
 }
 
@@ -255,8 +288,13 @@ pub fn decide_batch(
     inputs: &[InputRecord],
     now_ms: i64,
 ) -> BatchOutput {
-    let mut output = BatchOutput::default();
-    let mut overlay = Overlay::default();
+    // Sized up front: growing these by doubling copied every record several times per batch.
+    let mut output = BatchOutput {
+        records: Vec::with_capacity(2 * inputs.len()),
+        decision_latencies_ms: Vec::with_capacity(inputs.len()),
+        ..BatchOutput::default()
+    };
+    let mut overlay = Overlay::with_capacity(inputs.len());
     for input in inputs {
         output
             .next_offsets
@@ -273,14 +311,12 @@ pub fn decide_batch(
                 continue;
             }
         };
-        let slot = (input.partition, request.order_id.clone());
+        let (partition, order_id) = (input.partition, request.order_id.clone());
         let committed;
-        let (current, deadline_before) = match overlay.get(&slot) {
+        let (current, deadline_before) = match overlay.get(partition, &order_id) {
             Some(state) => (state.as_ref(), None),
             None => {
-                committed = caches
-                    .get(&input.partition)
-                    .and_then(|c| c.get(&request.order_id));
+                committed = caches.get(&partition).and_then(|c| c.get(&order_id));
                 let deadline = committed
                     .as_ref()
                     .and_then(|s| context.decider.next_deadline(s));
@@ -293,7 +329,7 @@ pub fn decide_batch(
         };
         let step = context
             .decider
-            .decide_input(current, &request, origin, now_ms);
+            .decide_input(current, request, origin, now_ms);
         if step.answers.is_empty() {
             output.stats.parked += 1;
         }
@@ -306,7 +342,7 @@ pub fn decide_batch(
             context,
             &mut output,
             &mut overlay,
-            (slot, deadline_before),
+            (partition, &order_id, deadline_before),
             step,
             now_ms,
             trace.map(|t| (origin, t)),
@@ -321,18 +357,17 @@ fn emit_step(
     context: &BatchContext<'_>,
     output: &mut BatchOutput,
     overlay: &mut Overlay,
-    (slot, deadline_before): ((i32, String), Option<i64>),
+    (partition, order_id, deadline_before): (i32, &str, Option<i64>),
     step: Step,
     now_ms: i64,
     trace: Option<(Origin, (String, Vec<u8>))>,
 ) {
     let definition = context.decider.definition();
-    let (partition, order_id) = (slot.0, slot.1.clone());
     let next = match step.change {
         StateChange::Unchanged => None,
         StateChange::Put(next) => {
             let mut value = Vec::with_capacity(256);
-            encode_order_state(definition, &order_id, &next, &mut value);
+            encode_order_state(definition, order_id, &next, &mut value);
             Some((Some(value), Some(next)))
         }
         StateChange::Delete => {
@@ -344,11 +379,11 @@ fn emit_step(
         output.records.push(OutgoingRecord {
             topic: context.topics.state.clone(),
             partition,
-            key: order_id.clone().into_bytes(),
+            key: order_id.as_bytes().to_vec(),
             value,
             headers: Vec::new(),
         });
-        overlay.set(slot, state, deadline_before);
+        overlay.set(partition, order_id, state, deadline_before);
     }
     for answer in step.answers {
         match &answer.outcome {
@@ -356,10 +391,18 @@ fn emit_step(
                 duplicate: false, ..
             } => {
                 output.stats.accepted += 1;
-                *output
+                // Counted without copying the name each time: it is new only once per batch.
+                match output
                     .accepted_by_transition
-                    .entry(answer.request.transition.clone())
-                    .or_default() += 1;
+                    .get_mut(&answer.request.transition)
+                {
+                    Some(count) => *count += 1,
+                    None => {
+                        output
+                            .accepted_by_transition
+                            .insert(answer.request.transition.clone(), 1);
+                    }
+                }
                 output
                     .decision_latencies_ms
                     .push(now_ms - answer.request.requested_at_ms);
@@ -387,9 +430,7 @@ fn emit_step(
         output.records.push(outcome_record(
             definition,
             context.topics,
-            &answer.request,
-            &answer.outcome,
-            (answer.origin.partition, answer.origin.offset),
+            answer,
             now_ms,
             header,
         ));
@@ -419,7 +460,7 @@ pub fn expire_orders(
             context,
             &mut output,
             &mut overlay,
-            ((*partition, order_id.clone()), deadline_before),
+            (*partition, order_id, deadline_before),
             step,
             now_ms,
             None,
@@ -429,19 +470,22 @@ pub fn expire_orders(
     output
 }
 
-/// The accepted or rejected record for a decision.
+/// The accepted or rejected record for a decision (the answer's request moves into it).
 fn outcome_record(
     definition: &Definition,
     topics: &TopicSettings,
-    request: &TransitionRequest,
-    outcome: &Outcome,
-    (partition, offset): (i32, i64),
+    answer: Answer,
     now_ms: i64,
     trace: Option<(String, Vec<u8>)>,
 ) -> OutgoingRecord {
+    let Answer {
+        origin: Origin { partition, offset },
+        request,
+        outcome,
+    } = answer;
     let name = |id| definition.state(id).name.clone();
     let mut value = Vec::with_capacity(256);
-    let topic = match outcome {
+    let topic = match &outcome {
         Outcome::Accepted {
             from,
             to,
@@ -491,7 +535,7 @@ fn outcome_record(
                     transition: request.transition.clone(),
                     reason: reason.code(),
                     detail: rejection_detail(
-                        definition, request, reason, *state, *version, *duplicate,
+                        definition, &request, reason, *state, *version, *duplicate,
                     ),
                     allowed_from,
                     expected_version: request.expected_version,
@@ -517,7 +561,7 @@ fn outcome_record(
     OutgoingRecord {
         topic: topic.clone(),
         partition,
-        key: request.order_id.clone().into_bytes(),
+        key: request.order_id.into_bytes(),
         value: Some(value),
         headers: trace.into_iter().collect(),
     }

@@ -459,7 +459,12 @@ mod tests {
                 partition: 0,
                 offset: offset as i64,
             };
-            let step = decider.decide_input(states.get(&request.order_id), request, origin, 1_000);
+            let step = decider.decide_input(
+                states.get(&request.order_id),
+                request.clone(),
+                origin,
+                1_000,
+            );
             match step.change {
                 StateChange::Put(state) => {
                     states.insert(request.order_id.clone(), state);
