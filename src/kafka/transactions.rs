@@ -291,17 +291,21 @@ impl TxnProducer {
 
     /// Queues a record; waits while librdkafka's queue is full (back-pressure, not failure).
     pub fn send(&self, record: &OutgoingRecord) -> Result<(), TxnError> {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (key, value) in &record.headers {
-            headers = headers.insert(rdkafka::message::Header {
-                key,
-                value: Some(value.as_slice()),
-            });
-        }
         let mut base = BaseRecord::to(&record.topic)
             .partition(record.partition)
-            .key(record.key.as_slice())
-            .headers(headers);
+            .key(record.key.as_slice());
+        // Most records carry no headers: an empty header list would still be allocated and freed
+        // inside librdkafka for each of them.
+        if !record.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(rdkafka::message::Header {
+                    key,
+                    value: Some(value.as_slice()),
+                });
+            }
+            base = base.headers(headers);
+        }
         if let Some(value) = &record.value {
             base = base.payload(value.as_slice());
         }

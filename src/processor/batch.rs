@@ -56,7 +56,7 @@ pub struct InputRecord {
     pub key: Option<Vec<u8>>,
     /// Its value.
     pub value: Option<Vec<u8>>,
-    /// Its headers.
+    /// Its headers that deciding uses (the processor keeps only [`TRACEPARENT`]).
     pub headers: Vec<(String, Vec<u8>)>,
 }
 

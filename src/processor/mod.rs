@@ -946,11 +946,14 @@ fn check_group_definition(
     }
 }
 
+/// Copies what deciding needs out of a consumed record: key, value and, of the headers, only the
+/// trace context (the one header carried onto outcomes).
 fn to_input(message: &BorrowedMessage<'_>) -> InputRecord {
     let headers = message
         .headers()
         .map(|h| {
             h.iter()
+                .filter(|header| header.key == batch::TRACEPARENT)
                 .map(|header| {
                     (
                         header.key.to_string(),
