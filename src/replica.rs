@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::codec::decode_order_state;
 use crate::config::Settings;
-use crate::kafka::{committed_reader_config, ClientConfigError};
+use crate::kafka::{committed_reader_config, read_in_bulk, ClientConfigError};
 use crate::machine::Definition;
 use crate::ops::{Health, Metrics};
 use crate::processor::{Clock, SystemClock};
@@ -71,18 +71,21 @@ pub fn run(
     shutdown: &AtomicBool,
 ) -> Result<(), ReplicaError> {
     let topic = settings.topics.state.clone();
-    let consumer: BaseConsumer<ReplicaContext> = committed_reader_config(
+    let mut config = committed_reader_config(
         &settings.kafka,
         &format!("orderflow-replica.{}", settings.instance_id),
         &format!("orderflow-replica-{}", Uuid::new_v4().simple()),
-    )?
-    .set("enable.partition.eof", "true")
-    .set("statistics.interval.ms", "1000")
-    .create_with_context(ReplicaContext {
-        metrics: metrics.clone(),
-        topic: topic.clone(),
-    })
-    .map_err(ReplicaError::Consumer)?;
+    )?;
+    // The first load reads the whole state topic, as a processor's restore does.
+    read_in_bulk(&mut config);
+    let consumer: BaseConsumer<ReplicaContext> = config
+        .set("enable.partition.eof", "true")
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(ReplicaContext {
+            metrics: metrics.clone(),
+            topic: topic.clone(),
+        })
+        .map_err(ReplicaError::Consumer)?;
     let mut assignment = TopicPartitionList::new();
     {
         let mut caches = caches.write();
