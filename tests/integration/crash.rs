@@ -11,8 +11,34 @@ use crate::support::{
     create_topics, outcomes_within, processor_settings, produce, read_to_end, request, unique,
 };
 
+/// A spawned `orderflow run`, killed when dropped: a test that panics must not leave a processor
+/// running (it would retry forever once the broker is gone and keep the test run's output open).
+pub struct RunningBinary(Child);
+
+impl std::ops::Deref for RunningBinary {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RunningBinary {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for RunningBinary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the `orderflow run` binary for `settings`, with an optional failpoint.
-pub fn spawn_binary(settings: &Settings, failpoint: Option<&str>) -> Child {
+pub fn spawn_binary(settings: &Settings, failpoint: Option<&str>) -> RunningBinary {
     spawn_binary_with(settings, failpoint, &[])
 }
 
@@ -21,7 +47,7 @@ pub fn spawn_binary_with(
     settings: &Settings,
     failpoint: Option<&str>,
     environment: &[(&str, &str)],
-) -> Child {
+) -> RunningBinary {
     let mut command = binary_command(settings);
     command.arg("run");
     match failpoint {
@@ -29,7 +55,7 @@ pub fn spawn_binary_with(
         None => command.env_remove("ORDERFLOW_FAILPOINT"),
     };
     command.envs(environment.iter().copied());
-    command.spawn().expect("orderflow binary starts")
+    RunningBinary(command.spawn().expect("orderflow binary starts"))
 }
 
 /// Sends SIGTERM to a child, as Kubernetes does to stop a pod.

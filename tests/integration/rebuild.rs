@@ -3,7 +3,7 @@
 //! to it carry on where the live state left off.
 
 use std::collections::HashMap;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use orderflow::codec::decode_order_state;
@@ -16,7 +16,7 @@ use crate::support::{
 };
 
 /// Stops a processor the way Kubernetes does (SIGTERM), so it leaves its group.
-fn stop_gracefully(mut processor: Child) {
+fn stop_gracefully(mut processor: crate::crash::RunningBinary) {
     sigterm(&processor);
     let exit = processor.wait().unwrap();
     assert!(

@@ -46,7 +46,7 @@ async fn applied_records(address: SocketAddr) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn stop(mut child: Child) {
+fn stop(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -55,7 +55,7 @@ fn stop(mut child: Child) {
 async fn a_read_replica_answers_for_every_order_and_follows_new_commits() {
     let settings = processor_settings(3, &unique("replica"));
     create_topics(&settings).await;
-    let processor = spawn_binary(&settings, None);
+    let mut processor = spawn_binary(&settings, None);
 
     // 30 orders over all three partitions: 10 shipped, 10 confirmed, 10 pending.
     let mut requests = Vec::new();
@@ -73,7 +73,7 @@ async fn a_read_replica_answers_for_every_order_and_follows_new_commits() {
     outcomes_within(&settings, requests.len(), Duration::from_secs(60)).await;
 
     let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let replica = binary_command(&settings)
+    let mut replica = binary_command(&settings)
         .arg("serve")
         .env("ORDERFLOW_OPS__LISTEN", address.to_string())
         .env("ORDERFLOW_INSTANCE_ID", "replica-0")
@@ -155,6 +155,6 @@ async fn a_read_replica_answers_for_every_order_and_follows_new_commits() {
             .contains("orderflow_replica_lag_records{partition=\"0\"} 0"),
         "caught-up partitions report zero lag"
     );
-    stop(replica);
-    stop(processor);
+    stop(&mut replica);
+    stop(&mut processor);
 }
