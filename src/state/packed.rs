@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
+use super::block::CBlock;
+
 use crate::machine::{
     OrderState, Origin, ParkedRequest, RecentRequest, RecordedOutcome, RejectCode, StateId,
     TransitionRequest,
@@ -20,7 +22,7 @@ use crate::machine::{
 
 /// An order id and its state in one allocation (see the module documentation for the layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackedOrder(Box<[u8]>);
+pub struct PackedOrder(CBlock);
 
 impl PackedOrder {
     /// Packs an order, using `scratch` as the staging buffer so the block is allocated at its size.
@@ -46,7 +48,7 @@ impl PackedOrder {
         for parked in &state.parked {
             write_parked(w, parked);
         }
-        PackedOrder(Box::from(w.as_slice()))
+        PackedOrder(CBlock::copy_of(w))
     }
 
     /// The order id's bytes.
