@@ -136,15 +136,7 @@ async fn preload(settings: &Settings, requests: u64, seed: u64) -> anyhow::Resul
         .ensure(&settings.topics)
         .await?;
     let definition = definition()?;
-    // No parking in the throughput input: every system decides each request on arrival.
-    let shares = Shares {
-        invalid: 0.02,
-        duplicate: 0.02,
-        out_of_order: 0.0,
-        poison: 0.0,
-        cancel: 0.10,
-        returned: 0.05,
-    };
+    let shares = Shares::decided_on_arrival();
     let orders = requests / 4 + 1;
     let plan = Plan::new(&definition, seed, "bench", orders, 10_000, shares)
         .map_err(anyhow::Error::msg)?;

@@ -252,14 +252,7 @@ fn batch_benches(c: &mut Criterion) {
         limits: &settings.processor,
         group_id: "bench",
     };
-    let shares = Shares {
-        invalid: 0.02,
-        duplicate: 0.02,
-        out_of_order: 0.0,
-        poison: 0.0,
-        cancel: 0.10,
-        returned: 0.05,
-    };
+    let shares = Shares::decided_on_arrival();
     const BATCH: usize = 2_000;
     let now = 1_764_000_000_000;
     let inputs: Vec<InputRecord> = Plan::new(&definition, 42, "bench", 10_000, 10_000, shares)

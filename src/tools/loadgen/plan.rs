@@ -54,6 +54,18 @@ impl Default for Shares {
     }
 }
 
+impl Shares {
+    /// The throughput benchmark's input: every request decided on arrival (nothing parked, no
+    /// poison), so every system compared handles the same requests the same way.
+    pub fn decided_on_arrival() -> Shares {
+        Shares {
+            out_of_order: 0.0,
+            poison: 0.0,
+            ..Shares::default()
+        }
+    }
+}
+
 /// The outcome a planned request must get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Expect {
@@ -393,6 +405,21 @@ mod tests {
         assert_ne!(
             plan(7, 300, Shares::default()),
             plan(8, 300, Shares::default())
+        );
+    }
+
+    #[test]
+    fn the_throughput_input_decides_every_request_on_arrival_and_holds_rejections() {
+        let records = plan(42, 5_000, Shares::decided_on_arrival());
+        assert!(
+            records
+                .iter()
+                .all(|r| matches!(r, Planned::Request { waits: false, .. })),
+            "nothing parks and nothing is poison"
+        );
+        assert!(
+            records.iter().any(|r| r.expect() == Expect::Rejected),
+            "invalid requests are still part of it"
         );
     }
 
