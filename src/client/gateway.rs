@@ -16,11 +16,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::outcome::{decode_outcome, Outcome};
+use super::positions;
 use crate::codec::encode_request;
 use crate::config::{Settings, TopicSettings};
 use crate::kafka::partitioner::partition_for;
@@ -160,14 +161,12 @@ impl Shared {
             entry.waiting += 1;
             return Ok(());
         }
-        let mut assignment = TopicPartitionList::new();
-        for topic in self.output_topics() {
-            let end = crate::state::restore::end_offset(&self.reader, topic, partition)
-                .map_err(kafka(format!("reading the end of {topic} [{partition}]")))?;
-            assignment
-                .add_partition_offset(topic, partition, Offset::Offset(end))
-                .map_err(kafka(format!("assigning {topic} [{partition}]")))?;
-        }
+        let assignment = positions(
+            &self.reader,
+            &self.output_topics(),
+            [partition].into_iter(),
+            false,
+        )?;
         self.reader
             .incremental_assign(&assignment)
             .map_err(kafka(format!(

@@ -13,32 +13,47 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Assigns `reader` every partition of `topics`, from their beginning or from the end they have
-/// now (blocking). The end as explicit offsets, not `Offset::End`: a record written between now
-/// and the reader's first fetch must not be skipped.
+/// now (blocking; see [`positions`]).
 pub fn assign_outputs<C: ConsumerContext>(
     reader: &BaseConsumer<C>,
     topics: &[&str],
     partitions: i32,
     from_beginning: bool,
 ) -> Result<(), GatewayError> {
+    let assignment = positions(reader, topics, 0..partitions, from_beginning)?;
+    reader
+        .assign(&assignment)
+        .map_err(|source| GatewayError::Kafka {
+            doing: "assigning the output topics".into(),
+            source,
+        })
+}
+
+/// `partitions` of each of `topics`, positioned at their beginning or at the end they have now
+/// (blocking). The end as explicit offsets, not `Offset::End`: a record written between now and
+/// the reader's first fetch must not be skipped.
+pub(crate) fn positions<C: ConsumerContext>(
+    reader: &BaseConsumer<C>,
+    topics: &[&str],
+    partitions: impl Iterator<Item = i32> + Clone,
+    from_beginning: bool,
+) -> Result<TopicPartitionList, GatewayError> {
     let kafka = |doing: String| move |source| GatewayError::Kafka { doing, source };
     let mut assignment = TopicPartitionList::new();
     for topic in topics {
-        for partition in 0..partitions {
+        for partition in partitions.clone() {
             let offset = if from_beginning {
                 Offset::Beginning
             } else {
                 Offset::Offset(
                     crate::state::restore::end_offset(reader, topic, partition)
-                        .map_err(kafka(format!("reading the end of {topic}")))?,
+                        .map_err(kafka(format!("reading the end of {topic} [{partition}]")))?,
                 )
             };
             assignment
                 .add_partition_offset(topic, partition, offset)
-                .map_err(kafka(format!("assigning {topic}")))?;
+                .map_err(kafka(format!("assigning {topic} [{partition}]")))?;
         }
     }
-    reader
-        .assign(&assignment)
-        .map_err(kafka("assigning the output topics".into()))
+    Ok(assignment)
 }

@@ -1,14 +1,15 @@
 //! A state-machine definition: parsed from TOML, validated as a whole, compiled into lookup tables.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-
-type NameHasher = foldhash::fast::RandomState;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// The hasher of the name tables.
+type NameHasher = foldhash::fast::RandomState;
 
 /// Index of a state within its [`Definition`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

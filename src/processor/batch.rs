@@ -5,7 +5,6 @@
 //! requests in the same batch see earlier ones' effects through an overlay.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
 
 use crate::codec::{
     decode_request, encode_accepted_view, encode_order_state, encode_rejected, AcceptedView,
@@ -17,7 +16,7 @@ use crate::machine::{
     Answer, Decider, Definition, OrderState, Origin, Outcome, Rejection, StateChange, StateId,
     Step, TransitionRequest,
 };
-use crate::state::PartitionCache;
+use crate::state::{order_hash, PartitionCache};
 use hashbrown::HashTable;
 
 /// The W3C trace context header, carried from a request onto its outcome.
@@ -210,10 +209,9 @@ struct Overlay {
     /// Each changed order once, in first-change order (the order changes are applied in), with
     /// its latest state and the deadline of its committed state.
     changes: Vec<OrderChange>,
-    /// Positions in `changes` by (partition, order id); the id is compared inside the change, so
-    /// looking an order up copies nothing.
+    /// Positions in `changes` by order id, filed under the caches' [`order_hash`]; the id and
+    /// partition are compared inside the change, so looking an order up copies nothing.
     positions: HashTable<usize>,
-    hasher: foldhash::fast::RandomState,
 }
 
 impl Overlay {
@@ -221,18 +219,12 @@ impl Overlay {
         Overlay {
             changes: Vec::with_capacity(orders),
             positions: HashTable::with_capacity(orders),
-            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
-    fn hash(hasher: &foldhash::fast::RandomState, partition: i32, order_id: &str) -> u64 {
-        hasher.hash_one((partition, order_id))
-    }
-
     fn position(&self, partition: i32, order_id: &str) -> Option<usize> {
-        let hash = Overlay::hash(&self.hasher, partition, order_id);
         self.positions
-            .find(hash, |&i| {
+            .find(order_hash(order_id.as_bytes()), |&i| {
                 self.changes[i].partition == partition && self.changes[i].order_id == order_id
             })
             .copied()
@@ -257,16 +249,11 @@ impl Overlay {
             self.changes[i].state = state;
             return;
         }
-        let Overlay {
-            changes,
-            positions,
-            hasher,
-        } = self;
-        positions.insert_unique(
-            Overlay::hash(hasher, partition, order_id),
-            changes.len(),
-            |&i| Overlay::hash(hasher, changes[i].partition, &changes[i].order_id),
-        );
+        let changes = &mut self.changes;
+        self.positions
+            .insert_unique(order_hash(order_id.as_bytes()), changes.len(), |&i| {
+                order_hash(changes[i].order_id.as_bytes())
+            });
         changes.push(OrderChange {
             partition,
             order_id: order_id.to_string(),
