@@ -4,13 +4,16 @@
 //! - `pipe`: the floor set by the broker: an exactly-once consume -> produce of two records per
 //!   input (state + outcome, to the input's partition) with orderflow's batching and transactions,
 //!   deciding nothing;
+//! - `pipe-latency`: the pipe under a paced load (the load generator's producer settings and
+//!   orderflow's default batching), timing each request from its `requested_at` to its copy
+//!   visible to a read_committed reader: the latency floor orderflow's latency runs compare with;
 //! - `await`: reads the outcome topics with read_committed until N records and prints the rate
 //!   between the first and the last;
 //! - `restore`: writes M order states to a state topic and restores all its partitions the way a
 //!   processor does, printing orders/s and resident memory per million cached orders.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +62,16 @@ enum Command {
     Pipe {
         #[arg(long)]
         count: u64,
+    },
+    /// Send planned requests at `rate` for `seconds` through the pipe; print latency as JSON.
+    PipeLatency {
+        #[arg(long)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Send this many seconds more first and leave them out of the percentiles.
+        #[arg(long, default_value_t = 0)]
+        warmup_secs: u64,
     },
     /// Wait for `count` records in the outcome topics; print timing as JSON.
     Await {
@@ -168,7 +181,8 @@ async fn preload(settings: &Settings, requests: u64, seed: u64) -> anyhow::Resul
 
 /// The floor: orderflow's loop shape (batches of up to 2000 records or 20 ms, one transaction
 /// each, offsets in the transaction) with the decision replaced by copying the input twice.
-fn pipe(settings: &Settings, count: u64) -> anyhow::Result<()> {
+/// `assigned` turns true once the consumer group has given the pipe its partitions.
+fn pipe(settings: &Settings, count: u64, assigned: &AtomicBool) -> anyhow::Result<()> {
     let consumer: BaseConsumer = processor_consumer_config(settings, "0000000000000000")?
         .set("statistics.interval.ms", "0")
         .create()?;
@@ -188,7 +202,13 @@ fn pipe(settings: &Settings, count: u64) -> anyhow::Result<()> {
             let timeout = deadline.map_or(Duration::from_millis(100), |d| {
                 d.saturating_duration_since(Instant::now())
             });
-            match consumer.poll(timeout) {
+            let polled = consumer.poll(timeout);
+            if !assigned.load(Ordering::Relaxed)
+                && consumer.assignment().is_ok_and(|a| a.count() > 0)
+            {
+                assigned.store(true, Ordering::Relaxed);
+            }
+            match polled {
                 Some(Ok(m)) => {
                     batch.push((
                         m.partition(),
@@ -245,6 +265,148 @@ fn pipe(settings: &Settings, count: u64) -> anyhow::Result<()> {
         producer.commit()?;
         passed += batch.len() as u64;
     }
+    Ok(())
+}
+
+/// The pipe at orderflow's default batching, fed at `rate` for `seconds` the way `orderflow
+/// loadgen` feeds orderflow; prints the percentiles of request -> copy visible to a read_committed
+/// reader, in the loadgen report's shape.
+fn pipe_latency(
+    mut settings: Settings,
+    rate: u64,
+    seconds: u64,
+    warmup_secs: u64,
+) -> anyhow::Result<()> {
+    settings.processor.batch_max_wait_ms = Settings::default().processor.batch_max_wait_ms;
+    let warmup = rate * warmup_secs;
+    let count = (rate * seconds).max(1) + warmup;
+    // Requests from this wall-clock time on are measured (set once sending starts).
+    let measured_from_ms = std::sync::atomic::AtomicI64::new(i64::MAX);
+    let reader: BaseConsumer = committed_reader_config(
+        &settings.kafka,
+        "orderflow-bench-pipe-latency",
+        &format!(
+            "{}latency-{}",
+            settings.topics.requests,
+            uuid::Uuid::new_v4().simple()
+        ),
+    )?
+    .set("fetch.wait.max.ms", "10")
+    .create()?;
+    orderflow::client::assign_outputs(
+        &reader,
+        &[&settings.topics.accepted],
+        settings.topics.partitions,
+        true,
+    )?;
+    let assigned = AtomicBool::new(false);
+    let definition = definition()?;
+    let plan = Plan::new(
+        &definition,
+        5,
+        "pipe",
+        count / 4 + 1,
+        10_000,
+        Shares::decided_on_arrival(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        request_producer_config(&settings.kafka, "orderflow-bench-pipe-latency")?
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "500000")
+            .create()?;
+    let settings = &settings;
+    let (copies, latencies, sent_seconds) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let piping = scope.spawn(|| pipe(settings, count, &assigned));
+        let reading = scope.spawn(|| {
+            let mut latencies = Vec::with_capacity(count as usize);
+            let mut copies = 0u64;
+            let started = Instant::now();
+            while copies < count
+                && started.elapsed() < Duration::from_secs((seconds + warmup_secs) * 4 + 120)
+            {
+                let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let now = orderflow::processor::Clock::now_ms(&orderflow::processor::SystemClock);
+                if let Ok(request) = orderflow::codec::decode_request(
+                    message.key(),
+                    message.payload().unwrap_or_default(),
+                ) {
+                    copies += 1;
+                    if request.requested_at_ms >= measured_from_ms.load(Ordering::Relaxed) {
+                        latencies.push(now - request.requested_at_ms);
+                    }
+                }
+            }
+            (copies, latencies)
+        });
+        let ready_by = Instant::now() + Duration::from_secs(60);
+        while !assigned.load(Ordering::Relaxed) {
+            if Instant::now() > ready_by {
+                bail!("the pipe had no partitions assigned within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let started = Instant::now();
+        measured_from_ms.store(
+            orderflow::processor::Clock::now_ms(&orderflow::processor::SystemClock)
+                + 1000 * warmup_secs as i64,
+            Ordering::Relaxed,
+        );
+        let requests = plan.filter_map(|planned| match planned {
+            Planned::Request { request, .. } => Some(request),
+            Planned::Poison { .. } => None,
+        });
+        for (index, mut request) in requests.take(count as usize).enumerate() {
+            let due = started + Duration::from_secs_f64(index as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            request.requested_at_ms =
+                orderflow::processor::Clock::now_ms(&orderflow::processor::SystemClock);
+            let mut value = Vec::with_capacity(96);
+            orderflow::codec::encode_request(&request, &mut value);
+            let key = request.order_id.into_bytes();
+            while let Err((e, _)) = producer.send(
+                BaseRecord::to(&settings.topics.requests)
+                    .key(&key)
+                    .payload(&value),
+            ) {
+                if !matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                    )
+                ) {
+                    return Err(e.into());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        producer.flush(Duration::from_secs(60))?;
+        let sent_seconds = started.elapsed().as_secs_f64();
+        let (copies, latencies) = reading
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        piping
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        Ok((copies, latencies, sent_seconds))
+    })?;
+    if copies < count {
+        bail!("only {copies} of {count} copies became visible");
+    }
+    println!(
+        "{}",
+        json!({
+            "sent": count,
+            "warmup_sent": warmup,
+            "send_rate": count as f64 / sent_seconds.max(1e-9),
+            "latency_ms": orderflow::tools::loadgen::percentiles(latencies),
+        })
+    );
     Ok(())
 }
 
@@ -520,7 +682,19 @@ async fn main() -> anyhow::Result<()> {
     let settings = settings(&cli);
     match &cli.command {
         Command::Preload { requests, seed } => preload(&settings, *requests, *seed).await,
-        Command::Pipe { count } => tokio::task::block_in_place(|| pipe(&settings, *count)),
+        Command::Pipe { count } => {
+            tokio::task::block_in_place(|| pipe(&settings, *count, &AtomicBool::new(false)))
+        }
+        Command::PipeLatency {
+            rate,
+            seconds,
+            warmup_secs,
+        } => {
+            Topics::connect(&settings.kafka)?
+                .ensure(&settings.topics)
+                .await?;
+            tokio::task::block_in_place(|| pipe_latency(settings, *rate, *seconds, *warmup_secs))
+        }
         Command::Await {
             count,
             timeout_secs,

@@ -201,6 +201,10 @@ pub struct LoadgenArgs {
     /// How long to wait for the last outcomes after sending, in seconds.
     #[arg(long, default_value_t = 120)]
     pub wait_secs: u64,
+    /// Leave the requests of the first N seconds out of the latency percentiles (their outcomes
+    /// are still checked): a freshly started processor's first transactions are slower.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_secs: u64,
     /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -209,6 +209,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 shares,
                 wait: Duration::from_secs(args.wait_secs),
                 progress: !args.no_progress,
+                warmup: Duration::from_secs(args.warmup_secs),
             };
             let report = tokio::task::spawn_blocking(move || {
                 tools::loadgen::run(&settings, &definition, &spec)

@@ -2,8 +2,8 @@
 //! (transition names come from the definition, reasons from a closed enum; never an order id).
 
 use prometheus::{
-    exponential_buckets, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use rdkafka::Statistics;
 
@@ -35,6 +35,8 @@ pub struct Metrics {
     pub transactions: IntCounterVec,
     /// Time from beginning a transaction to its commit.
     pub transaction_seconds: Histogram,
+    /// Time of each step of a committed transaction (`send`, `deliveries`, `offsets`, `commit`).
+    pub transaction_step_seconds: HistogramVec,
     /// Requests per committed batch.
     pub batch_records: Histogram,
     /// Time from a request's `requested_at` to its decision.
@@ -91,6 +93,9 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntG
     registry.register(Box::new(g.clone()))?;
     Ok(g)
 }
+
+/// The steps of a transaction, in order, as `orderflow_transaction_step_duration_seconds` labels them.
+pub const TRANSACTION_STEPS: [&str; 4] = ["send", "deliveries", "offsets", "commit"];
 
 fn histogram(
     registry: &Registry,
@@ -165,6 +170,20 @@ impl Metrics {
                 "Time from beginning a transaction to its commit.",
                 seconds.clone(),
             )?,
+            transaction_step_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "orderflow_transaction_step_duration_seconds",
+                        "Time of each step of a committed transaction: send (records handed to \
+                         the producer), deliveries (acknowledged by the brokers), offsets \
+                         (consumer offsets added), commit (the coordinator's answer).",
+                    )
+                    .buckets(seconds.clone()),
+                    &["step"],
+                )?;
+                r.register(Box::new(h.clone()))?;
+                h
+            },
             batch_records: histogram(
                 &r,
                 "orderflow_batch_records",
@@ -287,6 +306,9 @@ impl Metrics {
         }
         for kind in CodecError::KINDS.iter().chain(&Poison::OTHER_KINDS) {
             metrics.dead_letters.with_label_values(&[kind]);
+        }
+        for step in TRANSACTION_STEPS {
+            metrics.transaction_step_seconds.with_label_values(&[step]);
         }
         for result in ["commit", "abort"] {
             metrics.transactions.with_label_values(&[result]);

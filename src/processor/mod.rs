@@ -46,7 +46,7 @@ use crate::kafka::{
     TxnProducer,
 };
 use crate::machine::{Decider, Definition, OrderState, ParkingPolicy};
-use crate::ops::metrics::reason_label;
+use crate::ops::metrics::{reason_label, TRANSACTION_STEPS};
 use crate::ops::{Health, Metrics};
 use crate::state::restore::{
     restore_threads, spawn_restore, split_partitions, RestoreError, RestoreEvent,
@@ -749,8 +749,14 @@ impl Processor {
         .entered();
         let started = Instant::now();
         match self.transaction(&output, batch_number) {
-            Ok(()) => {
+            Ok(steps) => {
                 self.record_metrics(&output, inputs, started.elapsed());
+                for (step, took) in TRANSACTION_STEPS.iter().zip(steps) {
+                    self.metrics
+                        .transaction_step_seconds
+                        .with_label_values(&[step])
+                        .observe(took.as_secs_f64());
+                }
                 let mut caches = self.caches.write();
                 for change in output.changes {
                     let Some(cache) = caches.get_mut(&change.partition) else {
@@ -847,7 +853,13 @@ impl Processor {
         }
     }
 
-    fn transaction(&self, output: &BatchOutput, batch_number: u64) -> Result<(), TxnError> {
+    /// Runs the batch's transaction; returns how long each of its steps took
+    /// (`metrics::TRANSACTION_STEPS`).
+    fn transaction(
+        &self,
+        output: &BatchOutput,
+        batch_number: u64,
+    ) -> Result<[Duration; 4], TxnError> {
         let started = Instant::now();
         self.producer.begin()?;
         for record in &output.records {
@@ -897,7 +909,12 @@ impl Processor {
                 "slow transaction"
             );
         }
-        Ok(())
+        Ok([
+            sent,
+            delivered - sent,
+            offsets_sent - delivered,
+            committed - offsets_sent,
+        ])
     }
 }
 

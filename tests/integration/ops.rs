@@ -97,7 +97,22 @@ async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
             "missing `{line}` in:\n{body}"
         );
     }
-    assert!(body.contains("orderflow_transaction_duration_seconds_count"));
+    let count_of = |prefix: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no `{prefix}` in:\n{body}"))
+    };
+    let transactions = count_of("orderflow_transaction_duration_seconds_count");
+    assert!(transactions > 0);
+    for step in orderflow::ops::metrics::TRANSACTION_STEPS {
+        assert_eq!(
+            count_of(&format!(
+                "orderflow_transaction_step_duration_seconds_count{{step=\"{step}\"}}"
+            )),
+            transactions,
+            "every committed transaction times its {step} step"
+        );
+    }
     assert!(body.contains("orderflow_decision_latency_seconds_bucket"));
 }
 

@@ -382,3 +382,46 @@ async fn loadgen_gets_every_planned_outcome_from_a_running_processor() {
     }
     assert!(report["latency_ms"]["p50"].as_i64().unwrap() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_leaves_the_warm_up_out_of_the_latency_percentiles() {
+    let settings = processor_settings(2, &unique("warmup"));
+    create_topics(&settings).await;
+    let processor = RunningProcessor::start(&settings);
+    let output = cli_async(
+        &settings,
+        &[
+            "loadgen",
+            "--orders",
+            "100",
+            "--rate",
+            "200",
+            "--warmup-secs",
+            "1",
+            "--poison-share",
+            "0",
+            "--seed",
+            "3",
+            "--wait-secs",
+            "90",
+            "--no-progress",
+            "--json",
+        ],
+    )
+    .await;
+    processor.stop();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report = &json_lines(&output)[0];
+    assert_eq!(report["missing"], 0, "{report}");
+    let sent = report["sent"].as_u64().unwrap();
+    let warmup = report["warmup_sent"].as_u64().unwrap();
+    // Paced at 200/s, the first second holds at most 201 records (index 0 goes at once).
+    assert!((1..=201).contains(&warmup), "{report}");
+    assert!(warmup < sent, "{report}");
+    // Without poison every record has a latency; the warm-up's are left out.
+    assert_eq!(
+        report["measured"].as_u64().unwrap(),
+        sent - warmup,
+        "{report}"
+    );
+}

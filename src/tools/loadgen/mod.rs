@@ -46,6 +46,10 @@ pub struct LoadSpec {
     pub wait: Duration,
     /// Show a live progress line on stderr.
     pub progress: bool,
+    /// Requests sent this long after the start are checked like all others but left out of the
+    /// latency percentiles: a freshly started processor's first transactions are slower than its
+    /// steady state (new producer, partitions first written).
+    pub warmup: Duration,
 }
 
 /// Delivery reports: the (partition, offset) each planned record landed at.
@@ -128,6 +132,10 @@ pub struct Report {
     /// The same for requests whose outcome waits for a later request by design (parked, or a
     /// redelivery of a parked request): they measure the load's ordering, not orderflow.
     pub waiting_latency_ms: BTreeMap<String, i64>,
+    /// Records sent during the warm-up (left out of the latency percentiles).
+    pub warmup_sent: u64,
+    /// Records whose latency is in `latency_ms` or `waiting_latency_ms`.
+    pub measured: u64,
     /// Of `latency_ms`, the part after the decision (the transaction and its visibility to a
     /// read_committed reader); the rest is fetching and batching the request.
     pub after_decision_latency_ms: BTreeMap<String, i64>,
@@ -151,7 +159,12 @@ impl Report {
         );
         text += &format!("  rejected by reason: {:?}\n", self.rejected_by_reason);
         text += &format!(
-            "  latency request -> committed outcome (ms): {:?}\n",
+            "  latency request -> committed outcome (ms){}: {:?}\n",
+            if self.warmup_sent > 0 {
+                format!(", after the first {} records (warm-up)", self.warmup_sent)
+            } else {
+                String::new()
+            },
             self.latency_ms
         );
         text += &format!(
@@ -349,12 +362,16 @@ pub fn run(
     let mut expectations: Vec<Expect> = Vec::new();
     let mut waits: Vec<bool> = Vec::new();
     let started = Instant::now();
+    let mut measured_from: Option<usize> = None;
     for (index, planned) in plan.enumerate() {
         if spec.rate > 0 {
             let due = started + Duration::from_secs_f64(index as f64 / spec.rate as f64);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
+        }
+        if measured_from.is_none() && started.elapsed() >= spec.warmup {
+            measured_from = Some(index);
         }
         expectations.push(planned.expect());
         waits.push(planned.waits());
@@ -387,6 +404,7 @@ pub fn run(
         .context("flushing the load")?;
     let send_seconds = started.elapsed().as_secs_f64();
     let sent = expectations.len() as u64;
+    let measured_from = measured_from.unwrap_or(expectations.len());
     progress.set_position(sent);
 
     // Wait until every delivered input has an outcome, or the wait is over.
@@ -448,6 +466,8 @@ pub fn run(
         outcome_rate: positions.len() as f64 / total_seconds.max(1e-9),
         latency_ms: BTreeMap::new(),
         waiting_latency_ms: BTreeMap::new(),
+        warmup_sent: measured_from as u64,
+        measured: 0,
         after_decision_latency_ms: BTreeMap::new(),
     };
     let mut latencies = Vec::with_capacity(positions.len());
@@ -469,6 +489,9 @@ pub fn run(
         if expectations.get(*index) != Some(&first.kind) {
             report.unexpected += 1;
         }
+        if *index < measured_from {
+            continue;
+        }
         if let Some((latency, since_decision)) = first.latency_ms {
             if waits.get(*index) == Some(&true) {
                 waiting_latencies.push(latency);
@@ -478,6 +501,7 @@ pub fn run(
             }
         }
     }
+    report.measured = (latencies.len() + waiting_latencies.len()) as u64;
     report.latency_ms = percentiles(latencies);
     report.after_decision_latency_ms = percentiles(after_decision);
     report.waiting_latency_ms = percentiles(waiting_latencies);
@@ -485,7 +509,7 @@ pub fn run(
 }
 
 /// p50, p90, p99, p99.9 and max of `values` (nearest rank); empty when there are none.
-fn percentiles(mut values: Vec<i64>) -> BTreeMap<String, i64> {
+pub fn percentiles(mut values: Vec<i64>) -> BTreeMap<String, i64> {
     if values.is_empty() {
         return BTreeMap::new();
     }
