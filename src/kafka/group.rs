@@ -3,10 +3,12 @@
 //! coordinator knows every member's assignment, so no extra topic is needed to find an owner.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::{Client, ClientContext};
 use rdkafka::error::KafkaError;
+use rdkafka::groups::GroupList;
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::client::parse_processor_client_id;
 
@@ -76,6 +78,46 @@ pub fn assigned_partitions(bytes: &[u8], topic: &str) -> Result<Vec<i32>, Assign
     Ok(partitions)
 }
 
+/// Whether a group lookup failed only because the group's coordinator is not ready yet: loading
+/// its partition of `__consumer_offsets` (a broker that just started), moving, or slow to answer.
+pub fn is_coordinator_transient(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+        )
+    )
+}
+
+/// Describes `group`, asking again (100 ms, doubling to 2 s) while its coordinator is not ready
+/// ([`is_coordinator_transient`]), for at most `patience`; other errors return at once.
+pub fn describe_group<C: ClientContext>(
+    client: &Client<C>,
+    group: &str,
+    patience: Duration,
+) -> Result<GroupList, KafkaError> {
+    let deadline = Instant::now() + patience;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match client.fetch_group_list(
+            Some(group),
+            remaining.clamp(Duration::from_secs(1), Duration::from_secs(15)),
+        ) {
+            Err(e) if is_coordinator_transient(&e) && Instant::now() + backoff < deadline => {
+                tracing::info!(error = %e, group, "the group coordinator is not ready; asking again");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Maps each assigned partition of `topic` to the instance id of the processor owning it, as the
 /// group coordinator of `group` sees it now. Members that are not orderflow processors are skipped.
 pub fn partition_owners<C: ClientContext>(
@@ -108,6 +150,31 @@ pub fn partition_owners<C: ClientContext>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loading_or_moving_coordinator_is_transient_other_failures_are_not() {
+        for code in [
+            RDKafkaErrorCode::CoordinatorLoadInProgress,
+            RDKafkaErrorCode::CoordinatorNotAvailable,
+            RDKafkaErrorCode::NotCoordinator,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            assert!(
+                is_coordinator_transient(&KafkaError::GroupListFetch(code)),
+                "{code:?}"
+            );
+        }
+        for code in [
+            RDKafkaErrorCode::GroupAuthorizationFailed,
+            RDKafkaErrorCode::InvalidGroupId,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            assert!(
+                !is_coordinator_transient(&KafkaError::GroupListFetch(code)),
+                "{code:?}"
+            );
+        }
+    }
 
     fn encode(version: i16, topics: &[(&str, &[i32])], user_data: &[u8]) -> Vec<u8> {
         let mut out = version.to_be_bytes().to_vec();

@@ -40,6 +40,7 @@ use self::batch::{
 };
 use self::deadlines::DeadlineIndex;
 use crate::config::Settings;
+use crate::kafka::group::describe_group;
 use crate::kafka::{
     is_fenced, parse_processor_client_id, processor_consumer_config, transactional_id,
     transactional_producer_config, ClientConfigError, ErrorClass, StatsCallback, TxnError,
@@ -275,6 +276,8 @@ impl Clock for SystemClock {
     }
 }
 
+/// How long a starting processor waits for its group's coordinator to become ready.
+const GROUP_COORDINATOR_PATIENCE: Duration = Duration::from_secs(60);
 /// A transaction taking longer than this is logged with the time each of its steps took.
 const SLOW_TRANSACTION: Duration = Duration::from_millis(200);
 
@@ -941,9 +944,13 @@ fn check_group_definition(
     settings: &Settings,
     ours: &str,
 ) -> Result<(), ProcessorError> {
-    let groups = consumer
-        .fetch_group_list(Some(&settings.kafka.group_id), Duration::from_secs(15))
-        .map_err(ProcessorError::Consumer)?;
+    // A broker that just started answers "coordinator load in progress" for a few seconds.
+    let groups = describe_group(
+        consumer.client(),
+        &settings.kafka.group_id,
+        GROUP_COORDINATOR_PATIENCE,
+    )
+    .map_err(ProcessorError::Consumer)?;
     let others: Vec<String> = groups
         .groups()
         .iter()
