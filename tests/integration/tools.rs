@@ -339,15 +339,27 @@ async fn the_gateway_reads_only_the_partitions_its_callers_wait_on() {
     assert!(dropped.is_empty(), "still followed: {dropped:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loadgen_gets_every_planned_outcome_from_a_running_processor() {
-    let settings = processor_settings(3, &unique("loadgen"));
+/// Runs `orderflow loadgen` with `args` (and `--no-progress --json`) against a processor started
+/// for it on fresh topics of `partitions` partitions; the report, once loadgen has exited 0.
+async fn loadgen_report(partitions: i32, name: &str, args: &[&str]) -> Value {
+    let settings = processor_settings(partitions, &unique(name));
     create_topics(&settings).await;
     let processor = RunningProcessor::start(&settings);
-    let output = cli_async(
-        &settings,
+    let mut command = vec!["loadgen"];
+    command.extend_from_slice(args);
+    command.extend(["--no-progress", "--json"]);
+    let output = cli_async(&settings, &command).await;
+    processor.stop();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    json_lines(&output).remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_gets_every_planned_outcome_from_a_running_processor() {
+    let report = &loadgen_report(
+        3,
+        "loadgen",
         &[
-            "loadgen",
             "--orders",
             "300",
             "--seed",
@@ -362,14 +374,9 @@ async fn loadgen_gets_every_planned_outcome_from_a_running_processor() {
             "0.02",
             "--wait-secs",
             "90",
-            "--no-progress",
-            "--json",
         ],
     )
     .await;
-    processor.stop();
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
-    let report = &json_lines(&output)[0];
     assert_eq!(report["missing"], 0, "{report}");
     assert_eq!(report["repeated"], 0, "{report}");
     assert_eq!(report["unexpected"], 0, "{report}");
@@ -385,13 +392,10 @@ async fn loadgen_gets_every_planned_outcome_from_a_running_processor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_leaves_the_warm_up_out_of_the_latency_percentiles() {
-    let settings = processor_settings(2, &unique("warmup"));
-    create_topics(&settings).await;
-    let processor = RunningProcessor::start(&settings);
-    let output = cli_async(
-        &settings,
+    let report = &loadgen_report(
+        2,
+        "warmup",
         &[
-            "loadgen",
             "--orders",
             "100",
             "--rate",
@@ -404,14 +408,9 @@ async fn loadgen_leaves_the_warm_up_out_of_the_latency_percentiles() {
             "3",
             "--wait-secs",
             "90",
-            "--no-progress",
-            "--json",
         ],
     )
     .await;
-    processor.stop();
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
-    let report = &json_lines(&output)[0];
     assert_eq!(report["missing"], 0, "{report}");
     let sent = report["sent"].as_u64().unwrap();
     let warmup = report["warmup_sent"].as_u64().unwrap();
