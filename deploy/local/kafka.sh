@@ -372,7 +372,7 @@ status() {
 # Kafka's own Java tools, for interop tests and by hand.
 tool() {
   local name=${1:-}
-  [ -n "$name" ] || die "usage: $0 tool console-producer|console-consumer|topics|producer-perf|consumer-perf|transactions|consumer-groups [ARGS...]"
+  [ -n "$name" ] || die "usage: $0 tool console-producer|console-consumer|topics|producer-perf|consumer-perf|transactions|consumer-groups|configs [ARGS...]"
   shift
   local class
   case $name in
@@ -383,7 +383,8 @@ tool() {
   consumer-perf) class=org.apache.kafka.tools.ConsumerPerformance ;;
   transactions) class=org.apache.kafka.tools.TransactionsCommand ;;
   consumer-groups) class=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
-  *) die "unknown tool '$name': use console-producer, console-consumer, topics, producer-perf, consumer-perf, transactions or consumer-groups" ;;
+  configs) class=org.apache.kafka.tools.ConfigCommand ;;
+  *) die "unknown tool '$name': use console-producer, console-consumer, topics, producer-perf, consumer-perf, transactions, consumer-groups or configs" ;;
   esac
   find_java
   fetch
