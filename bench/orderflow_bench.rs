@@ -301,11 +301,13 @@ fn pipe_latency(
     )?;
     let assigned = AtomicBool::new(false);
     let definition = definition()?;
+    // Every order starts with at least one request, so `count` orders never run dry before
+    // `count` requests (the pipe waits for exactly that many); the plan is generated lazily.
     let plan = Plan::new(
         &definition,
         5,
         "pipe",
-        count / 4 + 1,
+        count,
         10_000,
         Shares::decided_on_arrival(),
     )
