@@ -25,7 +25,9 @@ use orderflow::kafka::{
     committed_reader_config, partition_for, processor_consumer_config, request_producer_config,
     transactional_producer_config, OutgoingRecord, Topics, TxnProducer,
 };
-use orderflow::machine::{Definition, OrderState, RecentRequest, RecordedOutcome};
+use orderflow::machine::{
+    Definition, OrderState, RecentRequest, RecordedOutcome, TransitionRequest,
+};
 use orderflow::state::PartitionCache;
 use orderflow::tools::loadgen::plan::{Plan, Planned, Shares};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -144,6 +146,27 @@ fn send_all(
     Ok(sent)
 }
 
+/// The plan's requests (the throughput and latency inputs plan no poison records).
+fn planned_requests(plan: Plan) -> impl Iterator<Item = TransitionRequest> {
+    plan.filter_map(|planned| match planned {
+        Planned::Request { request, .. } => Some(request),
+        Planned::Poison { .. } => None,
+    })
+}
+
+/// Key and value of `request` as sent, stamped `requested_at_ms`.
+fn encoded_request(mut request: TransitionRequest, requested_at_ms: i64) -> (Vec<u8>, Vec<u8>) {
+    request.requested_at_ms = requested_at_ms;
+    let mut value = Vec::with_capacity(96);
+    orderflow::codec::encode_request(&request, &mut value);
+    (request.order_id.into_bytes(), value)
+}
+
+/// Wall-clock milliseconds, as orderflow stamps and compares them.
+fn now_ms() -> i64 {
+    orderflow::processor::Clock::now_ms(&orderflow::processor::SystemClock)
+}
+
 async fn preload(settings: &Settings, requests: u64, seed: u64) -> anyhow::Result<()> {
     Topics::connect(&settings.kafka)?
         .ensure(&settings.topics)
@@ -153,18 +176,10 @@ async fn preload(settings: &Settings, requests: u64, seed: u64) -> anyhow::Resul
     let orders = requests / 4 + 1;
     let plan = Plan::new(&definition, seed, "bench", orders, 10_000, shares)
         .map_err(anyhow::Error::msg)?;
-    let now = orderflow::processor::Clock::now_ms(&orderflow::processor::SystemClock);
-    let records = plan
+    let now = now_ms();
+    let records = planned_requests(plan)
         .take(requests as usize)
-        .filter_map(|planned| match planned {
-            Planned::Request { mut request, .. } => {
-                request.requested_at_ms = now;
-                let mut value = Vec::with_capacity(96);
-                orderflow::codec::encode_request(&request, &mut value);
-                Some((request.order_id.into_bytes(), value))
-            }
-            Planned::Poison { .. } => None,
-        });
+        .map(|request| encoded_request(request, now));
     let started = Instant::now();
     let producer = producer(settings)?;
     let sent =
@@ -331,7 +346,7 @@ fn pipe_latency(
                 let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) else {
                     continue;
                 };
-                let now = orderflow::processor::Clock::now_ms(&orderflow::processor::SystemClock);
+                let now = now_ms();
                 if let Ok(request) = orderflow::codec::decode_request(
                     message.key(),
                     message.payload().unwrap_or_default(),
@@ -352,42 +367,19 @@ fn pipe_latency(
             std::thread::sleep(Duration::from_millis(50));
         }
         let started = Instant::now();
-        measured_from_ms.store(
-            orderflow::processor::Clock::now_ms(&orderflow::processor::SystemClock)
-                + 1000 * warmup_secs as i64,
-            Ordering::Relaxed,
-        );
-        let requests = plan.filter_map(|planned| match planned {
-            Planned::Request { request, .. } => Some(request),
-            Planned::Poison { .. } => None,
-        });
-        for (index, mut request) in requests.take(count as usize).enumerate() {
-            let due = started + Duration::from_secs_f64(index as f64 / rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            request.requested_at_ms =
-                orderflow::processor::Clock::now_ms(&orderflow::processor::SystemClock);
-            let mut value = Vec::with_capacity(96);
-            orderflow::codec::encode_request(&request, &mut value);
-            let key = request.order_id.into_bytes();
-            while let Err((e, _)) = producer.send(
-                BaseRecord::to(&settings.topics.requests)
-                    .key(&key)
-                    .payload(&value),
-            ) {
-                if !matches!(
-                    e,
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull
-                    )
-                ) {
-                    return Err(e.into());
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        producer.flush(Duration::from_secs(60))?;
+        measured_from_ms.store(now_ms() + 1000 * warmup_secs as i64, Ordering::Relaxed);
+        let records =
+            planned_requests(plan)
+                .take(count as usize)
+                .enumerate()
+                .map(|(index, request)| {
+                    let due = started + Duration::from_secs_f64(index as f64 / rate as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    encoded_request(request, now_ms())
+                });
+        send_all(&producer, &settings.topics.requests, records)?;
         let sent_seconds = started.elapsed().as_secs_f64();
         let (copies, latencies) = reading
             .join()

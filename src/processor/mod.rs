@@ -900,24 +900,26 @@ impl Processor {
         let offsets_sent = started.elapsed();
         self.producer.commit()?;
         let committed = started.elapsed();
-        if committed >= SLOW_TRANSACTION {
-            // Which step took the time tells a slow broker (deliveries), a slow group
-            // coordinator (offsets) and a slow transaction coordinator (commit) apart.
-            tracing::warn!(
-                records = output.records.len(),
-                send_ms = sent.as_millis() as u64,
-                deliveries_ms = (delivered - sent).as_millis() as u64,
-                offsets_ms = (offsets_sent - delivered).as_millis() as u64,
-                commit_ms = (committed - offsets_sent).as_millis() as u64,
-                "slow transaction"
-            );
-        }
-        Ok([
+        let steps = [
             sent,
             delivered - sent,
             offsets_sent - delivered,
             committed - offsets_sent,
-        ])
+        ];
+        if committed >= SLOW_TRANSACTION {
+            let [send, deliveries, offsets, commit] = steps.map(|d| d.as_millis() as u64);
+            // Which step took the time tells a slow broker (deliveries), a slow group
+            // coordinator (offsets) and a slow transaction coordinator (commit) apart.
+            tracing::warn!(
+                records = output.records.len(),
+                send_ms = send,
+                deliveries_ms = deliveries,
+                offsets_ms = offsets,
+                commit_ms = commit,
+                "slow transaction"
+            );
+        }
+        Ok(steps)
     }
 }
 
