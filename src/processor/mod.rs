@@ -12,6 +12,16 @@
 //! the overlay's changes reach the cache only after the commit succeeded, so an aborted batch
 //! leaves no trace. Newly assigned partitions are paused until their restore finished.
 //!
+//! # Deciding ahead
+//! With a backlog (full batches), the next batch is polled before the current one's transaction
+//! begins and decided while that transaction waits for the broker, on top of the current batch's
+//! changes ([`batch::decide_batch_after`]): deciding then costs the cycle no time. The decided
+//! batch is only a proposal until the current transaction committed: an abort discards both
+//! batches (both are read again), and anything else that changes the caches in between (an expiry
+//! pass, a revoked partition) has it decided again before its own transaction begins. Below a
+//! full batch nothing is decided ahead, so light load keeps one transaction between a request and
+//! its outcome.
+//!
 //! # Failures
 //! Abortable errors abort the transaction and rewind the consumer to the batch's first offsets, so
 //! the batch is read and decided again from the committed state: nothing skipped, nothing applied
@@ -36,7 +46,8 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use self::batch::{
-    decide_batch, expire_orders, BatchContext, BatchOutput, BatchStats, InputRecord,
+    decide_batch, decide_batch_after, expire_orders, BatchContext, BatchOutput, BatchStats,
+    InputRecord,
 };
 use self::deadlines::DeadlineIndex;
 use crate::config::Settings;
@@ -205,16 +216,20 @@ impl ConsumerContext for ProcessorContext {
 
 /// Failpoints for crash and health tests, from `ORDERFLOW_FAILPOINT`:
 /// `kill-before-commit:N` sends SIGKILL to this process after producing the N-th batch, before
-/// committing it; `stall-before-commit:N` blocks the processing loop there for good (a stuck loop).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// committing it; `stall-before-commit:N` blocks the processing loop there for good (a stuck loop);
+/// `abort-before-commit:N` fails the N-th batch's transaction once with an abortable error.
+#[derive(Debug)]
 struct Failpoint {
     action: Option<(FailAction, u64)>,
+    /// Whether the abort fired: the redone batch has the same number and must commit.
+    aborted: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FailAction {
     Kill,
     Stall,
+    Abort,
 }
 
 impl Failpoint {
@@ -228,15 +243,29 @@ impl Failpoint {
             let action = match name {
                 "kill-before-commit" => FailAction::Kill,
                 "stall-before-commit" => FailAction::Stall,
+                "abort-before-commit" => FailAction::Abort,
                 _ => return None,
             };
             Some((action, batch.parse().ok()?))
         });
-        Failpoint { action }
+        Failpoint {
+            action,
+            aborted: AtomicBool::new(false),
+        }
     }
 
-    fn before_commit(&self, batch_number: u64) {
+    fn before_commit(&self, batch_number: u64) -> Result<(), TxnError> {
         match self.action {
+            Some((FailAction::Abort, n))
+                if n == batch_number && !self.aborted.swap(true, Ordering::Relaxed) =>
+            {
+                tracing::warn!(batch_number, "failpoint abort-before-commit");
+                return Err(TxnError {
+                    operation: "failpoint abort-before-commit",
+                    class: ErrorClass::Abortable,
+                    source: KafkaError::Canceled,
+                });
+            }
             Some((FailAction::Kill, n)) if n == batch_number => {
                 tracing::warn!(batch_number, "failpoint kill-before-commit: SIGKILL");
                 // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
@@ -255,6 +284,7 @@ impl Failpoint {
             }
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -281,6 +311,22 @@ const GROUP_COORDINATOR_PATIENCE: Duration = Duration::from_secs(60);
 /// A transaction taking longer than this is logged with the time each of its steps took.
 const SLOW_TRANSACTION: Duration = Duration::from_millis(200);
 
+/// A batch decided ahead of its transaction (see "Deciding ahead").
+struct Decided {
+    inputs: Vec<InputRecord>,
+    output: BatchOutput,
+    /// Set when the caches changed other than by the transaction it was decided after.
+    stale: bool,
+}
+
+/// How a batch's transaction ended.
+enum Ended {
+    /// Committed and applied, with the next batch if it was decided meanwhile.
+    Committed(Option<Box<BatchOutput>>),
+    /// Aborted: the caller redoes the work.
+    Aborted,
+}
+
 /// Running totals, logged periodically.
 #[derive(Debug, Default)]
 struct Totals {
@@ -304,6 +350,8 @@ pub struct Processor {
     restore_tx: Sender<RestoreEvent>,
     restore_rx: Receiver<RestoreEvent>,
     batch: Vec<InputRecord>,
+    /// The next batch, decided while the previous transaction ran.
+    decided: Option<Decided>,
     failpoint: Failpoint,
     totals: Totals,
     clock: Arc<dyn Clock>,
@@ -392,6 +440,7 @@ impl Processor {
             restore_tx,
             restore_rx,
             batch: Vec::new(),
+            decided: None,
             failpoint: Failpoint::from_env(),
             totals: Totals::default(),
             clock,
@@ -431,9 +480,7 @@ impl Processor {
             self.handle_restore_events()?;
             self.fill_batch(shutdown)?;
             self.expire_due()?;
-            if !self.batch.is_empty() {
-                self.commit_batch()?;
-            }
+            self.process()?;
             if last_report.elapsed() >= Duration::from_secs(10) {
                 let t = &self.totals;
                 tracing::info!(
@@ -453,6 +500,11 @@ impl Processor {
                 last_report = Instant::now();
                 self.check_unfetched_partitions()?;
             }
+        }
+        // The batch in hand: one decided ahead is committed, not left to the next owner.
+        if self.decided.is_some() {
+            self.batch.clear();
+            self.process()?;
         }
         tracing::info!("shutting down: no transaction is open; leaving the group");
         self.restore_cancel.store(true, Ordering::Relaxed);
@@ -474,6 +526,12 @@ impl Processor {
                     }
                     // Unprocessed records of revoked partitions: the new owner reads them again.
                     self.batch.retain(|r| !partitions.contains(&r.partition));
+                    if let Some(decided) = &mut self.decided {
+                        decided
+                            .inputs
+                            .retain(|r| !partitions.contains(&r.partition));
+                        decided.stale = true;
+                    }
                 }
                 RebalanceEvent::Assigned(partitions) => {
                     self.assigned_once = true;
@@ -549,16 +607,21 @@ impl Processor {
     }
 
     /// Polls until the batch is full, its wait is over, or (while empty) a poll comes back empty.
+    /// With a batch decided ahead, or records left over, it only takes what the consumer already
+    /// holds: those records have waited long enough.
     fn fill_batch(&mut self, shutdown: &AtomicBool) -> Result<(), ProcessorError> {
         let max_records = self.settings.processor.batch_max_records;
         let max_wait = Duration::from_millis(self.settings.processor.batch_max_wait_ms);
+        let drain = self.decided.is_some() || !self.batch.is_empty();
         let mut deadline: Option<Instant> = None;
         loop {
             let timeout = match deadline {
+                _ if drain => Duration::ZERO,
                 None => Duration::from_millis(100),
                 Some(d) => d.saturating_duration_since(Instant::now()),
             };
             let polled = self.consumer.poll(timeout).map(|m| m.map(|m| to_input(&m)));
+            let drained = drain && polled.is_none();
             match polled {
                 None => {}
                 Some(Err(e)) => {
@@ -582,6 +645,7 @@ impl Processor {
             let due = deadline.is_some_and(|d| Instant::now() >= d);
             if full
                 || due
+                || drained
                 || (self.batch.is_empty()
                     && (deadline.is_none() || shutdown.load(Ordering::Relaxed)))
             {
@@ -710,38 +774,86 @@ impl Processor {
             return Ok(());
         }
         // If the transaction aborts, the orders stay due and are tried again on the next pass.
-        self.run_transaction(output, 0)?;
-        Ok(())
-    }
-
-    /// Decides the batch and writes it in one transaction; on an abortable failure, aborts and
-    /// rewinds so the batch is read again.
-    fn commit_batch(&mut self) -> Result<(), ProcessorError> {
-        let output = decide_batch(
-            &self.batch_context(),
-            &self.caches.read(),
-            &self.batch,
-            self.clock.now_ms(),
-        );
-        let inputs = self.batch.len();
-        if !self.run_transaction(output, inputs)? {
-            let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-            for record in &self.batch {
-                first.entry(record.partition).or_insert(record.offset);
+        if let Ended::Committed(_) = self.run_transaction(output, 0, false)? {
+            if let Some(decided) = &mut self.decided {
+                decided.stale = true;
             }
-            self.rewind(&first);
         }
-        self.batch.clear();
         Ok(())
     }
 
-    /// Writes an output in one transaction and, once committed, applies its state changes.
-    /// Returns false when the transaction was aborted (the caller redoes the work).
+    /// Writes the batch decided ahead, or else decides the polled batch and writes it, in one
+    /// transaction; on an abortable failure, aborts and rewinds so the records are read again.
+    /// A full polled batch is only decided here and written on the next call, after the batch
+    /// after it was polled (so that one is decided during this one's transaction).
+    fn process(&mut self) -> Result<(), ProcessorError> {
+        let full = self.batch.len() >= self.settings.processor.batch_max_records;
+        let decided = match self.decided.take().filter(|d| !d.inputs.is_empty()) {
+            Some(decided) if decided.stale => Decided {
+                output: decide_batch(
+                    &self.batch_context(),
+                    &self.caches.read(),
+                    &decided.inputs,
+                    self.clock.now_ms(),
+                ),
+                stale: false,
+                ..decided
+            },
+            Some(decided) => decided,
+            None if self.batch.is_empty() => return Ok(()),
+            None => {
+                let inputs = std::mem::take(&mut self.batch);
+                let output = decide_batch(
+                    &self.batch_context(),
+                    &self.caches.read(),
+                    &inputs,
+                    self.clock.now_ms(),
+                );
+                let decided = Decided {
+                    inputs,
+                    output,
+                    stale: false,
+                };
+                if full {
+                    self.decided = Some(decided);
+                    return Ok(());
+                }
+                decided
+            }
+        };
+        match self.run_transaction(decided.output, decided.inputs.len(), full)? {
+            Ended::Committed(Some(next)) => {
+                self.decided = Some(Decided {
+                    inputs: std::mem::take(&mut self.batch),
+                    output: *next,
+                    stale: false,
+                });
+            }
+            Ended::Committed(None) => {}
+            Ended::Aborted => {
+                // The batch polled meanwhile goes too: it may have been decided on the aborted
+                // batch's changes, and its records come after the aborted ones.
+                let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+                for record in decided.inputs.iter().chain(&self.batch) {
+                    let offset = first.entry(record.partition).or_insert(record.offset);
+                    *offset = (*offset).min(record.offset);
+                }
+                self.rewind(&first);
+                self.batch.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes an output in one transaction and, once committed, applies its state changes. With
+    /// `decide_next`, the polled batch is decided on top of this output while the transaction
+    /// waits for the broker.
     fn run_transaction(
         &mut self,
         output: BatchOutput,
         inputs: usize,
-    ) -> Result<bool, ProcessorError> {
+        decide_next: bool,
+    ) -> Result<Ended, ProcessorError> {
         let batch_number = self.totals.batches + 1;
         let _span = tracing::debug_span!(
             "transaction",
@@ -751,8 +863,8 @@ impl Processor {
         )
         .entered();
         let started = Instant::now();
-        match self.transaction(&output, batch_number) {
-            Ok(steps) => {
+        match self.transaction(&output, batch_number, decide_next) {
+            Ok((steps, next)) => {
                 self.record_metrics(&output, inputs, started.elapsed());
                 for (step, took) in TRANSACTION_STEPS.iter().zip(steps) {
                     self.metrics
@@ -761,7 +873,7 @@ impl Processor {
                         .observe(took.as_secs_f64());
                 }
                 let mut caches = self.caches.write();
-                for change in output.changes {
+                for change in &output.changes {
                     let Some(cache) = caches.get_mut(&change.partition) else {
                         continue;
                     };
@@ -785,7 +897,7 @@ impl Processor {
                     commit_ms = started.elapsed().as_millis() as u64,
                     "transaction committed"
                 );
-                Ok(true)
+                Ok(Ended::Committed(next.map(Box::new)))
             }
             Err(error) if error.class == ErrorClass::Fatal => self.replace_producer(error),
             Err(error) => {
@@ -802,7 +914,7 @@ impl Processor {
                     tracing::warn!(error = %abort_error, "abort failed");
                 }
                 std::thread::sleep(Duration::from_millis(100 * self.totals.aborts.min(20)));
-                Ok(false)
+                Ok(Ended::Aborted)
             }
         }
     }
@@ -810,8 +922,8 @@ impl Processor {
     /// After a fatal producer error: a fence by a newer instance with our transactional.id ends
     /// this one; anything else (e.g. an invalid transaction state after a broker restart) only
     /// made this producer unusable, so a new one takes over — its `init_transactions` aborts
-    /// whatever the old one left open — and the batch is redone (returns false).
-    fn replace_producer(&mut self, error: TxnError) -> Result<bool, ProcessorError> {
+    /// whatever the old one left open — and the batch is redone.
+    fn replace_producer(&mut self, error: TxnError) -> Result<Ended, ProcessorError> {
         if is_fenced(&error) {
             return Err(ProcessorError::Fatal {
                 transactional_id: transactional_id(&self.settings),
@@ -825,7 +937,7 @@ impl Processor {
             .with_label_values(&["abort"])
             .inc();
         self.producer = create_producer(&self.settings, &self.metrics)?;
-        Ok(false)
+        Ok(Ended::Aborted)
     }
 
     fn record_metrics(&self, output: &BatchOutput, inputs: usize, elapsed: Duration) {
@@ -857,24 +969,37 @@ impl Processor {
     }
 
     /// Runs the batch's transaction; returns how long each of its steps took
-    /// (`metrics::TRANSACTION_STEPS`).
+    /// (`metrics::TRANSACTION_STEPS`) and, with `decide_next`, the polled batch decided on top of
+    /// this one while the broker acknowledged it.
     fn transaction(
         &self,
         output: &BatchOutput,
         batch_number: u64,
-    ) -> Result<[Duration; 4], TxnError> {
+        decide_next: bool,
+    ) -> Result<([Duration; 4], Option<BatchOutput>), TxnError> {
         let started = Instant::now();
         self.producer.begin()?;
         for record in &output.records {
             self.producer.send(record)?;
         }
         let sent = started.elapsed();
+        // The broker works on this batch meanwhile; the time shows in the deliveries step only
+        // if deciding takes longer than the acknowledgements.
+        let next = (decide_next && !self.batch.is_empty()).then(|| {
+            decide_batch_after(
+                &self.batch_context(),
+                &self.caches.read(),
+                output,
+                &self.batch,
+                self.clock.now_ms(),
+            )
+        });
         // Deliveries first, offsets after: sending the offsets while records were still being
         // acknowledged made transactions twice as long on average, with ~100 ms steps
         // (measured at 5,800 requests/s, docs/benchmarks.md).
         self.producer.wait_for_deliveries()?;
         let delivered = started.elapsed();
-        self.failpoint.before_commit(batch_number);
+        self.failpoint.before_commit(batch_number)?;
         let mut offsets = TopicPartitionList::new();
         for (&partition, &next) in &output.next_offsets {
             offsets
@@ -919,7 +1044,7 @@ impl Processor {
                 "slow transaction"
             );
         }
-        Ok(steps)
+        Ok((steps, next))
     }
 }
 
@@ -1017,6 +1142,15 @@ mod tests {
     }
 
     #[test]
+    fn the_abort_failpoint_fails_its_batch_once_so_the_redone_batch_commits() {
+        let failpoint = Failpoint::parse(Some("abort-before-commit:2"));
+        assert!(failpoint.before_commit(1).is_ok());
+        let error = failpoint.before_commit(2).unwrap_err();
+        assert_eq!(error.class, ErrorClass::Abortable);
+        assert!(failpoint.before_commit(2).is_ok(), "the redone batch 2");
+    }
+
+    #[test]
     fn failpoints_parse_their_action_and_batch_and_ignore_anything_else() {
         assert_eq!(
             Failpoint::parse(Some("kill-before-commit:3")).action,
@@ -1025,6 +1159,10 @@ mod tests {
         assert_eq!(
             Failpoint::parse(Some("stall-before-commit:1")).action,
             Some((FailAction::Stall, 1))
+        );
+        assert_eq!(
+            Failpoint::parse(Some("abort-before-commit:2")).action,
+            Some((FailAction::Abort, 2))
         );
         for ignored in [
             None,

@@ -6,9 +6,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use orderflow::config::Settings;
+use orderflow::machine::TransitionRequest;
 
 use crate::support::{
     create_topics, outcomes_within, processor_settings, produce, read_to_end, request, unique,
+    Outcomes,
 };
 
 /// A spawned `orderflow run`, killed when dropped: a test that panics must not leave a processor
@@ -117,13 +119,7 @@ async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decide
     let mut settings = processor_settings(3, &unique("crash"));
     settings.processor.batch_max_records = 40;
     create_topics(&settings).await;
-    let mut requests = Vec::new();
-    let orders: Vec<String> = (0..60).map(|i| format!("{}-{i}", unique("o"))).collect();
-    for transition in ["create", "confirm", "ship"] {
-        for o in &orders {
-            requests.push(request(o, transition));
-        }
-    }
+    let (orders, requests) = three_steps_of_sixty_orders();
     let positions = produce(&settings, &requests).await;
 
     let mut doomed = spawn_binary(&settings, Some("kill-before-commit:2"));
@@ -142,8 +138,55 @@ async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decide
     let _ = restarted.kill();
     let _ = restarted.wait();
 
+    // The killed batch's records were written and aborted: visible only to read_uncommitted.
+    assert_three_steps_each_decided_once_after_an_aborted_batch(
+        &settings, &outcomes, &positions, &orders,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_batch_takes_the_batch_decided_on_top_of_it_along_and_both_are_redone_once() {
+    // A backlog of full batches, so each next batch is decided while the one before commits;
+    // the second batch's transaction aborts once, with the third decided on its changes.
+    let mut settings = processor_settings(3, &unique("abort"));
+    settings.processor.batch_max_records = 40;
+    create_topics(&settings).await;
+    let (orders, requests) = three_steps_of_sixty_orders();
+    let positions = produce(&settings, &requests).await;
+
+    let mut processor = spawn_binary(&settings, Some("abort-before-commit:2"));
+    let outcomes = outcomes_within(&settings, requests.len(), Duration::from_secs(90)).await;
+    let _ = processor.kill();
+    let _ = processor.wait();
+
+    assert_three_steps_each_decided_once_after_an_aborted_batch(
+        &settings, &outcomes, &positions, &orders,
+    );
+}
+
+/// Sixty new orders, and their create, confirm and ship requests (all creates first).
+fn three_steps_of_sixty_orders() -> (Vec<String>, Vec<TransitionRequest>) {
+    let orders: Vec<String> = (0..60).map(|i| format!("{}-{i}", unique("o"))).collect();
+    let mut requests = Vec::new();
+    for transition in ["create", "confirm", "ship"] {
+        for o in &orders {
+            requests.push(request(o, transition));
+        }
+    }
+    (orders, requests)
+}
+
+/// Every input has exactly one committed outcome, every order went create → confirm → ship
+/// (versions 1, 2, 3) without a rejection, and the aborted batch's records are in the log,
+/// visible only to read_uncommitted.
+fn assert_three_steps_each_decided_once_after_an_aborted_batch(
+    settings: &Settings,
+    outcomes: &Outcomes,
+    positions: &[(i32, i64)],
+    orders: &[String],
+) {
     let per_input = outcomes.per_input();
-    for position in &positions {
+    for position in positions {
         assert_eq!(
             per_input.get(position),
             Some(&1),
@@ -152,7 +195,7 @@ async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decide
     }
     assert_eq!(outcomes.len(), positions.len());
     assert!(outcomes.rejected.is_empty(), "{:?}", outcomes.rejected);
-    for o in &orders {
+    for o in orders {
         let mut versions: Vec<u64> = outcomes
             .accepted
             .iter()
@@ -162,8 +205,7 @@ async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decide
         versions.sort();
         assert_eq!(versions, vec![1, 2, 3], "order {o}");
     }
-    // The killed batch's records were written and aborted: visible only to read_uncommitted.
-    let uncommitted = read_to_end(&settings, &settings.topics.accepted, "read_uncommitted").len();
+    let uncommitted = read_to_end(settings, &settings.topics.accepted, "read_uncommitted").len();
     assert!(
         uncommitted > outcomes.accepted.len(),
         "read_uncommitted sees the aborted batch ({uncommitted} vs {} committed)",
