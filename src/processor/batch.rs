@@ -124,9 +124,6 @@ pub struct BatchOutput {
     pub records: Vec<OutgoingRecord>,
     /// Each changed order, in first-change order.
     pub changes: Vec<OrderChange>,
-    /// Positions in `changes` by order id (see [`Overlay`]), so a batch decided while this one's
-    /// transaction runs can read this one's changes.
-    change_positions: HashTable<usize>,
     /// Per partition, the offset to commit (last consumed + 1).
     pub next_offsets: BTreeMap<i32, i64>,
     /// What happened.
@@ -226,7 +223,11 @@ impl Overlay {
     }
 
     fn position(&self, partition: i32, order_id: &str) -> Option<usize> {
-        change_position(&self.changes, &self.positions, partition, order_id)
+        self.positions
+            .find(order_hash(order_id.as_bytes()), |&i| {
+                self.changes[i].partition == partition && self.changes[i].order_id == order_id
+            })
+            .copied()
     }
 
     /// The batch's latest state for an order (`Some(None)`: forgotten in this batch).
@@ -261,32 +262,9 @@ impl Overlay {
         });
     }
 
-    /// Moves the changes, with their index, into the batch's output.
-    fn into_output(self, output: &mut BatchOutput) {
-        output.changes = self.changes;
-        output.change_positions = self.positions;
-    }
-}
-
-/// Where `changes` (indexed by `positions`) holds an order's change.
-fn change_position(
-    changes: &[OrderChange],
-    positions: &HashTable<usize>,
-    partition: i32,
-    order_id: &str,
-) -> Option<usize> {
-    positions
-        .find(order_hash(order_id.as_bytes()), |&i| {
-            changes[i].partition == partition && changes[i].order_id == order_id
-        })
-        .copied()
-}
-
-impl BatchOutput {
-    /// The state this batch leaves an order in, if it changed it (`Some(None)`: forgotten).
-    pub fn changed_state(&self, partition: i32, order_id: &str) -> Option<&Option<OrderState>> {
-        change_position(&self.changes, &self.change_positions, partition, order_id)
-            .map(|i| &self.changes[i].state)
+    /// The last state of each changed order, in first-change order.
+    fn into_changes(self) -> Vec<OrderChange> {
+        self.changes
     }
 }
 
@@ -294,30 +272,6 @@ impl BatchOutput {
 pub fn decide_batch(
     context: &BatchContext<'_>,
     caches: &HashMap<i32, PartitionCache>,
-    inputs: &[InputRecord],
-    now_ms: i64,
-) -> BatchOutput {
-    decide_batch_on(context, caches, None, inputs, now_ms)
-}
-
-/// Decides a batch as if `pending` (a batch whose transaction is still running) had committed:
-/// against the committed `caches`, `pending`'s changes and the batch's own. The result is valid
-/// only once `pending` committed and its changes were applied, and only while nothing else
-/// changed the caches in between.
-pub fn decide_batch_after(
-    context: &BatchContext<'_>,
-    caches: &HashMap<i32, PartitionCache>,
-    pending: &BatchOutput,
-    inputs: &[InputRecord],
-    now_ms: i64,
-) -> BatchOutput {
-    decide_batch_on(context, caches, Some(pending), inputs, now_ms)
-}
-
-fn decide_batch_on(
-    context: &BatchContext<'_>,
-    caches: &HashMap<i32, PartitionCache>,
-    pending: Option<&BatchOutput>,
     inputs: &[InputRecord],
     now_ms: i64,
 ) -> BatchOutput {
@@ -348,22 +302,13 @@ fn decide_batch_on(
         let committed;
         let (current, deadline_before) = match overlay.get(partition, &order_id) {
             Some(state) => (state.as_ref(), None),
-            None => match pending.and_then(|p| p.changed_state(partition, &order_id)) {
-                // The deadline index will hold the pending state's deadline once it is applied.
-                Some(state) => (
-                    state.as_ref(),
-                    state
-                        .as_ref()
-                        .and_then(|s| context.decider.next_deadline(s)),
-                ),
-                None => {
-                    committed = caches.get(&partition).and_then(|c| c.get(&order_id));
-                    let deadline = committed
-                        .as_ref()
-                        .and_then(|s| context.decider.next_deadline(s));
-                    (committed.as_ref(), deadline)
-                }
-            },
+            None => {
+                committed = caches.get(&partition).and_then(|c| c.get(&order_id));
+                let deadline = committed
+                    .as_ref()
+                    .and_then(|s| context.decider.next_deadline(s));
+                (committed.as_ref(), deadline)
+            }
         };
         let origin = Origin {
             partition: input.partition,
@@ -390,7 +335,7 @@ fn decide_batch_on(
             trace.map(|t| (origin, t)),
         );
     }
-    overlay.into_output(&mut output);
+    output.changes = overlay.into_changes();
     output
 }
 
@@ -508,7 +453,7 @@ pub fn expire_orders(
             None,
         );
     }
-    overlay.into_output(&mut output);
+    output.changes = overlay.into_changes();
     output
 }
 
@@ -770,75 +715,16 @@ mod tests {
         }
     }
 
-    fn lifecycle() -> Arc<Definition> {
-        Arc::new(
+    #[test]
+    fn a_change_carries_the_deadline_of_the_committed_state_it_replaces() {
+        let definition = Arc::new(
             Definition::parse(
                 include_str!("../../machines/order-lifecycle.toml"),
                 "order-lifecycle.toml",
             )
             .unwrap(),
-        )
-    }
-
-    proptest::proptest! {
-        /// Deciding ahead (processor "Deciding ahead") is only sound if a batch decided on top of
-        /// a pending batch decides exactly as it would once that batch committed.
-        #[test]
-        fn a_batch_decided_after_a_pending_one_decides_as_after_its_commit(
-            steps in proptest::collection::vec((0usize..4, 0usize..7, proptest::bool::ANY), 1..40),
-            split in 0usize..40,
-        ) {
-            const TRANSITIONS: [&str; 7] =
-                ["create", "confirm", "ship", "out_for_delivery", "deliver", "cancel", "return"];
-            let decider = Decider::new(lifecycle(), 8).with_parking(crate::machine::ParkingPolicy {
-                max_per_order: 2,
-                max_wait_ms: 60_000,
-            });
-            let (topics, limits) = (TopicSettings::default(), ProcessorSettings::default());
-            let context = BatchContext {
-                decider: &decider,
-                topics: &topics,
-                limits: &limits,
-                group_id: "g",
-            };
-            // Two partitions; a redelivery repeats the order's last request (same request id).
-            let mut last: HashMap<usize, TransitionRequest> = HashMap::new();
-            let inputs: Vec<InputRecord> = steps
-                .iter()
-                .enumerate()
-                .map(|(offset, &(order, transition, redeliver))| {
-                    let request = match last.get(&order) {
-                        Some(previous) if redeliver => previous.clone(),
-                        _ => request(&format!("o-{order}"), TRANSITIONS[transition]),
-                    };
-                    last.insert(order, request.clone());
-                    InputRecord {
-                        partition: (order % 2) as i32,
-                        ..input(offset as i64, &request)
-                    }
-                })
-                .collect();
-            let (first, second) = inputs.split_at(split.min(inputs.len()));
-            let mut caches: HashMap<i32, PartitionCache> =
-                (0..2).map(|p| (p, PartitionCache::new())).collect();
-            let pending = decide_batch(&context, &caches, first, 5_000);
-            let ahead = decide_batch_after(&context, &caches, &pending, second, 6_000);
-            for change in &pending.changes {
-                caches
-                    .get_mut(&change.partition)
-                    .unwrap()
-                    .apply(&change.order_id, change.state.as_ref());
-            }
-            let after_commit = decide_batch(&context, &caches, second, 6_000);
-            proptest::prop_assert_eq!(&ahead.records, &after_commit.records);
-            proptest::prop_assert_eq!(&ahead.changes, &after_commit.changes);
-            proptest::prop_assert_eq!(ahead.stats, after_commit.stats);
-        }
-    }
-
-    #[test]
-    fn a_change_carries_the_deadline_of_the_committed_state_it_replaces() {
-        let decider = Decider::new(lifecycle(), 8);
+        );
+        let decider = Decider::new(Arc::clone(&definition), 8);
         let mut delivered = None;
         for transition in ["create", "confirm", "ship", "deliver"] {
             let decision = decider.decide(delivered.as_ref(), &request("o-1", transition), 1_000);

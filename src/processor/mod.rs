@@ -12,16 +12,6 @@
 //! the overlay's changes reach the cache only after the commit succeeded, so an aborted batch
 //! leaves no trace. Newly assigned partitions are paused until their restore finished.
 //!
-//! # Deciding ahead
-//! With a backlog (full batches), the next batch is polled before the current one's transaction
-//! begins and decided while that transaction waits for the broker, on top of the current batch's
-//! changes ([`batch::decide_batch_after`]): deciding then costs the cycle no time. The decided
-//! batch is only a proposal until the current transaction committed: an abort discards both
-//! batches (both are read again), and anything else that changes the caches in between (an expiry
-//! pass, a revoked partition) has it decided again before its own transaction begins. Below a
-//! full batch nothing is decided ahead, so light load keeps one transaction between a request and
-//! its outcome.
-//!
 //! # Failures
 //! Abortable errors abort the transaction and rewind the consumer to the batch's first offsets, so
 //! the batch is read and decided again from the committed state: nothing skipped, nothing applied
@@ -46,8 +36,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use self::batch::{
-    decide_batch, decide_batch_after, expire_orders, BatchContext, BatchOutput, BatchStats,
-    InputRecord,
+    decide_batch, expire_orders, BatchContext, BatchOutput, BatchStats, InputRecord,
 };
 use self::deadlines::DeadlineIndex;
 use crate::config::Settings;
@@ -311,22 +300,6 @@ const GROUP_COORDINATOR_PATIENCE: Duration = Duration::from_secs(60);
 /// A transaction taking longer than this is logged with the time each of its steps took.
 const SLOW_TRANSACTION: Duration = Duration::from_millis(200);
 
-/// A batch decided ahead of its transaction (see "Deciding ahead").
-struct Decided {
-    inputs: Vec<InputRecord>,
-    output: BatchOutput,
-    /// Set when the caches changed other than by the transaction it was decided after.
-    stale: bool,
-}
-
-/// How a batch's transaction ended.
-enum Ended {
-    /// Committed and applied, with the next batch if it was decided meanwhile.
-    Committed(Option<Box<BatchOutput>>),
-    /// Aborted: the caller redoes the work.
-    Aborted,
-}
-
 /// Running totals, logged periodically.
 #[derive(Debug, Default)]
 struct Totals {
@@ -350,8 +323,6 @@ pub struct Processor {
     restore_tx: Sender<RestoreEvent>,
     restore_rx: Receiver<RestoreEvent>,
     batch: Vec<InputRecord>,
-    /// The next batch, decided while the previous transaction ran.
-    decided: Option<Decided>,
     failpoint: Failpoint,
     totals: Totals,
     clock: Arc<dyn Clock>,
@@ -440,7 +411,6 @@ impl Processor {
             restore_tx,
             restore_rx,
             batch: Vec::new(),
-            decided: None,
             failpoint: Failpoint::from_env(),
             totals: Totals::default(),
             clock,
@@ -480,7 +450,9 @@ impl Processor {
             self.handle_restore_events()?;
             self.fill_batch(shutdown)?;
             self.expire_due()?;
-            self.process()?;
+            if !self.batch.is_empty() {
+                self.commit_batch()?;
+            }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 let t = &self.totals;
                 tracing::info!(
@@ -500,11 +472,6 @@ impl Processor {
                 last_report = Instant::now();
                 self.check_unfetched_partitions()?;
             }
-        }
-        // The batch in hand: one decided ahead is committed, not left to the next owner.
-        if self.decided.is_some() {
-            self.batch.clear();
-            self.process()?;
         }
         tracing::info!("shutting down: no transaction is open; leaving the group");
         self.restore_cancel.store(true, Ordering::Relaxed);
@@ -526,12 +493,6 @@ impl Processor {
                     }
                     // Unprocessed records of revoked partitions: the new owner reads them again.
                     self.batch.retain(|r| !partitions.contains(&r.partition));
-                    if let Some(decided) = &mut self.decided {
-                        decided
-                            .inputs
-                            .retain(|r| !partitions.contains(&r.partition));
-                        decided.stale = true;
-                    }
                 }
                 RebalanceEvent::Assigned(partitions) => {
                     self.assigned_once = true;
@@ -607,21 +568,16 @@ impl Processor {
     }
 
     /// Polls until the batch is full, its wait is over, or (while empty) a poll comes back empty.
-    /// With a batch decided ahead, or records left over, it only takes what the consumer already
-    /// holds: those records have waited long enough.
     fn fill_batch(&mut self, shutdown: &AtomicBool) -> Result<(), ProcessorError> {
         let max_records = self.settings.processor.batch_max_records;
         let max_wait = Duration::from_millis(self.settings.processor.batch_max_wait_ms);
-        let drain = self.decided.is_some() || !self.batch.is_empty();
         let mut deadline: Option<Instant> = None;
         loop {
             let timeout = match deadline {
-                _ if drain => Duration::ZERO,
                 None => Duration::from_millis(100),
                 Some(d) => d.saturating_duration_since(Instant::now()),
             };
             let polled = self.consumer.poll(timeout).map(|m| m.map(|m| to_input(&m)));
-            let drained = drain && polled.is_none();
             match polled {
                 None => {}
                 Some(Err(e)) => {
@@ -645,7 +601,6 @@ impl Processor {
             let due = deadline.is_some_and(|d| Instant::now() >= d);
             if full
                 || due
-                || drained
                 || (self.batch.is_empty()
                     && (deadline.is_none() || shutdown.load(Ordering::Relaxed)))
             {
@@ -774,86 +729,38 @@ impl Processor {
             return Ok(());
         }
         // If the transaction aborts, the orders stay due and are tried again on the next pass.
-        if let Ended::Committed(_) = self.run_transaction(output, 0, false)? {
-            if let Some(decided) = &mut self.decided {
-                decided.stale = true;
-            }
-        }
+        self.run_transaction(output, 0)?;
         Ok(())
     }
 
-    /// Writes the batch decided ahead, or else decides the polled batch and writes it, in one
-    /// transaction; on an abortable failure, aborts and rewinds so the records are read again.
-    /// A full polled batch is only decided here and written on the next call, after the batch
-    /// after it was polled (so that one is decided during this one's transaction).
-    fn process(&mut self) -> Result<(), ProcessorError> {
-        let full = self.batch.len() >= self.settings.processor.batch_max_records;
-        let decided = match self.decided.take().filter(|d| !d.inputs.is_empty()) {
-            Some(decided) if decided.stale => Decided {
-                output: decide_batch(
-                    &self.batch_context(),
-                    &self.caches.read(),
-                    &decided.inputs,
-                    self.clock.now_ms(),
-                ),
-                stale: false,
-                ..decided
-            },
-            Some(decided) => decided,
-            None if self.batch.is_empty() => return Ok(()),
-            None => {
-                let inputs = std::mem::take(&mut self.batch);
-                let output = decide_batch(
-                    &self.batch_context(),
-                    &self.caches.read(),
-                    &inputs,
-                    self.clock.now_ms(),
-                );
-                let decided = Decided {
-                    inputs,
-                    output,
-                    stale: false,
-                };
-                if full {
-                    self.decided = Some(decided);
-                    return Ok(());
-                }
-                decided
+    /// Decides the batch and writes it in one transaction; on an abortable failure, aborts and
+    /// rewinds so the batch is read again.
+    fn commit_batch(&mut self) -> Result<(), ProcessorError> {
+        let output = decide_batch(
+            &self.batch_context(),
+            &self.caches.read(),
+            &self.batch,
+            self.clock.now_ms(),
+        );
+        let inputs = self.batch.len();
+        if !self.run_transaction(output, inputs)? {
+            let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+            for record in &self.batch {
+                first.entry(record.partition).or_insert(record.offset);
             }
-        };
-        match self.run_transaction(decided.output, decided.inputs.len(), full)? {
-            Ended::Committed(Some(next)) => {
-                self.decided = Some(Decided {
-                    inputs: std::mem::take(&mut self.batch),
-                    output: *next,
-                    stale: false,
-                });
-            }
-            Ended::Committed(None) => {}
-            Ended::Aborted => {
-                // The batch polled meanwhile goes too: it may have been decided on the aborted
-                // batch's changes, and its records come after the aborted ones.
-                let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-                for record in decided.inputs.iter().chain(&self.batch) {
-                    let offset = first.entry(record.partition).or_insert(record.offset);
-                    *offset = (*offset).min(record.offset);
-                }
-                self.rewind(&first);
-                self.batch.clear();
-            }
+            self.rewind(&first);
         }
+        self.batch.clear();
         Ok(())
     }
 
-    /// Writes an output in one transaction and, once committed, applies its state changes. With
-    /// `decide_next`, the polled batch is decided on top of this output while the transaction
-    /// waits for the broker.
+    /// Writes an output in one transaction and, once committed, applies its state changes.
+    /// Returns false when the transaction was aborted (the caller redoes the work).
     fn run_transaction(
         &mut self,
         output: BatchOutput,
         inputs: usize,
-        decide_next: bool,
-    ) -> Result<Ended, ProcessorError> {
+    ) -> Result<bool, ProcessorError> {
         let batch_number = self.totals.batches + 1;
         let _span = tracing::debug_span!(
             "transaction",
@@ -863,8 +770,8 @@ impl Processor {
         )
         .entered();
         let started = Instant::now();
-        match self.transaction(&output, batch_number, decide_next) {
-            Ok((steps, next)) => {
+        match self.transaction(&output, batch_number) {
+            Ok(steps) => {
                 self.record_metrics(&output, inputs, started.elapsed());
                 for (step, took) in TRANSACTION_STEPS.iter().zip(steps) {
                     self.metrics
@@ -873,7 +780,7 @@ impl Processor {
                         .observe(took.as_secs_f64());
                 }
                 let mut caches = self.caches.write();
-                for change in &output.changes {
+                for change in output.changes {
                     let Some(cache) = caches.get_mut(&change.partition) else {
                         continue;
                     };
@@ -897,7 +804,7 @@ impl Processor {
                     commit_ms = started.elapsed().as_millis() as u64,
                     "transaction committed"
                 );
-                Ok(Ended::Committed(next.map(Box::new)))
+                Ok(true)
             }
             Err(error) if error.class == ErrorClass::Fatal => self.replace_producer(error),
             Err(error) => {
@@ -914,7 +821,7 @@ impl Processor {
                     tracing::warn!(error = %abort_error, "abort failed");
                 }
                 std::thread::sleep(Duration::from_millis(100 * self.totals.aborts.min(20)));
-                Ok(Ended::Aborted)
+                Ok(false)
             }
         }
     }
@@ -922,8 +829,8 @@ impl Processor {
     /// After a fatal producer error: a fence by a newer instance with our transactional.id ends
     /// this one; anything else (e.g. an invalid transaction state after a broker restart) only
     /// made this producer unusable, so a new one takes over — its `init_transactions` aborts
-    /// whatever the old one left open — and the batch is redone.
-    fn replace_producer(&mut self, error: TxnError) -> Result<Ended, ProcessorError> {
+    /// whatever the old one left open — and the batch is redone (returns false).
+    fn replace_producer(&mut self, error: TxnError) -> Result<bool, ProcessorError> {
         if is_fenced(&error) {
             return Err(ProcessorError::Fatal {
                 transactional_id: transactional_id(&self.settings),
@@ -937,7 +844,7 @@ impl Processor {
             .with_label_values(&["abort"])
             .inc();
         self.producer = create_producer(&self.settings, &self.metrics)?;
-        Ok(Ended::Aborted)
+        Ok(false)
     }
 
     fn record_metrics(&self, output: &BatchOutput, inputs: usize, elapsed: Duration) {
@@ -969,31 +876,18 @@ impl Processor {
     }
 
     /// Runs the batch's transaction; returns how long each of its steps took
-    /// (`metrics::TRANSACTION_STEPS`) and, with `decide_next`, the polled batch decided on top of
-    /// this one while the broker acknowledged it.
+    /// (`metrics::TRANSACTION_STEPS`).
     fn transaction(
         &self,
         output: &BatchOutput,
         batch_number: u64,
-        decide_next: bool,
-    ) -> Result<([Duration; 4], Option<BatchOutput>), TxnError> {
+    ) -> Result<[Duration; 4], TxnError> {
         let started = Instant::now();
         self.producer.begin()?;
         for record in &output.records {
             self.producer.send(record)?;
         }
         let sent = started.elapsed();
-        // The broker works on this batch meanwhile; the time shows in the deliveries step only
-        // if deciding takes longer than the acknowledgements.
-        let next = (decide_next && !self.batch.is_empty()).then(|| {
-            decide_batch_after(
-                &self.batch_context(),
-                &self.caches.read(),
-                output,
-                &self.batch,
-                self.clock.now_ms(),
-            )
-        });
         // Deliveries first, offsets after: sending the offsets while records were still being
         // acknowledged made transactions twice as long on average, with ~100 ms steps
         // (measured at 5,800 requests/s, docs/benchmarks.md).
@@ -1044,7 +938,7 @@ impl Processor {
                 "slow transaction"
             );
         }
-        Ok((steps, next))
+        Ok(steps)
     }
 }
 

@@ -145,9 +145,9 @@ async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decide
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_aborted_batch_takes_the_batch_decided_on_top_of_it_along_and_both_are_redone_once() {
-    // A backlog of full batches, so each next batch is decided while the one before commits;
-    // the second batch's transaction aborts once, with the third decided on its changes.
+async fn an_aborted_transaction_is_redone_from_the_committed_state_and_decides_every_input_once() {
+    // A backlog of full batches; the second batch's transaction aborts once after its records
+    // were produced, so the consumer must rewind and the batch be decided again.
     let mut settings = processor_settings(3, &unique("abort"));
     settings.processor.batch_max_records = 40;
     create_topics(&settings).await;
