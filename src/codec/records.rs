@@ -233,9 +233,22 @@ pub fn decode_request(key: Option<&[u8]>, value: &[u8]) -> Result<TransitionRequ
     let key = std::str::from_utf8(key).map_err(|_| CodecError::KeyNotUtf8)?;
     let body = body_of(RecordKind::TransitionRequest, value)?;
     let mut r = AvroReader::new(&body);
+    let request_id = read_uuid(&mut r, "request_id")?;
+    // Equal to the key, already checked as UTF-8, the id needs no second check (the hot path).
+    let order_id = match r.raw("order_id")? {
+        id if id == key.as_bytes() => key.to_owned(),
+        id => {
+            let order_id = std::str::from_utf8(id)
+                .map_err(|_| CodecError::InvalidUtf8 { field: "order_id" })?;
+            return Err(CodecError::KeyMismatch {
+                key: key.to_string(),
+                order_id: order_id.to_string(),
+            });
+        }
+    };
     let request = TransitionRequest {
-        request_id: read_uuid(&mut r, "request_id")?,
-        order_id: r.string("order_id")?,
+        request_id,
+        order_id,
         transition: r.string("transition")?,
         expected_version: read_version(&mut r, "expected_version")?,
         requested_at_ms: r.long("requested_at")?,
@@ -243,12 +256,6 @@ pub fn decode_request(key: Option<&[u8]>, value: &[u8]) -> Result<TransitionRequ
         attributes: read_string_map(&mut r, "attributes")?,
     };
     finish(&r)?;
-    if request.order_id != key {
-        return Err(CodecError::KeyMismatch {
-            key: key.to_string(),
-            order_id: request.order_id,
-        });
-    }
     Ok(request)
 }
 
