@@ -74,6 +74,11 @@ enum Command {
         /// Send this many seconds more first and leave them out of the percentiles.
         #[arg(long, default_value_t = 0)]
         warmup_secs: u64,
+        /// Spread the copies over the output topics as orderflow's outcomes spread under
+        /// loadgen's default shares: every 50th to the rejected topic, every 500th to the
+        /// dead-letter topic, the rest to the accepted topic.
+        #[arg(long)]
+        spread: bool,
     },
     /// Wait for `count` records in the outcome topics; print timing as JSON.
     Await {
@@ -197,7 +202,22 @@ async fn preload(settings: &Settings, requests: u64, seed: u64) -> anyhow::Resul
 /// The floor: orderflow's loop shape (batches of up to 2000 records or 20 ms, one transaction
 /// each, offsets in the transaction) with the decision replaced by copying the input twice.
 /// `assigned` turns true once the consumer group has given the pipe its partitions.
-fn pipe(settings: &Settings, count: u64, assigned: &AtomicBool) -> anyhow::Result<()> {
+/// Where the pipe sends an input's second copy: the accepted topic, or with `spread` the topic
+/// orderflow's outcome would go to in the same share (see `PipeLatency::spread`).
+fn copy_topic(settings: &Settings, spread: bool, offset: i64) -> &str {
+    match offset {
+        o if spread && o % 500 == 3 => &settings.topics.dead_letters,
+        o if spread && o % 50 == 7 => &settings.topics.rejected,
+        _ => &settings.topics.accepted,
+    }
+}
+
+fn pipe(
+    settings: &Settings,
+    count: u64,
+    assigned: &AtomicBool,
+    spread: bool,
+) -> anyhow::Result<()> {
     let consumer: BaseConsumer = processor_consumer_config(settings, "0000000000000000")?
         .set("statistics.interval.ms", "0")
         .create()?;
@@ -251,9 +271,12 @@ fn pipe(settings: &Settings, count: u64, assigned: &AtomicBool) -> anyhow::Resul
         producer.begin()?;
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for (partition, offset, key, value) in &batch {
-            for topic in [&settings.topics.state, &settings.topics.accepted] {
+            for topic in [
+                settings.topics.state.as_str(),
+                copy_topic(settings, spread, *offset),
+            ] {
                 producer.send(&OutgoingRecord {
-                    topic: topic.clone(),
+                    topic: topic.to_string(),
                     partition: *partition,
                     key: key.clone(),
                     value: Some(value.clone()),
@@ -291,6 +314,7 @@ fn pipe_latency(
     rate: u64,
     seconds: u64,
     warmup_secs: u64,
+    spread: bool,
 ) -> anyhow::Result<()> {
     settings.processor.batch_max_wait_ms = Settings::default().processor.batch_max_wait_ms;
     let warmup = rate * warmup_secs;
@@ -308,12 +332,16 @@ fn pipe_latency(
     )?
     .set("fetch.wait.max.ms", "10")
     .create()?;
-    orderflow::client::assign_outputs(
-        &reader,
-        &[&settings.topics.accepted],
-        settings.topics.partitions,
-        true,
-    )?;
+    let copies_to: &[&str] = if spread {
+        &[
+            &settings.topics.accepted,
+            &settings.topics.rejected,
+            &settings.topics.dead_letters,
+        ]
+    } else {
+        &[&settings.topics.accepted]
+    };
+    orderflow::client::assign_outputs(&reader, copies_to, settings.topics.partitions, true)?;
     let assigned = AtomicBool::new(false);
     let definition = definition()?;
     // Every order starts with at least one request, so `count` orders never run dry before
@@ -335,7 +363,7 @@ fn pipe_latency(
             .create()?;
     let settings = &settings;
     let (copies, latencies, sent_seconds) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        let piping = scope.spawn(|| pipe(settings, count, &assigned));
+        let piping = scope.spawn(|| pipe(settings, count, &assigned, spread));
         let reading = scope.spawn(|| {
             let mut latencies = Vec::with_capacity(count as usize);
             let mut copies = 0u64;
@@ -677,17 +705,20 @@ async fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::Preload { requests, seed } => preload(&settings, *requests, *seed).await,
         Command::Pipe { count } => {
-            tokio::task::block_in_place(|| pipe(&settings, *count, &AtomicBool::new(false)))
+            tokio::task::block_in_place(|| pipe(&settings, *count, &AtomicBool::new(false), false))
         }
         Command::PipeLatency {
             rate,
             seconds,
             warmup_secs,
+            spread,
         } => {
             Topics::connect(&settings.kafka)?
                 .ensure(&settings.topics)
                 .await?;
-            tokio::task::block_in_place(|| pipe_latency(settings, *rate, *seconds, *warmup_secs))
+            tokio::task::block_in_place(|| {
+                pipe_latency(settings, *rate, *seconds, *warmup_secs, *spread)
+            })
         }
         Command::Await {
             count,

@@ -163,7 +163,7 @@ def latency(rates, seconds, warmup):
                     and report.get("latency_ms", {}).get("p99", 10**9) <= 1000)
         try:
             pipe = bench_json(f"p{uuid.uuid4().hex[:6]}-", "pipe-latency", "--rate", str(rate), "--seconds", str(seconds),
-                              "--warmup-secs", str(warmup), timeout=(seconds + warmup) * 4 + 180)
+                              "--warmup-secs", str(warmup), "--spread", timeout=(seconds + warmup) * 4 + 180)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
             pipe = {"error": str(e)[-300:]}
         results.append({"rate": rate, "held": held, "pipe_latency_ms": pipe.get("latency_ms"),
@@ -210,8 +210,9 @@ def markdown(machine, command, requests, runs, medians, counts, samples, latenci
               f"Each rate runs {latency_seconds} s after a {warmup} s warm-up (a freshly started processor's first "
               "transactions are slower; the warm-up's requests are checked but not timed), against a fresh orderflow "
               "and then against the pipe (`orderflow-bench pipe-latency`: the same paced load, orderflow's default "
-              "batching, each request copied to two topics in a transaction, deciding nothing): the floor this "
-              "broker sets. Percentiles of the requests answered on arrival. The load sends 2% of steps before the "
+              "batching, each request copied to the state topic and to the accepted topic, or as orderflow's outcomes "
+              "spread under this load to the rejected (1 in 50) or dead-letter topic (1 in 500), in a transaction, "
+              "deciding nothing): the floor this broker sets for the partitions orderflow's transactions span. Percentiles of the requests answered on arrival. The load sends 2% of steps before the "
               "step they depend on: those park until their predecessor arrives (and redeliveries of them wait with "
               "them), so their latency is the load's ordering; their p50 / max are shown apart.", "",
               "| rate (requests/s) | p50 ms | p99 ms | p99.9 ms | max ms | parked: p50 / max ms | pipe p50 / p99 / p99.9 ms | outcome rate | held |",
