@@ -199,9 +199,6 @@ async fn preload(settings: &Settings, requests: u64, seed: u64) -> anyhow::Resul
     Ok(())
 }
 
-/// The floor: orderflow's loop shape (batches of up to 2000 records or 20 ms, one transaction
-/// each, offsets in the transaction) with the decision replaced by copying the input twice.
-/// `assigned` turns true once the consumer group has given the pipe its partitions.
 /// Where the pipe sends an input's second copy: the accepted topic, or with `spread` the topic
 /// orderflow's outcome would go to in the same share (see `PipeLatency::spread`).
 fn copy_topic(settings: &Settings, spread: bool, offset: i64) -> &str {
@@ -212,6 +209,10 @@ fn copy_topic(settings: &Settings, spread: bool, offset: i64) -> &str {
     }
 }
 
+/// The floor: orderflow's loop shape (batches of up to 2000 records or 20 ms, one transaction
+/// each, offsets in the transaction) with the decision replaced by copying the input twice (to
+/// the state topic and to [`copy_topic`]).
+/// `assigned` turns true once the consumer group has given the pipe its partitions.
 fn pipe(
     settings: &Settings,
     count: u64,
