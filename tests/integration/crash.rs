@@ -6,7 +6,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use orderflow::config::Settings;
-use orderflow::machine::TransitionRequest;
 
 use crate::support::{
     create_topics, outcomes_within, processor_settings, produce, read_to_end, request, unique,
@@ -116,13 +115,10 @@ pub fn binary_command(settings: &Settings) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decides_every_input_once()
 {
-    let mut settings = processor_settings(3, &unique("crash"));
-    settings.processor.batch_max_records = 40;
-    create_topics(&settings).await;
-    let (orders, requests) = three_steps_of_sixty_orders();
-    let positions = produce(&settings, &requests).await;
+    let backlog = three_steps_of_sixty_orders_produced("crash").await;
+    let settings = &backlog.settings;
 
-    let mut doomed = spawn_binary(&settings, Some("kill-before-commit:2"));
+    let mut doomed = spawn_binary(settings, Some("kill-before-commit:2"));
     let status = tokio::task::spawn_blocking(move || doomed.wait())
         .await
         .unwrap()
@@ -133,39 +129,45 @@ async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decide
         "the failpoint SIGKILLed the processor: {status}"
     );
 
-    let mut restarted = spawn_binary(&settings, None);
-    let outcomes = outcomes_within(&settings, requests.len(), Duration::from_secs(90)).await;
+    let mut restarted = spawn_binary(settings, None);
+    let outcomes =
+        outcomes_within(settings, backlog.positions.len(), Duration::from_secs(90)).await;
     let _ = restarted.kill();
     let _ = restarted.wait();
 
     // The killed batch's records were written and aborted: visible only to read_uncommitted.
-    assert_three_steps_each_decided_once_after_an_aborted_batch(
-        &settings, &outcomes, &positions, &orders,
-    );
+    assert_three_steps_each_decided_once_after_an_aborted_batch(&backlog, &outcomes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_transaction_is_redone_from_the_committed_state_and_decides_every_input_once() {
     // A backlog of full batches; the second batch's transaction aborts once after its records
     // were produced, so the consumer must rewind and the batch be decided again.
-    let mut settings = processor_settings(3, &unique("abort"));
-    settings.processor.batch_max_records = 40;
-    create_topics(&settings).await;
-    let (orders, requests) = three_steps_of_sixty_orders();
-    let positions = produce(&settings, &requests).await;
+    let backlog = three_steps_of_sixty_orders_produced("abort").await;
+    let settings = &backlog.settings;
 
-    let mut processor = spawn_binary(&settings, Some("abort-before-commit:2"));
-    let outcomes = outcomes_within(&settings, requests.len(), Duration::from_secs(90)).await;
+    let mut processor = spawn_binary(settings, Some("abort-before-commit:2"));
+    let outcomes =
+        outcomes_within(settings, backlog.positions.len(), Duration::from_secs(90)).await;
     let _ = processor.kill();
     let _ = processor.wait();
 
-    assert_three_steps_each_decided_once_after_an_aborted_batch(
-        &settings, &outcomes, &positions, &orders,
-    );
+    assert_three_steps_each_decided_once_after_an_aborted_batch(&backlog, &outcomes);
 }
 
-/// Sixty new orders, and their create, confirm and ship requests (all creates first).
-fn three_steps_of_sixty_orders() -> (Vec<String>, Vec<TransitionRequest>) {
+/// A backlog waiting for a processor: sixty new orders' create, confirm and ship requests (all
+/// creates first) on fresh topics, for batches of 40.
+struct Backlog {
+    settings: Settings,
+    orders: Vec<String>,
+    /// Where each request landed.
+    positions: Vec<(i32, i64)>,
+}
+
+async fn three_steps_of_sixty_orders_produced(name: &str) -> Backlog {
+    let mut settings = processor_settings(3, &unique(name));
+    settings.processor.batch_max_records = 40;
+    create_topics(&settings).await;
     let orders: Vec<String> = (0..60).map(|i| format!("{}-{i}", unique("o"))).collect();
     let mut requests = Vec::new();
     for transition in ["create", "confirm", "ship"] {
@@ -173,18 +175,26 @@ fn three_steps_of_sixty_orders() -> (Vec<String>, Vec<TransitionRequest>) {
             requests.push(request(o, transition));
         }
     }
-    (orders, requests)
+    let positions = produce(&settings, &requests).await;
+    Backlog {
+        settings,
+        orders,
+        positions,
+    }
 }
 
 /// Every input has exactly one committed outcome, every order went create → confirm → ship
 /// (versions 1, 2, 3) without a rejection, and the aborted batch's records are in the log,
 /// visible only to read_uncommitted.
 fn assert_three_steps_each_decided_once_after_an_aborted_batch(
-    settings: &Settings,
+    backlog: &Backlog,
     outcomes: &Outcomes,
-    positions: &[(i32, i64)],
-    orders: &[String],
 ) {
+    let Backlog {
+        settings,
+        orders,
+        positions,
+    } = backlog;
     let per_input = outcomes.per_input();
     for position in positions {
         assert_eq!(
