@@ -279,7 +279,7 @@ fn pipe(
                 producer.send(&OutgoingRecord {
                     topic: topic.to_string(),
                     partition: *partition,
-                    key: key.clone(),
+                    key: Some(key.clone()),
                     value: Some(value.clone()),
                     headers: Vec::new(),
                 })?;

@@ -302,7 +302,7 @@ fn batch_benches(c: &mut Criterion) {
                     records.push(OutgoingRecord {
                         topic: topic.clone(),
                         partition: input.partition,
-                        key: input.key.clone().unwrap_or_default(),
+                        key: input.key.clone(),
                         value: input.value.clone(),
                         headers: Vec::new(),
                     });

@@ -209,8 +209,8 @@ pub struct OutgoingRecord {
     pub topic: String,
     /// Target partition (always the input's partition: co-partitioning).
     pub partition: i32,
-    /// Record key.
-    pub key: Vec<u8>,
+    /// Record key; `None` for a record without one (a dead letter of a keyless input keeps none).
+    pub key: Option<Vec<u8>>,
     /// Record value; `None` is a tombstone.
     pub value: Option<Vec<u8>>,
     /// Record headers.
@@ -291,9 +291,8 @@ impl TxnProducer {
 
     /// Queues a record; waits while librdkafka's queue is full (back-pressure, not failure).
     pub fn send(&self, record: &OutgoingRecord) -> Result<(), TxnError> {
-        let mut base = BaseRecord::to(&record.topic)
-            .partition(record.partition)
-            .key(record.key.as_slice());
+        let mut base = BaseRecord::<[u8], [u8]>::to(&record.topic).partition(record.partition);
+        base.key = record.key.as_deref();
         // Most records carry no headers: an empty header list would still be allocated and freed
         // inside librdkafka for each of them.
         if !record.headers.is_empty() {

@@ -366,7 +366,7 @@ fn emit_step(
         output.records.push(OutgoingRecord {
             topic: context.topics.state.clone(),
             partition,
-            key: order_id.as_bytes().to_vec(),
+            key: Some(order_id.as_bytes().to_vec()),
             value,
             headers: Vec::new(),
         });
@@ -548,7 +548,7 @@ fn outcome_record(
     OutgoingRecord {
         topic: topic.clone(),
         partition,
-        key: request.order_id.into_bytes(),
+        key: Some(request.order_id.into_bytes()),
         value: Some(value),
         headers: trace.into_iter().collect(),
     }
@@ -643,9 +643,12 @@ pub fn dead_letter(
     headers.push((dlq_headers::ERROR_MESSAGE.into(), message.into_bytes()));
 
     let limit = context.limits.dead_letter_max_bytes;
-    let mut key = input.key.clone().unwrap_or_default();
-    key.truncate(limit / 4);
-    let overhead: usize = key.len()
+    // A keyless input stays keyless: a replay must not give it a key it never had.
+    let mut key = input.key.clone();
+    if let Some(key) = key.as_mut() {
+        key.truncate(limit / 4);
+    }
+    let overhead: usize = key.as_ref().map_or(0, Vec::len)
         + headers
             .iter()
             .map(|(k, v)| k.len() + v.len() + 16)
@@ -772,5 +775,33 @@ mod tests {
         );
         let returned = output.changes[0].state.as_ref().unwrap();
         assert_ne!(decider.next_deadline(returned), committed_deadline);
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_input_key_as_it_came_and_none_stays_none() {
+        let definition = Arc::new(
+            Definition::parse(
+                include_str!("../../machines/order-lifecycle.toml"),
+                "order-lifecycle.toml",
+            )
+            .unwrap(),
+        );
+        let decider = Decider::new(definition, 8);
+        let (topics, limits) = (TopicSettings::default(), ProcessorSettings::default());
+        let context = BatchContext {
+            decider: &decider,
+            topics: &topics,
+            limits: &limits,
+            group_id: "g",
+        };
+        let mut keyless = input(7, &request("o-1", "create"));
+        keyless.key = None;
+        let letter = dead_letter(&context, &keyless, &Poison::Codec(CodecError::MissingKey));
+        assert_eq!(letter.key, None);
+        assert_eq!(letter.value, keyless.value, "the original bytes");
+
+        let keyed = input(8, &request("o-2", "create"));
+        let letter = dead_letter(&context, &keyed, &Poison::EmptyValue);
+        assert_eq!(letter.key.as_deref(), Some(&b"o-2"[..]));
     }
 }

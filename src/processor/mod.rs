@@ -203,13 +203,16 @@ impl ConsumerContext for ProcessorContext {
     }
 }
 
-/// Failpoints for crash and health tests, from `ORDERFLOW_FAILPOINT`:
+/// Failpoints for crash and health tests, from `ORDERFLOW_FAILPOINT` (several separated by commas):
 /// `kill-before-commit:N` sends SIGKILL to this process after producing the N-th batch, before
 /// committing it; `stall-before-commit:N` blocks the processing loop there for good (a stuck loop);
-/// `abort-before-commit:N` fails the N-th batch's transaction once with an abortable error.
-#[derive(Debug)]
+/// `abort-before-commit:N` fails the N-th batch's transaction once with an abortable error;
+/// `freeze-after-offsets:N:MS` stops the whole process (SIGSTOP, as a long GC pause or a frozen
+/// VM would) for MS milliseconds after the N-th batch's offsets were sent to its transaction and
+/// before it is committed.
+#[derive(Debug, Default)]
 struct Failpoint {
-    action: Option<(FailAction, u64)>,
+    actions: Vec<(FailAction, u64)>,
     /// Whether the abort fired: the redone batch has the same number and must commit.
     aborted: AtomicBool,
 }
@@ -219,6 +222,7 @@ enum FailAction {
     Kill,
     Stall,
     Abort,
+    Freeze(Duration),
 }
 
 impl Failpoint {
@@ -227,27 +231,47 @@ impl Failpoint {
     }
 
     fn parse(value: Option<&str>) -> Failpoint {
-        let action = value.and_then(|v| {
-            let (name, batch) = v.split_once(':')?;
-            let action = match name {
-                "kill-before-commit" => FailAction::Kill,
-                "stall-before-commit" => FailAction::Stall,
-                "abort-before-commit" => FailAction::Abort,
+        let parse_one = |v: &str| {
+            let mut parts = v.split(':');
+            let name = parts.next()?;
+            let batch: u64 = parts.next()?.parse().ok()?;
+            let action = match (name, parts.next()) {
+                ("kill-before-commit", None) => FailAction::Kill,
+                ("stall-before-commit", None) => FailAction::Stall,
+                ("abort-before-commit", None) => FailAction::Abort,
+                ("freeze-after-offsets", Some(ms)) => {
+                    FailAction::Freeze(Duration::from_millis(ms.parse().ok()?))
+                }
                 _ => return None,
             };
-            Some((action, batch.parse().ok()?))
-        });
+            parts.next().is_none().then_some((action, batch))
+        };
         Failpoint {
-            action,
+            actions: value
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .filter_map(parse_one)
+                .collect(),
             aborted: AtomicBool::new(false),
         }
     }
 
+    fn action(
+        &self,
+        batch_number: u64,
+        wanted: impl Fn(&FailAction) -> bool,
+    ) -> Option<FailAction> {
+        self.actions
+            .iter()
+            .find(|(action, n)| *n == batch_number && wanted(action))
+            .map(|(action, _)| *action)
+    }
+
+    /// Runs after the batch's records were delivered, before its offsets are sent.
     fn before_commit(&self, batch_number: u64) -> Result<(), TxnError> {
-        match self.action {
-            Some((FailAction::Abort, n))
-                if n == batch_number && !self.aborted.swap(true, Ordering::Relaxed) =>
-            {
+        let action = self.action(batch_number, |a| !matches!(a, FailAction::Freeze(_)));
+        match action {
+            Some(FailAction::Abort) if !self.aborted.swap(true, Ordering::Relaxed) => {
                 tracing::warn!(batch_number, "failpoint abort-before-commit");
                 return Err(TxnError {
                     operation: "failpoint abort-before-commit",
@@ -255,14 +279,14 @@ impl Failpoint {
                     source: KafkaError::Canceled,
                 });
             }
-            Some((FailAction::Kill, n)) if n == batch_number => {
+            Some(FailAction::Kill) => {
                 tracing::warn!(batch_number, "failpoint kill-before-commit: SIGKILL");
                 // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
                 unsafe {
                     libc::kill(libc::getpid(), libc::SIGKILL);
                 }
             }
-            Some((FailAction::Stall, n)) if n == batch_number => {
+            Some(FailAction::Stall) => {
                 tracing::warn!(
                     batch_number,
                     "failpoint stall-before-commit: the loop stops here"
@@ -274,6 +298,40 @@ impl Failpoint {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Runs after the batch's offsets were sent to its transaction, before it is committed.
+    fn after_offsets(&self, batch_number: u64) {
+        let Some(FailAction::Freeze(pause)) =
+            self.action(batch_number, |a| matches!(a, FailAction::Freeze(_)))
+        else {
+            return;
+        };
+        tracing::warn!(
+            batch_number,
+            pause_ms = pause.as_millis() as u64,
+            "failpoint freeze-after-offsets: SIGSTOP"
+        );
+        // A stopped process cannot wake itself: a child sends the SIGCONT.
+        let waker = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "sleep {:.3}; kill -CONT {}",
+                pause.as_secs_f64(),
+                std::process::id()
+            ))
+            .spawn();
+        match waker {
+            Ok(mut waker) => {
+                // SAFETY: raise(3) has no memory-safety preconditions.
+                unsafe {
+                    libc::raise(libc::SIGSTOP);
+                }
+                let _ = waker.wait();
+                tracing::warn!(batch_number, "failpoint freeze-after-offsets: woke up");
+            }
+            Err(e) => tracing::error!(error = %e, "failpoint freeze-after-offsets: no waker"),
+        }
     }
 }
 
@@ -292,6 +350,54 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
+/// The pause after an aborted transaction: `min(100 ms × 2^(n−1), 5 s)` for the n-th abort in a
+/// row; a commit starts the count again. A broker that refuses a few transactions is given time
+/// to recover without a pod that once saw many aborts sleeping long after each later one.
+pub(crate) struct AbortBackoff {
+    consecutive: u32,
+    sleep: Box<dyn FnMut(Duration) + Send>,
+}
+
+impl AbortBackoff {
+    /// The first pause after a commit.
+    const FIRST: Duration = Duration::from_millis(100);
+    /// The longest pause.
+    const MAX: Duration = Duration::from_secs(5);
+
+    /// A back-off that pauses with `sleep` (the thread's sleep outside tests).
+    pub(crate) fn new(sleep: Box<dyn FnMut(Duration) + Send>) -> AbortBackoff {
+        AbortBackoff {
+            consecutive: 0,
+            sleep,
+        }
+    }
+
+    /// The pause after the n-th abort in a row.
+    fn delay(consecutive: u32) -> Duration {
+        let doublings = consecutive.saturating_sub(1).min(16);
+        (AbortBackoff::FIRST * 2u32.pow(doublings)).min(AbortBackoff::MAX)
+    }
+
+    /// Pauses after an abort, longer the more aborts came in a row.
+    pub(crate) fn aborted(&mut self) {
+        self.consecutive = self.consecutive.saturating_add(1);
+        (self.sleep)(AbortBackoff::delay(self.consecutive));
+    }
+
+    /// A commit ends the run of aborts.
+    pub(crate) fn committed(&mut self) {
+        self.consecutive = 0;
+    }
+}
+
+impl std::fmt::Debug for AbortBackoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AbortBackoff")
+            .field("consecutive", &self.consecutive)
+            .finish()
     }
 }
 
@@ -324,6 +430,7 @@ pub struct Processor {
     restore_rx: Receiver<RestoreEvent>,
     batch: Vec<InputRecord>,
     failpoint: Failpoint,
+    abort_backoff: AbortBackoff,
     totals: Totals,
     clock: Arc<dyn Clock>,
     deadlines: DeadlineIndex,
@@ -412,6 +519,7 @@ impl Processor {
             restore_rx,
             batch: Vec::new(),
             failpoint: Failpoint::from_env(),
+            abort_backoff: AbortBackoff::new(Box::new(std::thread::sleep)),
             totals: Totals::default(),
             clock,
             deadlines: DeadlineIndex::new(),
@@ -797,6 +905,7 @@ impl Processor {
                     cache.apply(&change.order_id, change.state.as_ref());
                 }
                 drop(caches);
+                self.abort_backoff.committed();
                 self.totals.batches += 1;
                 self.totals.stats += output.stats;
                 tracing::debug!(
@@ -820,7 +929,7 @@ impl Processor {
                     }
                     tracing::warn!(error = %abort_error, "abort failed");
                 }
-                std::thread::sleep(Duration::from_millis(100 * self.totals.aborts.min(20)));
+                self.abort_backoff.aborted();
                 Ok(false)
             }
         }
@@ -844,6 +953,7 @@ impl Processor {
             .with_label_values(&["abort"])
             .inc();
         self.producer = create_producer(&self.settings, &self.metrics)?;
+        self.abort_backoff.aborted();
         Ok(false)
     }
 
@@ -916,6 +1026,7 @@ impl Processor {
             })?;
             self.producer.send_offsets(&offsets, &group)?;
         }
+        self.failpoint.after_offsets(batch_number);
         let offsets_sent = started.elapsed();
         self.producer.commit()?;
         let committed = started.elapsed();
@@ -1046,26 +1157,67 @@ mod tests {
 
     #[test]
     fn failpoints_parse_their_action_and_batch_and_ignore_anything_else() {
+        let actions = |v: &str| Failpoint::parse(Some(v)).actions;
+        assert_eq!(actions("kill-before-commit:3"), vec![(FailAction::Kill, 3)]);
         assert_eq!(
-            Failpoint::parse(Some("kill-before-commit:3")).action,
-            Some((FailAction::Kill, 3))
+            actions("stall-before-commit:1"),
+            vec![(FailAction::Stall, 1)]
         );
         assert_eq!(
-            Failpoint::parse(Some("stall-before-commit:1")).action,
-            Some((FailAction::Stall, 1))
+            actions("abort-before-commit:2"),
+            vec![(FailAction::Abort, 2)]
         );
         assert_eq!(
-            Failpoint::parse(Some("abort-before-commit:2")).action,
-            Some((FailAction::Abort, 2))
+            actions("freeze-after-offsets:4:7500,freeze-after-offsets:9:100"),
+            vec![
+                (FailAction::Freeze(Duration::from_millis(7500)), 4),
+                (FailAction::Freeze(Duration::from_millis(100)), 9)
+            ]
         );
         for ignored in [
-            None,
-            Some(""),
-            Some("stall-before-commit"),
-            Some("nap:1"),
-            Some("kill-before-commit:x"),
+            "",
+            "stall-before-commit",
+            "nap:1",
+            "kill-before-commit:x",
+            "kill-before-commit:1:2",
+            "freeze-after-offsets:4",
+            "freeze-after-offsets:4:soon",
         ] {
-            assert_eq!(Failpoint::parse(ignored).action, None, "{ignored:?}");
+            assert_eq!(actions(ignored), vec![], "{ignored:?}");
         }
+        assert_eq!(Failpoint::parse(None).actions, vec![]);
+    }
+
+    #[test]
+    fn the_abort_backoff_doubles_per_abort_in_a_row_up_to_five_seconds_and_a_commit_resets_it() {
+        let slept = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&slept);
+        let mut backoff = AbortBackoff::new(Box::new(move |d: Duration| {
+            record.lock().unwrap().push(d.as_millis() as u64)
+        }));
+        for _ in 0..8 {
+            backoff.aborted();
+        }
+        backoff.committed();
+        backoff.aborted();
+        backoff.aborted();
+        for _ in 0..100 {
+            backoff.aborted();
+        }
+        let slept = slept.lock().unwrap();
+        assert_eq!(
+            slept[..10],
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 100, 200]
+        );
+        assert!(slept[10..].iter().all(|&ms| ms <= 5000), "capped");
+        assert_eq!(slept.last(), Some(&5000));
+    }
+
+    #[test]
+    fn a_freeze_failpoint_does_not_fire_before_the_offsets_are_sent() {
+        let failpoint = Failpoint::parse(Some("freeze-after-offsets:1:60000"));
+        assert!(failpoint.before_commit(1).is_ok());
+        // Another batch: returns at once (a freeze would stop this test process for a minute).
+        failpoint.after_offsets(2);
     }
 }

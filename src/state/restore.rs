@@ -1,11 +1,14 @@
 //! Restoring a partition's cache from the compacted state topic.
 //!
 //! A restore reads the state partition from the beginning with read_committed up to its end (the
-//! last stable offset: records of open or aborted transactions are never seen). Transaction markers
-//! are never delivered, so the end is detected by librdkafka's end-of-partition event or by the
-//! consumer's position reaching the end offset, never by counting records.
+//! last stable offset: records of open or aborted transactions are never seen), and it ends only
+//! once that last stable offset has reached the high watermark seen at assignment, so that a
+//! transaction a previous owner left open is resolved and, if committed, read
+//! ([`restore_partitions`]). Transaction markers are never delivered, so the end is detected by
+//! librdkafka's end-of-partition event or by the consumer's position reaching the end offset,
+//! never by counting records.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -100,8 +103,37 @@ pub fn end_offset<C: rdkafka::consumer::ConsumerContext>(
     }
 }
 
+/// How often a restore waiting for an open transaction asks for the last stable offset again.
+const STABLE_POLL: Duration = Duration::from_millis(100);
+/// How often a restore that keeps waiting says so again.
+const WAIT_REPORT: Duration = Duration::from_secs(15);
+
+/// One partition's restore in progress.
+struct PartitionRestore {
+    partition: i32,
+    cache: PartitionCache,
+    /// State records read.
+    records: u64,
+    /// The high watermark seen at assignment: everything below it, open transactions included,
+    /// must be resolved and read before the partition is restored.
+    target: i64,
+    /// The offset the restore reads up to: the last stable offset, once it reached `target`.
+    /// `None` while a transaction below `target` is still open.
+    end: Option<i64>,
+    /// Since when the restore waits for the last stable offset, and when it last said so.
+    waiting: Option<(Instant, Instant)>,
+}
+
 /// Restores `partitions` of the state topic on the calling thread, reporting each partition as
 /// soon as it is complete. Stops early when `cancel` is set.
+///
+/// A partition is complete only once its last stable offset has reached the high watermark seen
+/// at assignment. A previous owner frozen past its session timeout, but not past its transaction
+/// timeout, may still commit a transaction it left open, and the offsets it sent to that
+/// transaction become the new owner's starting point: ending at the last stable offset seen at
+/// assignment would lose that transaction's state changes (and its request ids) while the
+/// consumer starts after its inputs. The wait is bounded by the broker: the transaction commits,
+/// or the coordinator aborts it after `transaction.timeout.ms`.
 pub fn restore_partitions(
     job: u64,
     settings: &Settings,
@@ -123,48 +155,64 @@ pub fn restore_partitions(
     let consumer: BaseConsumer<EndOfPartitionIsNews> = config
         .create_with_context(EndOfPartitionIsNews)
         .map_err(kafka(-1))?;
+    // ListOffsets answers with the last stable offset for read_committed clients and with the
+    // high watermark for read_uncommitted ones.
+    config.set("isolation.level", "read_uncommitted");
+    let uncommitted: BaseConsumer<EndOfPartitionIsNews> = config
+        .create_with_context(EndOfPartitionIsNews)
+        .map_err(kafka(-1))?;
     let started = Instant::now();
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    let mut caches: HashMap<i32, (PartitionCache, u64)> = HashMap::new();
+    let mut restores: HashMap<i32, PartitionRestore> = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for &partition in partitions {
-        let high = end_offset(&consumer, topic, partition).map_err(kafka(partition))?;
-        ends.insert(partition, high);
-        caches.insert(partition, (PartitionCache::new(), 0));
+        let target = end_offset(&uncommitted, topic, partition).map_err(kafka(partition))?;
+        let stable = end_offset(&consumer, topic, partition).map_err(kafka(partition))?;
+        let mut restore = PartitionRestore {
+            partition,
+            cache: PartitionCache::new(),
+            records: 0,
+            target,
+            end: None,
+            waiting: None,
+        };
+        restore.stable_offset_is(stable, started, settings);
+        restores.insert(partition, restore);
         tpl.add_partition_offset(topic, partition, Offset::Beginning)
             .map_err(kafka(partition))?;
     }
-    let mut pending: HashSet<i32> = partitions.iter().copied().collect();
-    let finish = |partition: i32, caches: &mut HashMap<i32, (PartitionCache, u64)>| {
-        if let Some((cache, records)) = caches.remove(&partition) {
+    let finish = |partition: i32, restores: &mut HashMap<i32, PartitionRestore>| {
+        if let Some(restore) = restores.remove(&partition) {
             tracing::info!(
                 partition,
-                orders = cache.len(),
-                records,
+                orders = restore.cache.len(),
+                records = restore.records,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "partition restored"
             );
             let _ = events.send(RestoreEvent::Done(Restored {
                 job,
                 partition,
-                cache,
-                records,
+                cache: restore.cache,
+                records: restore.records,
                 elapsed: started.elapsed(),
             }));
         }
     };
-    for (&partition, &end) in &ends {
-        if end <= 0 {
-            pending.remove(&partition);
-            finish(partition, &mut caches);
-        }
+    let empty: Vec<i32> = restores
+        .iter()
+        .filter(|(_, r)| r.end.is_some_and(|end| end <= 0))
+        .map(|(p, _)| *p)
+        .collect();
+    for partition in empty {
+        finish(partition, &mut restores);
     }
-    if pending.is_empty() {
+    if restores.is_empty() {
         return Ok(());
     }
     consumer.assign(&tpl).map_err(kafka(-1))?;
     let mut polls: u64 = 0;
-    while !pending.is_empty() {
+    let mut stable_asked = Instant::now();
+    while !restores.is_empty() {
         if cancel.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -173,8 +221,11 @@ pub fn restore_partitions(
         let idle = polled.is_none();
         match polled {
             None => {}
-            Some(Err(KafkaError::PartitionEOF(partition))) if pending.remove(&partition) => {
-                finish(partition, &mut caches);
+            // The end of what is stable now: complete only once that reaches the target.
+            Some(Err(KafkaError::PartitionEOF(partition)))
+                if restores.get(&partition).is_some_and(|r| r.end.is_some()) =>
+            {
+                finish(partition, &mut restores);
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
@@ -183,10 +234,10 @@ pub fn restore_partitions(
             }
             Some(Ok(message)) => {
                 let partition = message.partition();
-                let Some((cache, records)) = caches.get_mut(&partition) else {
+                let Some(restore) = restores.get_mut(&partition) else {
                     continue;
                 };
-                *records += 1;
+                restore.records += 1;
                 let corrupt = |source| RestoreError::Corrupt {
                     topic: topic.to_string(),
                     partition,
@@ -199,12 +250,47 @@ pub fn restore_partitions(
                     .and_then(|k| std::str::from_utf8(k).map_err(|_| CodecError::KeyNotUtf8))
                     .map_err(corrupt)?;
                 match message.payload() {
-                    None => cache.apply(key, None),
+                    None => restore.cache.apply(key, None),
                     Some(value) => {
                         let (order_id, state) =
                             decode_order_state(definition, value).map_err(corrupt)?;
-                        cache.apply(&order_id, Some(&state));
+                        restore.cache.apply(&order_id, Some(&state));
                     }
+                }
+            }
+        }
+        if stable_asked.elapsed() >= STABLE_POLL {
+            stable_asked = Instant::now();
+            let waiting: Vec<i32> = restores
+                .iter()
+                .filter(|(_, r)| r.end.is_none())
+                .map(|(p, _)| *p)
+                .collect();
+            for partition in waiting {
+                let Ok((_, stable)) =
+                    consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))
+                else {
+                    continue;
+                };
+                let Some(restore) = restores.get_mut(&partition) else {
+                    continue;
+                };
+                if restore.stable_offset_is(stable, started, settings) {
+                    // An end-of-partition event fetched before the transaction resolved may
+                    // still be queued; seeking discards it, and the fetch goes on from where
+                    // the restore stands.
+                    let from = consumer
+                        .position()
+                        .ok()
+                        .and_then(|list| {
+                            list.find_partition(topic, partition)
+                                .map(|element| element.offset())
+                        })
+                        .filter(|offset| matches!(offset, Offset::Offset(_)))
+                        .unwrap_or(Offset::Beginning);
+                    consumer
+                        .seek(topic, partition, from, Duration::from_secs(10))
+                        .map_err(kafka(partition))?;
                 }
             }
         }
@@ -216,17 +302,66 @@ pub fn restore_partitions(
         if let Ok(positions) = consumer.position() {
             for element in positions.elements() {
                 let partition = element.partition();
-                if let (Offset::Offset(position), Some(end)) =
-                    (element.offset(), ends.get(&partition))
-                {
-                    if position >= *end && pending.remove(&partition) {
-                        finish(partition, &mut caches);
+                let end = restores.get(&partition).and_then(|r| r.end);
+                if let (Offset::Offset(position), Some(end)) = (element.offset(), end) {
+                    if position >= end {
+                        finish(partition, &mut restores);
                     }
                 }
             }
         }
     }
     Ok(())
+}
+
+impl PartitionRestore {
+    /// Takes note of the partition's last stable offset; true when it has just reached the
+    /// target, so the restore now knows where it ends.
+    fn stable_offset_is(&mut self, stable: i64, started: Instant, settings: &Settings) -> bool {
+        if self.end.is_some() {
+            return false;
+        }
+        if stable >= self.target {
+            self.end = Some(stable);
+            if let Some((since, _)) = self.waiting {
+                tracing::info!(
+                    partition = self.partition,
+                    stable_offset = stable,
+                    target = self.target,
+                    waited_ms = since.elapsed().as_millis() as u64,
+                    "the open transaction on the state partition resolved; the restore goes on"
+                );
+            }
+            return true;
+        }
+        let now = Instant::now();
+        let report = match self.waiting {
+            None => {
+                self.waiting = Some((now, now));
+                true
+            }
+            Some((since, said)) if now.duration_since(said) >= WAIT_REPORT => {
+                self.waiting = Some((since, now));
+                true
+            }
+            Some(_) => false,
+        };
+        if report {
+            let waited = self
+                .waiting
+                .map_or(0, |(since, _)| since.elapsed().as_millis() as u64);
+            tracing::warn!(
+                partition = self.partition,
+                stable_offset = stable,
+                high_watermark_at_assignment = self.target,
+                waited_ms = waited,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                transaction_timeout_ms = settings.processor.transaction_timeout_ms,
+                "restore waits: a transaction on the state partition is still open (a previous owner that froze may still commit it); the partition is processed once it commits or its coordinator aborts it, within the producer's transaction.timeout.ms plus the broker's abort interval"
+            );
+        }
+        false
+    }
 }
 
 /// How many restore consumers run side by side: `processor.restore_threads`, or when that is 0

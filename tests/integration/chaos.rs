@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::crash::{binary_command, spawn_binary};
+use crate::crash::{assert_check_clean, binary_command, spawn_binary};
 use crate::support::{create_topics, processor_settings, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,35 +69,8 @@ async fn sigkill_under_load_three_times_loses_and_duplicates_nothing() {
     assert_eq!(report["unexpected"], 0, "{report}");
     assert_eq!(output.status.code(), Some(0), "{report}");
 
-    let checked = tokio::task::spawn_blocking({
-        let settings = settings.clone();
-        move || {
-            binary_command(&settings)
-                .args(["check", "--json"])
-                .stdout(Stdio::piped())
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let verdict: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&checked.stdout).trim()).unwrap();
-    assert_eq!(checked.status.code(), Some(0), "{verdict}");
-    for count in [
-        "lost",
-        "duplicated",
-        "illegal",
-        "version_gaps",
-        "state_mismatches",
-        "dead_letters_lost",
-        "dead_letters_duplicated",
-        "dead_letters_unexpected",
-        "orphan_outcomes",
-    ] {
-        assert_eq!(verdict[count], 0, "{count} in {verdict}");
-    }
-    assert_eq!(verdict["inputs"], report["sent"], "{verdict}");
+    let sent = report["sent"].as_u64().unwrap() as usize;
+    let verdict = assert_check_clean(&settings, sent).await;
     assert_eq!(
         verdict["poison"], report["expected"]["dead_letter"],
         "{verdict}"

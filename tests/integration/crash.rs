@@ -14,7 +14,7 @@ use crate::support::{
 
 /// A spawned `orderflow run`, killed when dropped: a test that panics must not leave a processor
 /// running (it would retry forever once the broker is gone and keep the test run's output open).
-pub struct RunningBinary(Child);
+pub struct RunningBinary(pub Child);
 
 impl std::ops::Deref for RunningBinary {
     type Target = Child;
@@ -157,14 +157,17 @@ async fn an_aborted_transaction_is_redone_from_the_committed_state_and_decides_e
 
 /// A backlog waiting for a processor: sixty new orders' create, confirm and ship requests (all
 /// creates first) on fresh topics, for batches of 40.
-struct Backlog {
-    settings: Settings,
-    orders: Vec<String>,
+pub struct Backlog {
+    /// The processor's settings (topics, batches of 40).
+    pub settings: Settings,
+    /// The sixty orders.
+    pub orders: Vec<String>,
     /// Where each request landed.
-    positions: Vec<(i32, i64)>,
+    pub positions: Vec<(i32, i64)>,
 }
 
-async fn three_steps_of_sixty_orders_produced(name: &str) -> Backlog {
+/// Produces the [`Backlog`] on fresh topics.
+pub async fn three_steps_of_sixty_orders_produced(name: &str) -> Backlog {
     let mut settings = processor_settings(3, &unique(name));
     settings.processor.batch_max_records = 40;
     create_topics(&settings).await;
@@ -266,4 +269,39 @@ async fn sigterm_under_load_exits_cleanly_and_loses_or_repeats_nothing() {
         "{:?}",
         outcomes.rejected.first()
     );
+}
+
+/// Runs `orderflow check --json` over the settings' topics and asserts a clean verdict over
+/// `inputs` inputs; returns the verdict.
+pub async fn assert_check_clean(settings: &Settings, inputs: usize) -> serde_json::Value {
+    let checked = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        move || {
+            binary_command(&settings)
+                .args(["check", "--json"])
+                .stdout(Stdio::piped())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let verdict: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&checked.stdout).trim()).unwrap();
+    assert_eq!(checked.status.code(), Some(0), "{verdict}");
+    for count in [
+        "lost",
+        "duplicated",
+        "illegal",
+        "version_gaps",
+        "state_mismatches",
+        "dead_letters_lost",
+        "dead_letters_duplicated",
+        "dead_letters_unexpected",
+        "orphan_outcomes",
+    ] {
+        assert_eq!(verdict[count], 0, "{count} in {verdict}");
+    }
+    assert_eq!(verdict["inputs"], inputs, "{verdict}");
+    verdict
 }

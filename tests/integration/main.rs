@@ -19,3 +19,4 @@ mod replica;
 mod round_trip;
 mod tools;
 mod topics;
+mod zombie;

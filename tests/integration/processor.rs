@@ -141,10 +141,10 @@ async fn poison_records_go_to_the_dead_letter_topic_with_provenance_and_later_re
     processor.stop();
 
     assert_eq!(outcomes.dead_letters.len(), 6, "{:?}", outcomes.per_input());
-    let kinds: Vec<String> = positions[..5]
-        .iter()
-        .chain(std::iter::once(&positions[6]))
-        .map(|(p, o)| {
+    let kinds: Vec<String> = [0, 1, 2, 3, 4, 6]
+        .into_iter()
+        .map(|index| {
+            let (p, o) = &positions[index];
             let dl = outcomes
                 .dead_letters
                 .iter()
@@ -169,6 +169,11 @@ async fn poison_records_go_to_the_dead_letter_topic_with_provenance_and_later_re
                 rdkafka::message::Message::partition(dl),
                 *p,
                 "dead letters stay in the input's partition"
+            );
+            assert_eq!(
+                rdkafka::message::Message::key(dl),
+                records[index].0.as_deref(),
+                "a dead letter keeps the input's key, and no key stays no key"
             );
             header(dl, "orderflow.dlq.error.kind").unwrap()
         })
