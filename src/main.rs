@@ -285,6 +285,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let limits = tools::check::Limits {
                 max_attributes: settings.processor.max_attributes,
                 max_attribute_bytes: settings.processor.max_attribute_bytes,
+                recent_requests: settings.processor.recent_requests,
             };
             let verdict = tokio::task::spawn_blocking(move || {
                 let partitions = settings.topics.partitions;

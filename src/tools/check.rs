@@ -3,8 +3,11 @@
 //!
 //! It verifies that every decodable input has exactly one outcome; that every poison input is in
 //! the dead-letter topic exactly once with its provenance, and nothing else is; that each order's
-//! accepted transitions form a legal path through the definition with versions 1, 2, 3… without
-//! gaps; and that the compacted state equals the fold of the accepted transitions.
+//! accepted transitions, in the order of the log downstream readers replay, form a legal path
+//! through the definition with versions 1, 2, 3… without gaps; that every outcome flagged
+//! duplicate repeats the first outcome of its request id; that no request id is decided afresh
+//! while its order still remembers it; and that the compacted state equals the fold of the
+//! accepted transitions.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -18,7 +21,7 @@ use crate::codec::{
     RejectedRecord,
 };
 use crate::config::Settings;
-use crate::machine::{Definition, OrderState};
+use crate::machine::{Definition, OrderState, RejectCode};
 
 /// One record of the requests topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +86,16 @@ pub struct Verdict {
     pub version_gaps: u64,
     /// Orders whose final state record differs from the fold of their accepted transitions.
     pub state_mismatches: u64,
+    /// Outcomes flagged duplicate that do not repeat the first outcome of their request id (or
+    /// whose request id has no first outcome).
+    pub duplicate_mismatches: u64,
+    /// Request ids decided afresh (not flagged duplicate) at a second input while their order
+    /// still remembered the first decision: applied twice.
+    pub decided_twice: u64,
+    /// Request ids decided afresh after `processor.recent_requests` later decisions of their
+    /// order had pushed them out of its memory: reused by a client, reported apart, not an
+    /// exactly-once failure.
+    pub request_ids_reused: u64,
     /// Output records that could not be decoded.
     pub corrupt_outputs: u64,
     /// The first problems, in words.
@@ -101,6 +114,8 @@ impl Verdict {
             && self.illegal == 0
             && self.version_gaps == 0
             && self.state_mismatches == 0
+            && self.duplicate_mismatches == 0
+            && self.decided_twice == 0
             && self.corrupt_outputs == 0
     }
 
@@ -115,7 +130,8 @@ impl Verdict {
         let mut text = format!(
             "{} inputs ({} requests, {} poison), {} orders, {} parked\n\
              lost {}, duplicated {}, orphan outcomes {}, dead letters lost {} / duplicated {} / unexpected {}, \
-             illegal {}, version gaps {}, state mismatches {}, corrupt outputs {}: {}",
+             illegal {}, version gaps {}, state mismatches {}, duplicate mismatches {}, decided twice {}, \
+             corrupt outputs {}; request ids reused beyond the window {}: {}",
             self.inputs,
             self.requests,
             self.poison,
@@ -130,7 +146,10 @@ impl Verdict {
             self.illegal,
             self.version_gaps,
             self.state_mismatches,
+            self.duplicate_mismatches,
+            self.decided_twice,
             self.corrupt_outputs,
+            self.request_ids_reused,
             if self.is_clean() { "EXACTLY ONCE" } else { "VIOLATED" }
         );
         for example in &self.examples {
@@ -152,6 +171,8 @@ pub struct Limits {
     pub max_attributes: usize,
     /// Most bytes of attribute keys and values.
     pub max_attribute_bytes: usize,
+    /// How many recent request ids an order remembers (`processor.recent_requests`).
+    pub recent_requests: usize,
 }
 
 /// Whether an input is a request orderflow must decide (as opposed to a dead letter). Written
@@ -286,7 +307,10 @@ pub fn check(definition: &Definition, limits: Limits, history: &History) -> Verd
         ));
     }
 
-    // Each order's accepted path.
+    check_request_ids(history, limits, &mut v);
+
+    // Each order's accepted path, in the order of the log (one order lives in one partition, and
+    // downstream readers replay it in this order): versions are not sorted before judging them.
     let mut paths: BTreeMap<&str, Vec<&AcceptedRecord>> = BTreeMap::new();
     for accepted in history.accepted.iter().filter(|a| !a.duplicate) {
         paths
@@ -295,8 +319,7 @@ pub fn check(definition: &Definition, limits: Limits, history: &History) -> Verd
             .push(accepted);
     }
     v.orders = paths.len() as u64;
-    for (order_id, mut path) in paths {
-        path.sort_by_key(|a| a.version);
+    for (order_id, path) in paths {
         let versions_ok = path
             .iter()
             .enumerate()
@@ -353,6 +376,142 @@ pub fn check(definition: &Definition, limits: Limits, history: &History) -> Verd
         }
     }
     v
+}
+
+/// What an outcome says, for comparing a duplicate's answer with the first one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Said<'a> {
+    Accepted {
+        order_id: &'a str,
+        to_state: &'a str,
+        version: u64,
+    },
+    Rejected {
+        order_id: &'a str,
+        reason: RejectCode,
+        state: Option<&'a str>,
+        version: u64,
+    },
+}
+
+impl<'a> Said<'a> {
+    fn order_id(&self) -> &'a str {
+        match self {
+            Said::Accepted { order_id, .. } | Said::Rejected { order_id, .. } => order_id,
+        }
+    }
+
+    /// Whether `self`, flagged duplicate, repeats `first`. A duplicate of an accepted request
+    /// whose transition the definition no longer has comes back as a recorded
+    /// `unknown_transition` rejection at the accepted state and version.
+    fn repeats(&self, first: &Said<'_>) -> bool {
+        match (self, first) {
+            (
+                Said::Rejected {
+                    order_id,
+                    reason: RejectCode::UnknownTransition,
+                    state: Some(state),
+                    version,
+                },
+                Said::Accepted {
+                    order_id: first_order,
+                    to_state,
+                    version: first_version,
+                },
+            ) => order_id == first_order && state == to_state && version == first_version,
+            _ => self == first,
+        }
+    }
+}
+
+/// One outcome as the request-id rules see it.
+struct Answer<'a> {
+    input: (i32, i64),
+    duplicate: bool,
+    said: Said<'a>,
+    /// Whether the order remembers this decision (it existed, or this decision created it).
+    remembered: bool,
+}
+
+/// The request-id rules: every outcome flagged duplicate repeats the first outcome of its request
+/// id, and a request id is decided afresh only once its order has forgotten it.
+fn check_request_ids(history: &History, limits: Limits, v: &mut Verdict) {
+    let mut answers: HashMap<uuid::Uuid, Vec<Answer<'_>>> = HashMap::new();
+    for a in &history.accepted {
+        answers.entry(a.request_id).or_default().push(Answer {
+            input: (a.input.partition, a.input.offset),
+            duplicate: a.duplicate,
+            said: Said::Accepted {
+                order_id: &a.order_id,
+                to_state: &a.to_state,
+                version: a.version,
+            },
+            remembered: true,
+        });
+    }
+    for r in &history.rejected {
+        answers.entry(r.request_id).or_default().push(Answer {
+            input: (r.input.partition, r.input.offset),
+            duplicate: r.duplicate,
+            said: Said::Rejected {
+                order_id: &r.order_id,
+                reason: r.reason,
+                state: r.current_state.as_deref(),
+                version: r.current_version,
+            },
+            // A rejection for an order that does not exist leaves nothing to remember it in.
+            remembered: r.current_state.is_some(),
+        });
+    }
+    // The decisions each order remembers, by input position (a duplicate is not remembered again).
+    let mut remembered: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
+    for answer in answers.values().flatten() {
+        if answer.remembered && !answer.duplicate {
+            remembered
+                .entry(answer.said.order_id())
+                .or_default()
+                .push(answer.input);
+        }
+    }
+    for (request_id, mut list) in answers {
+        list.sort_by_key(|a| a.input);
+        let mut first: Option<&Answer<'_>> = None;
+        for answer in &list {
+            if answer.duplicate {
+                if !first.is_some_and(|f| answer.said.repeats(&f.said)) {
+                    v.duplicate_mismatches += 1;
+                    v.problem(format!(
+                        "request {request_id} at {}:{} is answered as a duplicate with {:?}, but its first outcome was {:?}",
+                        answer.input.0,
+                        answer.input.1,
+                        answer.said,
+                        first.map(|f| &f.said)
+                    ));
+                }
+                continue;
+            }
+            if let Some(earlier) = first.filter(|f| f.remembered) {
+                // Each decision of the order between the two pushed an older request id out of
+                // the order's memory.
+                let between = remembered.get(earlier.said.order_id()).map_or(0, |inputs| {
+                    inputs
+                        .iter()
+                        .filter(|p| **p > earlier.input && **p < answer.input)
+                        .count()
+                });
+                if between >= limits.recent_requests {
+                    v.request_ids_reused += 1;
+                } else {
+                    v.decided_twice += 1;
+                    v.problem(format!(
+                        "request {request_id} was decided at {}:{} and again at {}:{} while its order still remembered it ({between} decisions between, window {})",
+                        earlier.input.0, earlier.input.1, answer.input.0, answer.input.1, limits.recent_requests
+                    ));
+                }
+            }
+            first = Some(answer);
+        }
+    }
 }
 
 /// Reads the whole history of the five topics of `settings` (the topics must be quiet: nothing

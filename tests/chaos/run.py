@@ -412,8 +412,8 @@ SCENARIOS = {
     "group-coordinator-kill": ("3-node cluster: SIGKILL the broker that is the consumer group's coordinator, restart it 15 s later", scenario_group_coordinator_kill),
 }
 ON_CLUSTER = {"leader-kill", "coordinator-kill", "group-coordinator-kill"}
-COUNTS = ["lost", "duplicated", "illegal", "version_gaps", "state_mismatches", "dead_letters_lost", "dead_letters_duplicated",
-          "dead_letters_unexpected", "orphan_outcomes"]
+COUNTS = ["lost", "duplicated", "illegal", "version_gaps", "state_mismatches", "duplicate_mismatches", "decided_twice",
+          "dead_letters_lost", "dead_letters_duplicated", "dead_letters_unexpected", "orphan_outcomes"]
 
 
 def main():

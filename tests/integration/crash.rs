@@ -295,6 +295,8 @@ pub async fn assert_check_clean(settings: &Settings, inputs: usize) -> serde_jso
         "illegal",
         "version_gaps",
         "state_mismatches",
+        "duplicate_mismatches",
+        "decided_twice",
         "dead_letters_lost",
         "dead_letters_duplicated",
         "dead_letters_unexpected",

@@ -10,6 +10,7 @@ const REQUESTS: &str = "requests";
 const LIMITS: Limits = Limits {
     max_attributes: 4,
     max_attribute_bytes: 1000,
+    recent_requests: 2,
 };
 
 fn definition() -> Definition {
@@ -291,4 +292,174 @@ fn a_request_over_the_attribute_limits_is_poison() {
         "{}",
         verdict.describe()
     );
+}
+
+#[test]
+fn accepted_versions_out_of_log_order_are_flagged_though_their_set_is_complete() {
+    let d = definition();
+    let mut h = clean(&d);
+    // o1's confirm (v2) before its create (v1) in the log downstream readers replay.
+    h.accepted.swap(0, 1);
+    let verdict = check(&d, LIMITS, &h);
+    assert_eq!(verdict.version_gaps, 1, "{}", verdict.describe());
+    assert!(!verdict.is_clean());
+}
+
+/// `h` with a redelivery of o1's confirm (same request id) at offset 5 and its answer.
+fn with_redelivered_confirm(h: &mut History, answer: AcceptedRecord) {
+    let (mut again, _) = input(5, "o1", "confirm");
+    let first = h.accepted[1].clone();
+    let mut request =
+        crate::codec::decode_request(again.key.as_deref(), again.value.as_deref().unwrap())
+            .unwrap();
+    request.request_id = first.request_id;
+    let mut value = Vec::new();
+    encode_request(&request, &mut value);
+    again.value = Some(value);
+    h.inputs.push(again);
+    h.accepted.push(answer);
+}
+
+#[test]
+fn a_duplicate_answer_must_repeat_the_first_outcome_of_its_request_id() {
+    let d = definition();
+    let mut h = clean(&d);
+    let first = h.accepted[1].clone();
+    let repeat = AcceptedRecord {
+        duplicate: true,
+        input: position(5),
+        ..first.clone()
+    };
+    with_redelivered_confirm(&mut h, repeat.clone());
+    let verdict = check(&d, LIMITS, &h);
+    assert!(verdict.is_clean(), "{}", verdict.describe());
+
+    // The same duplicate answer with another version (or states) than the first outcome.
+    let mut h = clean(&d);
+    with_redelivered_confirm(
+        &mut h,
+        AcceptedRecord {
+            version: 3,
+            ..repeat.clone()
+        },
+    );
+    let verdict = check(&d, LIMITS, &h);
+    assert_eq!(verdict.duplicate_mismatches, 1, "{}", verdict.describe());
+    assert!(!verdict.is_clean());
+    let mut h = clean(&d);
+    with_redelivered_confirm(
+        &mut h,
+        AcceptedRecord {
+            to_state: "Shipped".into(),
+            ..repeat.clone()
+        },
+    );
+    assert_eq!(check(&d, LIMITS, &h).duplicate_mismatches, 1);
+
+    // A duplicate answer whose request id was never answered before.
+    let mut h = clean(&d);
+    let orphan = AcceptedRecord {
+        request_id: Uuid::from_u64_pair(9, 9),
+        ..repeat
+    };
+    with_redelivered_confirm(&mut h, orphan);
+    let verdict = check(&d, LIMITS, &h);
+    assert_eq!(verdict.duplicate_mismatches, 1, "{}", verdict.describe());
+}
+
+#[test]
+fn a_duplicate_of_an_accepted_request_whose_transition_is_gone_may_come_back_as_a_recorded_rejection(
+) {
+    let d = definition();
+    let mut h = clean(&d);
+    let first = h.accepted[1].clone();
+    let (again, _) = input(5, "o1", "confirm");
+    h.inputs.push(again);
+    let mut rejection = h.rejected[0].clone();
+    rejection.request_id = first.request_id;
+    rejection.order_id = "o1".into();
+    rejection.reason = RejectCode::UnknownTransition;
+    rejection.current_state = Some("Confirmed".into());
+    rejection.current_version = 2;
+    rejection.duplicate = true;
+    rejection.input = position(5);
+    h.rejected.push(rejection.clone());
+    let verdict = check(&d, LIMITS, &h);
+    assert_eq!(verdict.duplicate_mismatches, 0, "{}", verdict.describe());
+    // At another version it does not repeat the first outcome.
+    h.rejected.last_mut().unwrap().current_version = 1;
+    assert_eq!(check(&d, LIMITS, &h).duplicate_mismatches, 1);
+}
+
+/// o1 created, then rejected `extra` times (each remembered), then its create request id decided
+/// afresh at the end.
+fn create_decided_again_after(extra: usize) -> History {
+    let d = definition();
+    let mut h = clean(&d);
+    h.rejected.clear();
+    h.inputs.truncate(2);
+    h.accepted.truncate(2);
+    h.dead_letters.clear();
+    h.states.remove("o2");
+    let create_id = h.accepted[0].request_id;
+    let template = clean(&d).rejected[0].clone();
+    for i in 0..extra {
+        let offset = 2 + i as i64;
+        let (record, id) = input(offset, "o1", "teleport");
+        h.inputs.push(record);
+        h.rejected.push(RejectedRecord {
+            request_id: id,
+            order_id: "o1".into(),
+            current_state: Some("Confirmed".into()),
+            current_version: 2,
+            input: position(offset),
+            ..template.clone()
+        });
+    }
+    let offset = 2 + extra as i64;
+    let (mut again, _) = input(offset, "o1", "create");
+    let mut request =
+        crate::codec::decode_request(again.key.as_deref(), again.value.as_deref().unwrap())
+            .unwrap();
+    request.request_id = create_id;
+    let mut value = Vec::new();
+    encode_request(&request, &mut value);
+    again.value = Some(value);
+    h.inputs.push(again);
+    h.rejected.push(RejectedRecord {
+        request_id: create_id,
+        order_id: "o1".into(),
+        transition: "create".into(),
+        reason: RejectCode::OrderAlreadyExists,
+        current_state: Some("Confirmed".into()),
+        current_version: 2,
+        input: position(offset),
+        ..template
+    });
+    h
+}
+
+#[test]
+fn a_request_id_decided_afresh_while_remembered_is_applied_twice_but_beyond_the_window_it_is_reuse()
+{
+    let d = definition();
+    // The window holds 2 decisions: after create and confirm the create is still remembered;
+    // one more decision pushes it out.
+    let verdict = check(&d, LIMITS, &create_decided_again_after(0));
+    assert_eq!(
+        (verdict.decided_twice, verdict.request_ids_reused),
+        (1, 0),
+        "{}",
+        verdict.describe()
+    );
+    assert!(!verdict.is_clean());
+
+    let verdict = check(&d, LIMITS, &create_decided_again_after(1));
+    assert_eq!(
+        (verdict.decided_twice, verdict.request_ids_reused),
+        (0, 1),
+        "{}",
+        verdict.describe()
+    );
+    assert!(verdict.is_clean(), "{}", verdict.describe());
 }
