@@ -4,13 +4,34 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The exit codes of every subcommand (also in README.md).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   success
+  1   a runtime failure (Kafka unreachable or failing, the processor stopped on a fatal error) or a
+      check that failed (`check` found a violation, `loadgen` missed an outcome, `machine diff`
+      found the change unsafe, `rebuild-state --compare` found a difference, `dlq replay` was
+      given records that are not dead letters)
+  2   bad usage, settings or definition, named in the message; `run` exits with it before it
+      connects to anything
+  3   `send --wait`: rejected; `get`: no such order
+  4   `send --wait`: dead-lettered
+  5   `send --wait`: no outcome within --timeout-secs
+  70  `run`: a transactional call hung past 3 x processor.transaction_timeout_ms (the restart
+      fences it)";
+
 /// orderflow: the order state machine of an online store, exactly once, on Apache Kafka.
 ///
 /// Upstream services produce transition requests ("ship order 42") keyed by order id; orderflow
 /// decides each against the order's state and a state machine defined as data, and emits an
 /// accepted or rejected outcome, exactly once.
 #[derive(Debug, Parser)]
-#[command(name = "orderflow", version, propagate_version = true)]
+#[command(
+    name = "orderflow",
+    version,
+    propagate_version = true,
+    after_help = EXIT_CODES
+)]
 pub struct Cli {
     /// Settings file (TOML); environment variables ORDERFLOW_SECTION__KEY override it.
     #[arg(long, global = true, env = "ORDERFLOW_CONFIG")]

@@ -312,6 +312,29 @@ impl TopicSettings {
 /// The prefix of environment variables that override settings.
 pub const ENV_PREFIX: &str = "ORDERFLOW_";
 
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..text.floor_char_boundary(offset.min(text.len()))];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Whether `listen` is `ip:port` or `host:port` with a port number (checked offline; binding it
+/// is [`Settings::check_ops_listen_free`]).
+fn is_listen_address(listen: &str) -> bool {
+    if listen.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    listen.rsplit_once(':').is_some_and(|(host, port)| {
+        port.parse::<u16>().is_ok()
+            && !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+    })
+}
+
 /// `ORDERFLOW_` variables that are not settings: the config file's path, the log format, the
 /// scripts' jar cache and the crash-test failpoint (and `ORDERFLOW_TEST_*`, the test harness's).
 pub const RESERVED_ENV: [&str; 4] = ["CONFIG", "LOG_FORMAT", "CACHE", "FAILPOINT"];
@@ -332,7 +355,13 @@ impl Settings {
                 text.parse::<toml::Table>()
                     .map_err(|e| ConfigError::Parse {
                         path: path.display().to_string(),
-                        message: e.message().to_string(),
+                        message: match e.span() {
+                            Some(span) => {
+                                let (line, column) = line_and_column(&text, span.start);
+                                format!("line {line}, column {column}: {}", e.message())
+                            }
+                            None => e.message().to_string(),
+                        },
                     })?
             }
         };
@@ -359,6 +388,20 @@ impl Settings {
             })?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Checks that `ops.listen` can be bound now (it is free and this process may use it), by
+    /// binding it and letting it go.
+    pub fn check_ops_listen_free(&self) -> Result<(), ConfigError> {
+        std::net::TcpListener::bind(&self.ops.listen)
+            .map(drop)
+            .map_err(|e| ConfigError::Invalid {
+                key: "ops.listen".into(),
+                message: format!(
+                    "cannot listen on {}: {e} (another process uses the port? set ops.listen / ORDERFLOW_OPS__LISTEN to a free address)",
+                    self.ops.listen
+                ),
+            })
     }
 
     /// Checks ranges and relations serde cannot.
@@ -464,6 +507,15 @@ impl Settings {
             return Err(invalid(
                 "processor.shutdown_deadline_ms",
                 format!("{} is not between 1000 and 600000", p.shutdown_deadline_ms),
+            ));
+        }
+        if !is_listen_address(&self.ops.listen) {
+            return Err(invalid(
+                "ops.listen",
+                format!(
+                    "{:?} is not an address to listen on: write host:port, e.g. 0.0.0.0:9400 or 127.0.0.1:0 (any free port)",
+                    self.ops.listen
+                ),
             ));
         }
         if self.ops.liveness_timeout_ms < 1000 {
@@ -625,6 +677,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bootstrap_server"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_toml_is_an_error_naming_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\nbootstrap_servers = \"a:1\"\ngroup_id = = 3\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3, column 12"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn lines_and_columns_count_from_one_in_characters() {
+        assert_eq!(line_and_column("abc", 0), (1, 1));
+        assert_eq!(line_and_column("a\nbc", 3), (2, 2));
+        assert_eq!(line_and_column("é\nxé y", 6), (2, 3));
+        assert_eq!(line_and_column("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn ops_listen_must_be_an_address() {
+        for good in [
+            "0.0.0.0:9400",
+            "127.0.0.1:0",
+            "[::1]:9400",
+            "localhost:9400",
+        ] {
+            let s = Settings::load(None, env(&[("ORDERFLOW_OPS__LISTEN", good)]));
+            assert!(s.is_ok(), "{good}: {s:?}");
+        }
+        for bad in ["9400", "localhost", "0.0.0.0:99999", ":9400", "http://x:1"] {
+            let err = Settings::load(None, env(&[("ORDERFLOW_OPS__LISTEN", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("ops.listen"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_ops_address_in_use_is_a_settings_error_naming_ops_listen() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap().to_string();
+        let s = Settings::load(None, env(&[("ORDERFLOW_OPS__LISTEN", &address)])).unwrap();
+        let err = s.check_ops_listen_free().unwrap_err().to_string();
+        assert!(err.contains("ops.listen"), "{err}");
+        drop(taken);
+        assert!(s.check_ops_listen_free().is_ok());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The `orderflow` binary: parse the command line, load settings, dispatch. Exit codes: 0 success,
-//! 1 a runtime failure (Kafka, a failed check), 2 bad usage, settings or definition.
+//! The `orderflow` binary: parse the command line, load settings, dispatch. Exit codes:
+//! `orderflow::cli::EXIT_CODES`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -96,6 +96,7 @@ fn load_settings(cli: &Cli) -> Result<Settings, Failure> {
         settings.instance_id = id.clone();
     }
     settings.validate().map_err(usage)?;
+    orderflow::kafka::check_client_settings(&settings).map_err(usage)?;
     Ok(settings)
 }
 
@@ -112,8 +113,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 ConfigAction::Show => print!("{}", settings.to_display_toml()),
                 ConfigAction::Check => {
                     let definition = load_definition(&settings.definition)?;
-                    orderflow::kafka::base_config(&settings.kafka, "orderflow-check")
-                        .map_err(usage)?;
+                    settings.check_ops_listen_free().map_err(usage)?;
                     println!(
                         "OK: settings valid; definition {} v{} ({}) from {}",
                         definition.name(),
@@ -373,7 +373,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
 /// Settings for a tool that talks to Kafka: the topics must exist, and their real partition count
 /// (which decides where an order lives) replaces the configured one.
 async fn connected_settings(cli: &Cli) -> Result<Settings, Failure> {
-    let mut settings = load_settings(cli)?;
+    with_checked_topics(load_settings(cli)?).await
+}
+
+/// The settings with the partition count of their checked topics.
+async fn with_checked_topics(mut settings: Settings) -> Result<Settings, Failure> {
     let topics = Topics::connect(&settings.kafka).map_err(usage)?;
     settings.topics.partitions = topics
         .check(&settings.topics)
@@ -382,16 +386,18 @@ async fn connected_settings(cli: &Cli) -> Result<Settings, Failure> {
     Ok(settings)
 }
 
-/// Binds the ops HTTP listener, naming the setting to change when the address is taken.
-async fn bind_ops(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
+/// Binds the ops HTTP listener, naming the setting to change when the address is taken (a
+/// settings error: exit code 2).
+async fn bind_ops(settings: &Settings) -> Result<tokio::net::TcpListener, Failure> {
     tokio::net::TcpListener::bind(&settings.ops.listen)
         .await
         .with_context(|| {
             format!(
-                "cannot listen on ops.listen = {} (in use? set ORDERFLOW_OPS__LISTEN to another address)",
+                "invalid setting ops.listen: cannot listen on {} (another process uses the port? set ops.listen / ORDERFLOW_OPS__LISTEN to a free address)",
                 settings.ops.listen
             )
         })
+        .map_err(usage)
 }
 
 /// Serves the ops endpoints until the returned sender is used (or dropped).
@@ -427,13 +433,14 @@ fn watch_transactional_calls(transaction_timeout_ms: u64) -> std::io::Result<()>
 
 /// `orderflow serve`: the read replica and its HTTP server until SIGTERM / Ctrl-C.
 async fn serve_replica(cli: &Cli) -> Result<ExitCode, Failure> {
-    let settings = Arc::new(connected_settings(cli).await?);
+    let settings = load_settings(cli)?;
     let definition = Arc::new(load_definition(&settings.definition)?);
+    let listener = bind_ops(&settings).await?;
+    let settings = Arc::new(with_checked_topics(settings).await?);
     let partitions = settings.topics.partitions;
     let metrics = Metrics::new(&definition)?;
     let health = Arc::new(Health::default());
     let caches = SharedCaches::default();
-    let listener = bind_ops(&settings).await?;
     tracing::info!(address = %listener.local_addr()?, "read replica: /orders/{{id}} /states /metrics /healthz /readyz");
     let ops_stop_tx = spawn_ops(
         listener,
@@ -488,6 +495,8 @@ async fn serve_replica(cli: &Cli) -> Result<ExitCode, Failure> {
 async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
     let settings = Arc::new(load_settings(cli)?);
     let definition = Arc::new(load_definition(&settings.definition)?);
+    // Every setting is checked before anything connects: the ops address too.
+    let listener = bind_ops(&settings).await?;
     let topics = Topics::connect(&settings.kafka).map_err(usage)?;
     let partitions = match topics.check(&settings.topics).await {
         Ok(partitions) => {
@@ -507,7 +516,6 @@ async fn run(cli: &Cli) -> Result<ExitCode, Failure> {
     );
     let metrics = Metrics::new(&definition)?;
     let health = Arc::new(Health::default());
-    let listener = bind_ops(&settings).await?;
     tracing::info!(address = %settings.ops.listen, "ops server: /metrics /healthz /readyz /orders/{{id}}");
     let caches = SharedCaches::default();
     let ops_stop_tx = spawn_ops(
@@ -608,10 +616,8 @@ fn machine(action: &MachineAction) -> Result<ExitCode, Failure> {
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::from(1))
-            }
+            // A definition that is not valid is a usage error, as everywhere else: exit code 2.
+            Err(e) => Err(usage(e)),
         },
         MachineAction::Draw { file, format } => {
             let definition = Arc::new(load_definition(file)?);

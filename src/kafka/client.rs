@@ -20,6 +20,46 @@ pub enum ClientConfigError {
     /// librdkafka refused the configuration.
     #[error("cannot create a Kafka client: {0}")]
     Create(#[source] rdkafka::error::KafkaError),
+    /// librdkafka refuses a pass-through property (unknown name or invalid value).
+    #[error("kafka.extra.{key} = {value:?}: librdkafka refuses it ({reason}); fix or drop it (the properties are listed in librdkafka's CONFIGURATION.md)")]
+    Refused {
+        /// The librdkafka key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// librdkafka's explanation.
+        reason: String,
+    },
+}
+
+/// Checks offline, without connecting, that librdkafka accepts every client setting (the
+/// pass-through `kafka.extra` properties above all): a misspelt property is a settings error,
+/// not a broker that cannot be reached.
+pub fn check_client_settings(settings: &Settings) -> Result<(), ClientConfigError> {
+    for config in [
+        base_config(&settings.kafka, "orderflow-config-check")?,
+        transactional_producer_config(settings)?,
+    ] {
+        config
+            .create_native_config()
+            .map_err(|error| match &error {
+                rdkafka::error::KafkaError::ClientConfig(_, reason, key, value)
+                    if settings.kafka.extra.contains_key(key) =>
+                {
+                    ClientConfigError::Refused {
+                        key: key.clone(),
+                        value: if is_secret_key(key) {
+                            "***".into()
+                        } else {
+                            value.clone()
+                        },
+                        reason: reason.clone(),
+                    }
+                }
+                _ => ClientConfigError::Create(error),
+            })?;
+    }
+    Ok(())
 }
 
 /// Properties orderflow sets on its own, with the reason and the orderflow setting that controls them.
@@ -378,6 +418,27 @@ mod tests {
             .extra
             .insert("isolation.level".into(), "read_uncommitted".into());
         assert!(base_config(&settings, "t").is_err());
+    }
+
+    #[test]
+    fn an_unknown_or_invalid_extra_property_is_refused_offline_naming_it() {
+        let mut settings = Settings::default();
+        assert!(check_client_settings(&settings).is_ok());
+        settings
+            .kafka
+            .extra
+            .insert("fetch.wiat.max.ms".into(), "5".into());
+        let error = check_client_settings(&settings).unwrap_err().to_string();
+        assert!(error.contains("kafka.extra.fetch.wiat.max.ms"), "{error}");
+        assert!(error.contains("librdkafka refuses it"), "{error}");
+
+        let mut settings = Settings::default();
+        settings
+            .kafka
+            .extra
+            .insert("linger.ms".into(), "soon".into());
+        let error = check_client_settings(&settings).unwrap_err().to_string();
+        assert!(error.contains("kafka.extra.linger.ms"), "{error}");
     }
 
     #[test]

@@ -8,9 +8,9 @@ pub mod topics;
 pub mod transactions;
 
 pub use client::{
-    base_config, committed_reader_config, parse_processor_client_id, processor_client_id,
-    processor_consumer_config, read_in_bulk, request_producer_config, restore_consumer_config,
-    transactional_id, transactional_producer_config, ClientConfigError,
+    base_config, check_client_settings, committed_reader_config, parse_processor_client_id,
+    processor_client_id, processor_consumer_config, read_in_bulk, request_producer_config,
+    restore_consumer_config, transactional_id, transactional_producer_config, ClientConfigError,
 };
 pub use partitioner::partition_for;
 pub use topics::{TopicError, TopicStatus, Topics};

@@ -6,6 +6,7 @@
 mod support;
 
 mod chaos;
+mod cli;
 mod crash;
 mod java_avro;
 mod java_partitioning;
