@@ -85,6 +85,7 @@ class Fleet:
 
     def __init__(self, prefix):
         self.prefix = prefix
+        self.extra_env = {}
         self.procs = {}
         self.wanted = set()
         self.restarts = 0
@@ -95,11 +96,13 @@ class Fleet:
 
     def _spawn(self, instance):
         log_file = open(root / ".kafka" / f"chaos-{self.prefix}{instance}.log", "ab")
-        self.procs[instance] = subprocess.Popen([ORDERFLOW, "run"], env=env_for(self.prefix, instance),
+        env = dict(env_for(self.prefix, instance), **self.extra_env.get(instance, {}))
+        self.procs[instance] = subprocess.Popen([ORDERFLOW, "run"], env=env,
                                                 stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True)
 
-    def add(self, instance):
+    def add(self, instance, **extra_env):
         with self.lock:
+            self.extra_env[instance] = extra_env
             self.wanted.add(instance)
             self._spawn(instance)
 
@@ -116,6 +119,18 @@ class Fleet:
 
     def log_path(self, instance):
         return root / ".kafka" / f"chaos-{self.prefix}{instance}.log"
+
+    def log_count(self, instance, message):
+        """Log lines of `instance` whose message starts with `message`."""
+        count = 0
+        if self.log_path(instance).exists():
+            with open(self.log_path(instance), "rb") as f:
+                for line in f:
+                    try:
+                        count += str(json.loads(line).get("fields", {}).get("message")).startswith(message)
+                    except ValueError:
+                        continue
+        return count
 
     def log_sizes(self):
         return {i: self.log_path(i).stat().st_size if self.log_path(i).exists() else 0 for i in self.wanted}
@@ -383,19 +398,32 @@ def scenario_poison(prefix, rng, rate):
     return finish(prefix, fleet, tail, load), []
 
 
+ZOMBIE_FREEZES = 3
+
+
 def scenario_zombie(prefix, rng, rate):
+    """Two processors; p0 freezes (SIGSTOP from its own failpoint) right after sending a batch's
+    offsets to its transaction, for 7-9 s: past the 6 s session timeout, so its partitions move to
+    p1, but inside the 10 s transaction timeout, so the transaction still commits when it wakes
+    and p1's restore must wait for it. Three times, at batches the seed picks; then one outside
+    SIGSTOP of 12 s, past the transaction timeout, whose open transaction the broker aborts."""
     fleet, tail = Fleet(prefix), Tail(prefix)
-    fleet.add("p0")
+    batches = sorted(rng.sample(range(15, 90), ZOMBIE_FREEZES))
+    freezes = ",".join(f"freeze-after-offsets:{b}:{rng.randint(7000, 9000)}" for b in batches)
+    fleet.add("p0", ORDERFLOW_FAILPOINT=freezes)
     fleet.add("p1")
     time.sleep(4)
-    load = loadgen(prefix, 25, rate)
-    time.sleep(rng.uniform(1.0, 2.0))
+    load = loadgen(prefix, 60, rate)
+    time.sleep(45)
     t = time.time()
-    fleet.signal("p0", signal.SIGSTOP)  # past the 6 s session timeout: its partitions move to p1
-    time.sleep(10)
+    fleet.signal("p0", signal.SIGSTOP)  # past the 10 s transaction timeout: its open transaction is aborted
+    time.sleep(12)
     fleet.signal("p0", signal.SIGCONT)  # the zombie wakes up with a batch in hand: it must be fenced
     recoveries = [tail.recovery(t)]
-    return finish(prefix, fleet, tail, load), recoveries
+    result = finish(prefix, fleet, tail, load)
+    woke = fleet.log_count("p0", "failpoint freeze-after-offsets: woke up")
+    waits = sum(fleet.log_count(p, "restore waits") for p in ("p0", "p1"))
+    return result, recoveries, f"{woke} of {ZOMBIE_FREEZES} freezes after offsets (batches {batches}), {waits} restores waited"
 
 
 SCENARIOS = {
@@ -404,7 +432,7 @@ SCENARIOS = {
     "churn": ("3 processors; add and remove instances during the load", scenario_churn),
     "broker-restart": ("stop the broker under load, start it 5 s later; processors recover by themselves (recovery counts from the broker gone)", scenario_broker_restart),
     "poison": ("1% poison records (not Avro, unknown schema, no key, too many attributes)", scenario_poison),
-    "zombie": ("SIGSTOP a processor past the session timeout, then SIGCONT: fenced, no duplicates", scenario_zombie),
+    "zombie": ("a processor frozen 3 times between sending its offsets and committing, past the session timeout but inside the transaction timeout (its late commit must be restored by the new owner), then SIGSTOPped past the transaction timeout (fenced, aborted)", scenario_zombie),
     "rolling": ("3 processors restarted one after another (SIGTERM, start again), dynamic membership", scenario_rolling),
     "rolling-static": ("the same rolling restart with static group membership", scenario_rolling_static),
     "leader-kill": ("3-node cluster, RF 3, min ISR 2: SIGKILL a broker leading requests partitions that coordinates nothing, restart it 15 s later", scenario_leader_kill),
@@ -462,14 +490,14 @@ def main():
         kafka("down", "--purge", check=False)
     command = "make chaos" if args.only == ",".join(SCENARIOS) else f"python3 tests/chaos/run.py --only {args.only}"
     lines = [f"Last run: {time.strftime('%Y-%m-%d')}, `{command}` (seed {args.seed}), load at {args.rate:,} requests/s ({args.cluster_rate:,} on the three-node cluster) "
-             f"(75 s for kill, 45 s for rolling, 60 s for cluster, 25 s for the others, 15 s for poison), {PARTITIONS} partitions, "
+             f"(75 s for kill, 45 s for rolling, 60 s for cluster and zombie, 25 s for the others, 15 s for poison), {PARTITIONS} partitions, "
              "one local broker (cluster scenarios: three nodes, RF 3, min ISR 2), session timeout 6 s. "
              "Recovery: from the fault until every partition has committed an outcome for a request sent after it.", "",
-             "| scenario | inputs | requests | poison | lost | duplicated | illegal | version gaps | state mismatches | DLQ lost/dup/unexpected | recovery (fault → next outcome) | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| scenario | inputs | requests | poison | lost | duplicated | illegal | version gaps | state mismatches | duplicate answers wrong / decided twice | DLQ lost/dup/unexpected | recovery (fault → next outcome) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, what, v, r, rec, clean in rows:
         lines.append(f"| {name}: {what} | {v.get('inputs')} | {v.get('requests')} | {v.get('poison')} | {v.get('lost')} | {v.get('duplicated')} | "
-                     f"{v.get('illegal')} | {v.get('version_gaps')} | {v.get('state_mismatches')} | {v.get('dead_letters_lost')}/"
+                     f"{v.get('illegal')} | {v.get('version_gaps')} | {v.get('state_mismatches')} | {v.get('duplicate_mismatches')}/{v.get('decided_twice')} | {v.get('dead_letters_lost')}/"
                      f"{v.get('dead_letters_duplicated')}/{v.get('dead_letters_unexpected')} | {', '.join(rec) or '—'} | "
                      f"{'exactly once' if clean else 'VIOLATED'} |")
     text = "\n".join(lines)
