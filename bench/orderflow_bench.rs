@@ -169,7 +169,7 @@ fn encoded_request(mut request: TransitionRequest, requested_at_ms: i64) -> (Vec
 
 /// Wall-clock milliseconds, as orderflow stamps and compares them.
 fn now_ms() -> i64 {
-    orderflow::processor::Clock::now_ms(&orderflow::processor::SystemClock)
+    orderflow::clock::wall_clock_ms()
 }
 
 async fn preload(settings: &Settings, requests: u64, seed: u64) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //!
 //! # Layout (in the order a request flows through it)
 //! - [`config`]: settings from file, environment and flags; the only place defaults live.
+//! - [`clock`]: the one clock every layer reads time from.
 //! - [`kafka`]: librdkafka client settings (the one place its keys appear), topic provisioning,
 //!   the transactional producer.
 //! - [`codec`]: bytes ⇄ domain records (Avro single-object encoding, schemas in `schemas/`).
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod kafka;

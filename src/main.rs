@@ -14,13 +14,14 @@ use orderflow::cli::{
     Cli, Command, ConfigAction, DlqAction, DrawFormat, MachineAction, TopicsAction,
 };
 use orderflow::client::Gateway;
+use orderflow::clock::{Clock, SystemClock};
 use orderflow::config::Settings;
 use orderflow::kafka::{TopicError, Topics};
 use orderflow::machine::diagram::{draw, DiagramFormat};
 use orderflow::machine::diff::diff;
 use orderflow::machine::Definition;
 use orderflow::ops::{Health, Metrics, OpsState, OwnerDirectory};
-use orderflow::processor::{Clock, Processor, SystemClock};
+use orderflow::processor::Processor;
 use orderflow::state::SharedCaches;
 use orderflow::{telemetry, tools};
 
@@ -320,8 +321,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let definition = Arc::new(load_definition(&settings.definition)?);
             let report =
                 tools::rebuild::run(&settings, definition, into, *compare, *allow_running, {
-                    use orderflow::processor::Clock;
-                    orderflow::processor::SystemClock.now_ms()
+                    orderflow::clock::wall_clock_ms()
                 })
                 .await?;
             if *json {

@@ -16,12 +16,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 use uuid::Uuid;
 
+use crate::clock::{Clock, SystemClock};
 use crate::codec::decode_order_state;
 use crate::config::Settings;
 use crate::kafka::{committed_reader_config, read_in_bulk, ClientConfigError};
 use crate::machine::Definition;
 use crate::ops::{Health, Metrics};
-use crate::processor::{Clock, SystemClock};
 use crate::state::{PartitionCache, SharedCaches};
 
 /// Why the replica stopped.

@@ -4,9 +4,9 @@
 use rdkafka::message::{Headers, Message};
 use serde_json::{json, Value};
 
+use crate::codec::headers::dlq as dlq_headers;
 use crate::codec::{decode_accepted, decode_rejected, AcceptedRecord, CodecError, RejectedRecord};
 use crate::config::TopicSettings;
-use crate::processor::batch::dlq_headers;
 
 /// A dead-letter record with its provenance headers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 //! apache-avro. Anything else is a typed [`CodecError`] that the processor turns into a dead letter.
 
 pub mod binary;
+pub mod headers;
 pub mod records;
 pub mod schemas;
 

@@ -5,7 +5,9 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::clock::wall_clock_ms;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -64,12 +66,6 @@ impl Default for CallWatch {
 
 /// The transactional calls of this process (one transactional producer per processor process).
 pub static TRANSACTIONAL_CALLS: CallWatch = CallWatch::new();
-
-fn wall_clock_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Runs a blocking librdkafka transactional call under [`TRANSACTIONAL_CALLS`].
 fn watched<T>(operation: &'static str, call: impl FnOnce() -> T) -> T {

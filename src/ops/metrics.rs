@@ -7,9 +7,7 @@ use prometheus::{
 };
 use rdkafka::Statistics;
 
-use crate::codec::CodecError;
 use crate::machine::{Definition, RejectCode};
-use crate::processor::batch::{BatchStats, Poison};
 
 /// Every metric orderflow exports, registered in its own registry.
 #[derive(Clone)]
@@ -304,7 +302,7 @@ impl Metrics {
         for code in RejectCode::ALL {
             metrics.rejected.with_label_values(&[reason_label(code)]);
         }
-        for kind in CodecError::KINDS.iter().chain(&Poison::OTHER_KINDS) {
+        for kind in crate::codec::headers::dlq::kinds() {
             metrics.dead_letters.with_label_values(&[kind]);
         }
         for step in TRANSACTION_STEPS {
@@ -314,14 +312,6 @@ impl Metrics {
             metrics.transactions.with_label_values(&[result]);
         }
         Ok(metrics)
-    }
-
-    /// Adds a committed batch's counts.
-    pub fn record_batch(&self, stats: &BatchStats) {
-        self.duplicates.inc_by(stats.duplicates);
-        self.parked.inc_by(stats.parked);
-        self.expired.inc_by(stats.expired);
-        self.forgotten.inc_by(stats.forgotten);
     }
 
     /// Takes what matters from librdkafka's statistics of the processor's `client`

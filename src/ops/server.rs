@@ -25,11 +25,11 @@ use super::health::Health;
 use super::metrics::Metrics;
 use super::owners::OwnerDirectory;
 use crate::client::{Gateway, GatewayError, Outcome};
+use crate::clock::{Clock, SystemClock};
+use crate::codec::headers::TRACEPARENT;
 use crate::kafka::partition_for;
 use crate::machine::Definition;
 use crate::machine::TransitionRequest;
-use crate::processor::batch::TRACEPARENT;
-use crate::processor::{Clock, SystemClock};
 use crate::state::SharedCaches;
 
 /// What the handlers share.

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::codec::headers::{dlq, TRACEPARENT};
 use crate::codec::{
     decode_request, encode_accepted_view, encode_order_state, encode_rejected, AcceptedView,
     CodecError, InputPosition, RejectedRecord,
@@ -18,29 +19,6 @@ use crate::machine::{
 };
 use crate::state::{order_hash, PartitionCache};
 use hashbrown::HashTable;
-
-/// The W3C trace context header, carried from a request onto its outcome.
-pub const TRACEPARENT: &str = "traceparent";
-
-/// Dead-letter header names: where the record came from and why it is here.
-pub mod dlq_headers {
-    /// The original topic.
-    pub const TOPIC: &str = "orderflow.dlq.original.topic";
-    /// The original partition.
-    pub const PARTITION: &str = "orderflow.dlq.original.partition";
-    /// The original offset.
-    pub const OFFSET: &str = "orderflow.dlq.original.offset";
-    /// The original record timestamp (ms), if it had one.
-    pub const TIMESTAMP: &str = "orderflow.dlq.original.timestamp";
-    /// The consumer group that rejected it.
-    pub const GROUP: &str = "orderflow.dlq.consumer.group";
-    /// A stable error kind (see `CodecError::kind`).
-    pub const ERROR_KIND: &str = "orderflow.dlq.error.kind";
-    /// The error in words.
-    pub const ERROR_MESSAGE: &str = "orderflow.dlq.error.message";
-    /// Present when the value was truncated: the original value's length in bytes.
-    pub const TRUNCATED_FROM: &str = "orderflow.dlq.truncated.from.bytes";
-}
 
 /// One consumed request record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,15 +133,12 @@ pub enum Poison {
 }
 
 impl Poison {
-    /// The kinds that are not codec errors (see [`CodecError::KINDS`]).
-    pub const OTHER_KINDS: [&'static str; 2] = ["empty_value", "oversized_attributes"];
-
     /// The stable kind for headers and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             Poison::Codec(e) => e.kind(),
-            Poison::EmptyValue => "empty_value",
-            Poison::OversizedAttributes { .. } => "oversized_attributes",
+            Poison::EmptyValue => dlq::POLICY_KINDS[0],
+            Poison::OversizedAttributes { .. } => dlq::POLICY_KINDS[1],
         }
     }
 
@@ -615,32 +590,23 @@ pub fn dead_letter(
 ) -> OutgoingRecord {
     let mut headers: Vec<(String, Vec<u8>)> = vec![
         (
-            dlq_headers::TOPIC.into(),
+            dlq::TOPIC.into(),
             context.topics.requests.clone().into_bytes(),
         ),
         (
-            dlq_headers::PARTITION.into(),
+            dlq::PARTITION.into(),
             input.partition.to_string().into_bytes(),
         ),
-        (
-            dlq_headers::OFFSET.into(),
-            input.offset.to_string().into_bytes(),
-        ),
-        (
-            dlq_headers::GROUP.into(),
-            context.group_id.as_bytes().to_vec(),
-        ),
-        (
-            dlq_headers::ERROR_KIND.into(),
-            poison.kind().as_bytes().to_vec(),
-        ),
+        (dlq::OFFSET.into(), input.offset.to_string().into_bytes()),
+        (dlq::GROUP.into(), context.group_id.as_bytes().to_vec()),
+        (dlq::ERROR_KIND.into(), poison.kind().as_bytes().to_vec()),
     ];
     if let Some(ts) = input.timestamp_ms {
-        headers.push((dlq_headers::TIMESTAMP.into(), ts.to_string().into_bytes()));
+        headers.push((dlq::TIMESTAMP.into(), ts.to_string().into_bytes()));
     }
     let mut message = poison.message(context.limits);
     message.truncate(floor_char_boundary(&message, 4096));
-    headers.push((dlq_headers::ERROR_MESSAGE.into(), message.into_bytes()));
+    headers.push((dlq::ERROR_MESSAGE.into(), message.into_bytes()));
 
     let limit = context.limits.dead_letter_max_bytes;
     // A keyless input stays keyless: a replay must not give it a key it never had.
@@ -658,10 +624,7 @@ pub fn dead_letter(
     if let Some(v) = value.as_mut() {
         let room = limit.saturating_sub(overhead);
         if v.len() > room {
-            headers.push((
-                dlq_headers::TRUNCATED_FROM.into(),
-                v.len().to_string().into_bytes(),
-            ));
+            headers.push((dlq::TRUNCATED_FROM.into(), v.len().to_string().into_bytes()));
             v.truncate(room);
         }
     }

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -39,6 +39,8 @@ use self::batch::{
     decide_batch, expire_orders, BatchContext, BatchOutput, BatchStats, InputRecord,
 };
 use self::deadlines::DeadlineIndex;
+use crate::clock::{Clock, SystemClock};
+use crate::codec::headers::TRACEPARENT;
 use crate::config::Settings;
 use crate::kafka::group::describe_group;
 use crate::kafka::{
@@ -332,24 +334,6 @@ impl Failpoint {
             }
             Err(e) => tracing::error!(error = %e, "failpoint freeze-after-offsets: no waker"),
         }
-    }
-}
-
-/// The time decisions, parking deadlines and retention are measured in (ms since the Unix epoch).
-pub trait Clock: Send + Sync {
-    /// Now.
-    fn now_ms(&self) -> i64;
-}
-
-/// The wall clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
     }
 }
 
@@ -965,7 +949,10 @@ impl Processor {
             m.batch_records.observe(inputs as f64);
             m.requests_consumed.inc_by(inputs as u64);
         }
-        m.record_batch(&output.stats);
+        m.duplicates.inc_by(output.stats.duplicates);
+        m.parked.inc_by(output.stats.parked);
+        m.expired.inc_by(output.stats.expired);
+        m.forgotten.inc_by(output.stats.forgotten);
         for (transition, n) in &output.accepted_by_transition {
             m.accepted
                 .with_label_values(&[transition.as_str()])
@@ -1109,7 +1096,7 @@ fn to_input(message: &BorrowedMessage<'_>) -> InputRecord {
         .headers()
         .map(|h| {
             h.iter()
-                .filter(|header| header.key == batch::TRACEPARENT)
+                .filter(|header| header.key == TRACEPARENT)
                 .map(|header| {
                     (
                         header.key.to_string(),

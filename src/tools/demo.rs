@@ -10,11 +10,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
 use crate::client::{assign_outputs, decode_outcome, Outcome};
+use crate::clock::{Clock, SystemClock};
 use crate::codec::encode_request;
 use crate::config::Settings;
 use crate::kafka::{committed_reader_config, request_producer_config};
 use crate::machine::TransitionRequest;
-use crate::processor::{Clock, SystemClock};
 
 /// One demo step: what is sent and what a reader should expect.
 struct Step {

@@ -6,9 +6,9 @@ use uuid::Uuid;
 
 use crate::cli::SendArgs;
 use crate::client::{Gateway, GatewayError, Outcome};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::machine::TransitionRequest;
-use crate::processor::{Clock, SystemClock};
 
 /// How `send --wait` ended, as its exit code tells scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -104,7 +104,7 @@ impl RunningProcessor {
         RunningProcessor::start_with_clock(
             settings,
             definition,
-            std::sync::Arc::new(orderflow::processor::SystemClock),
+            std::sync::Arc::new(orderflow::clock::SystemClock),
         )
     }
 
@@ -122,7 +122,7 @@ impl RunningProcessor {
             orderflow::processor::Processor::with_parts(
                 settings,
                 definition(),
-                std::sync::Arc::new(orderflow::processor::SystemClock),
+                std::sync::Arc::new(orderflow::clock::SystemClock),
                 metrics,
                 health,
                 caches,
@@ -140,7 +140,7 @@ impl RunningProcessor {
     pub fn start_with_clock(
         settings: &Settings,
         definition: std::sync::Arc<orderflow::machine::Definition>,
-        clock: std::sync::Arc<dyn orderflow::processor::Clock>,
+        clock: std::sync::Arc<dyn orderflow::clock::Clock>,
     ) -> RunningProcessor {
         let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let settings = std::sync::Arc::new(settings.clone());
@@ -387,7 +387,7 @@ impl ManualClock {
     }
 }
 
-impl orderflow::processor::Clock for ManualClock {
+impl orderflow::clock::Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }

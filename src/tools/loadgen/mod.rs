@@ -21,11 +21,11 @@ use uuid::Uuid;
 
 use self::plan::{Expect, Plan, Planned, PoisonKind, Shares};
 use crate::client::{assign_outputs, decode_outcome, Outcome};
+use crate::clock::{Clock, SystemClock};
 use crate::codec::encode_request;
 use crate::config::Settings;
 use crate::kafka::{committed_reader_config, request_producer_config};
 use crate::machine::Definition;
-use crate::processor::{Clock, SystemClock};
 
 /// What to generate.
 #[derive(Debug, Clone)]
