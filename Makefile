@@ -32,6 +32,7 @@ bench-core:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 
 build:
 	$(CARGO) build --release

@@ -23,11 +23,14 @@ use orderflow::codec::encode_order_state;
 use orderflow::config::Settings;
 use orderflow::kafka::{
     committed_reader_config, partition_for, processor_consumer_config, request_producer_config,
-    transactional_producer_config, OutgoingRecord, Topics, TxnProducer,
+    OutgoingRecord, Topics,
 };
 use orderflow::machine::{
     Definition, OrderState, RecentRequest, RecordedOutcome, TransitionRequest,
 };
+use orderflow::processor::poll::BatchWindow;
+use orderflow::processor::transaction::{Attempt, TransactionRunner};
+use orderflow::processor::Failpoints;
 use orderflow::state::PartitionCache;
 use orderflow::tools::loadgen::plan::{Plan, Planned, Shares};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -223,22 +226,23 @@ fn pipe(
         .set("statistics.interval.ms", "0")
         .create()?;
     consumer.subscribe(&[&settings.topics.requests])?;
-    let producer = TxnProducer::create(
-        &transactional_producer_config(settings)?,
-        Duration::from_millis(settings.processor.transaction_timeout_ms),
+    // orderflow's own transaction runner and batch window: the floor cannot drift from the
+    // processor it is the floor of.
+    let mut transactions = TransactionRunner::new(
+        Arc::new(settings.clone()),
         None,
+        Default::default(),
+        Failpoints::default(),
     )?;
     let max_records = settings.processor.batch_max_records;
     let max_wait = Duration::from_millis(settings.processor.batch_max_wait_ms);
     let mut passed = 0u64;
+    let mut number = 0u64;
     while passed < count {
         let mut batch = Vec::with_capacity(max_records);
-        let mut deadline: Option<Instant> = None;
-        while batch.len() < max_records {
-            let timeout = deadline.map_or(Duration::from_millis(100), |d| {
-                d.saturating_duration_since(Instant::now())
-            });
-            let polled = consumer.poll(timeout);
+        let mut window = BatchWindow::new(max_records, max_wait);
+        loop {
+            let polled = consumer.poll(window.poll_timeout());
             if !assigned.load(Ordering::Relaxed)
                 && consumer.assignment().is_ok_and(|a| a.count() > 0)
             {
@@ -252,57 +256,54 @@ fn pipe(
                         m.key().unwrap_or_default().to_vec(),
                         m.payload().unwrap_or_default().to_vec(),
                     ));
-                    deadline.get_or_insert_with(|| Instant::now() + max_wait);
+                    window.took();
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "pipe consumer"),
                 None => {}
             }
-            if deadline.is_some_and(|d| Instant::now() >= d)
-                || (deadline.is_none() && batch.is_empty() && passed >= count)
-            {
+            if window.done(batch.len(), passed >= count) {
                 break;
-            }
-            if deadline.is_none() {
-                continue;
             }
         }
         if batch.is_empty() {
             continue;
         }
-        producer.begin()?;
+        let mut records = Vec::with_capacity(batch.len() * 2);
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
         for (partition, offset, key, value) in &batch {
             for topic in [
                 settings.topics.state.as_str(),
                 copy_topic(settings, spread, *offset),
             ] {
-                producer.send(&OutgoingRecord {
+                records.push(OutgoingRecord {
                     topic: topic.to_string(),
                     partition: *partition,
                     key: Some(key.clone()),
                     value: Some(value.clone()),
                     headers: Vec::new(),
-                })?;
+                });
             }
             next.insert(*partition, offset + 1);
+            first.entry(*partition).or_insert(*offset);
         }
-        // As orderflow does: commit only once the batch's records are acknowledged (committing
-        // earlier makes librdkafka flush in slow steps).
-        producer.wait_for_deliveries()?;
-        let mut offsets = TopicPartitionList::new();
-        for (partition, offset) in next {
-            offsets.add_partition_offset(
-                &settings.topics.requests,
-                partition,
-                Offset::Offset(offset),
-            )?;
+        number += 1;
+        let group = consumer.group_metadata();
+        match transactions.run(number, &records, &next, group.as_ref())? {
+            Attempt::Committed(_) => passed += batch.len() as u64,
+            Attempt::Aborted { error, .. } => {
+                // As orderflow does: read the batch again from its first offsets.
+                tracing::warn!(%error, "pipe transaction aborted; redoing the batch");
+                for (partition, offset) in first {
+                    consumer.seek(
+                        &settings.topics.requests,
+                        partition,
+                        Offset::Offset(offset),
+                        Duration::from_secs(10),
+                    )?;
+                }
+            }
         }
-        let metadata = consumer
-            .group_metadata()
-            .context("the pipe's consumer has no group metadata")?;
-        producer.send_offsets(&offsets, &metadata)?;
-        producer.commit()?;
-        passed += batch.len() as u64;
     }
     Ok(())
 }

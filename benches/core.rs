@@ -241,7 +241,7 @@ fn cache_benches(c: &mut Criterion) {
 fn batch_benches(c: &mut Criterion) {
     use orderflow::config::Settings;
     use orderflow::kafka::OutgoingRecord;
-    use orderflow::processor::batch::{decide_batch, BatchContext, InputRecord};
+    use orderflow::processor::decide::{decide_batch, BatchContext, InputRecord};
     use orderflow::tools::loadgen::plan::{Plan, Planned, Shares};
 
     let (definition, decider, _) = fixtures();

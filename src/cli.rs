@@ -104,11 +104,7 @@ pub enum Command {
     /// Reads with read_committed and knows only the definition and the request limits; run it
     /// when no requests are being produced. Exit 1 when anything is lost, duplicated, illegal or
     /// mismatched.
-    Check {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Check(CheckArgs),
     /// Inspect dead letters and re-publish chosen ones to the requests topic after a fix.
     Dlq {
         /// list or replay.
@@ -126,21 +122,33 @@ pub enum Command {
     /// every order's state, version, timestamps and last accepted request ids; it lacks what the
     /// log does not hold (remembered rejections, parked requests — `--compare` counts them).
     /// Example: orderflow rebuild-state --into order-state-rebuilt --compare
-    RebuildState {
-        /// The new topic to write (must not exist).
-        #[arg(long)]
-        into: String,
-        /// Read the live state topic and the new one back and compare them order by order
-        /// (exit 1 when they differ).
-        #[arg(long)]
-        compare: bool,
-        /// Rebuild although processors are running (for a comparison only: do not switch to it).
-        #[arg(long)]
-        allow_running: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    RebuildState(RebuildArgs),
+}
+
+/// `orderflow check`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `orderflow rebuild-state`
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The new topic to write (must not exist).
+    #[arg(long)]
+    pub into: String,
+    /// Read the live state topic and the new one back and compare them order by order
+    /// (exit 1 when they differ).
+    #[arg(long)]
+    pub compare: bool,
+    /// Rebuild although processors are running (for a comparison only: do not switch to it).
+    #[arg(long)]
+    pub allow_running: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `orderflow send`
@@ -246,9 +254,13 @@ pub struct CapacityArgs {
     /// Peak rate over the daily average.
     #[arg(long, default_value_t = 10.0)]
     pub peak_factor: f64,
-    /// Requests per second one pod decides. Default: bench/last-run.json.
+    /// Requests per second one pod decides. Default: the last `make bench` (--last-run).
     #[arg(long)]
     pub per_pod_rate: Option<f64>,
+    /// The measurements of the last `make bench`. Default: bench/last-run.json in the current
+    /// directory, else in the orderflow clone this binary was built from.
+    #[arg(long)]
+    pub last_run: Option<PathBuf>,
     /// Days an order stays cached (in flight + retention of its final state).
     #[arg(long, default_value_t = 35.0)]
     pub cached_days: f64,

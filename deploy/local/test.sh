@@ -34,4 +34,5 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-cargo test --all-targets "$@"
+# The failpoints (crash, zombie, watchdog tests) exist only with this feature.
+cargo test --all-targets --features failpoints "$@"

@@ -15,7 +15,8 @@ pub use client::{
 pub use partitioner::partition_for;
 pub use topics::{TopicError, TopicStatus, Topics};
 pub use transactions::{
-    classify, is_fenced, ErrorClass, OutgoingRecord, StatsCallback, TxnError, TxnProducer,
+    classify, is_fenced, CallWatch, ErrorClass, OutgoingRecord, StatsCallback, TxnError,
+    TxnProducer,
 };
 
 /// A consumer context for readers that wait for the end of partitions (restore, scans): reaching

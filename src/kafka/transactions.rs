@@ -64,14 +64,11 @@ impl Default for CallWatch {
     }
 }
 
-/// The transactional calls of this process (one transactional producer per processor process).
-pub static TRANSACTIONAL_CALLS: CallWatch = CallWatch::new();
-
-/// Runs a blocking librdkafka transactional call under [`TRANSACTIONAL_CALLS`].
-fn watched<T>(operation: &'static str, call: impl FnOnce() -> T) -> T {
-    TRANSACTIONAL_CALLS.enter(operation, wall_clock_ms());
+/// Runs a blocking librdkafka transactional call under `calls`.
+fn watched<T>(calls: &CallWatch, operation: &'static str, call: impl FnOnce() -> T) -> T {
+    calls.enter(operation, wall_clock_ms());
     let result = call();
-    TRANSACTIONAL_CALLS.leave();
+    calls.leave();
     result
 }
 
@@ -217,16 +214,19 @@ pub struct OutgoingRecord {
 pub struct TxnProducer {
     producer: ThreadedProducer<TrackingContext>,
     timeout: Duration,
+    calls: Arc<CallWatch>,
 }
 
 impl TxnProducer {
     /// Creates the producer and initialises transactions, which fences any earlier instance with the
     /// same `transactional.id` and aborts its open transaction. Retries while the cluster is away.
     /// `on_stats` receives librdkafka's statistics when the config enables them.
+    /// Its blocking calls are timed by `calls`, which a watchdog reads.
     pub fn create(
         config: &ClientConfig,
         timeout: Duration,
         on_stats: Option<StatsCallback>,
+        calls: Arc<CallWatch>,
     ) -> Result<TxnProducer, TxnError> {
         let context = TrackingContext {
             tracker: DeliveryTracker::default(),
@@ -238,9 +238,13 @@ impl TxnProducer {
                 class: ErrorClass::Fatal,
                 source: e,
             })?;
-        let producer = TxnProducer { producer, timeout };
+        let producer = TxnProducer {
+            producer,
+            timeout,
+            calls,
+        };
         producer.retrying("init_transactions", || {
-            watched("init_transactions", || {
+            watched(&producer.calls, "init_transactions", || {
                 producer.producer.init_transactions(timeout)
             })
         })?;
@@ -363,7 +367,7 @@ impl TxnProducer {
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
     ) -> Result<(), TxnError> {
-        watched("send_offsets_to_transaction", || {
+        watched(&self.calls, "send_offsets_to_transaction", || {
             self.producer
                 .send_offsets_to_transaction(offsets, group, self.timeout)
         })
@@ -373,7 +377,7 @@ impl TxnProducer {
     /// Commits, retrying while the outcome is retriable (a timed-out commit may be retried).
     pub fn commit(&self) -> Result<(), TxnError> {
         self.retrying("commit_transaction", || {
-            watched("commit_transaction", || {
+            watched(&self.calls, "commit_transaction", || {
                 self.producer.commit_transaction(self.timeout)
             })
         })
@@ -382,7 +386,7 @@ impl TxnProducer {
     /// Aborts, retrying while the cluster is away (an abort must eventually happen).
     pub fn abort(&self) -> Result<(), TxnError> {
         self.retrying("abort_transaction", || {
-            watched("abort_transaction", || {
+            watched(&self.calls, "abort_transaction", || {
                 self.producer.abort_transaction(self.timeout)
             })
         })

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -12,6 +13,125 @@ use crate::codec::{
     encode_accepted, encode_order_state, encode_request, AcceptedRecord, InputPosition,
 };
 use crate::machine::{Definition, OrderState, RecentRequest, RecordedOutcome, TransitionRequest};
+
+/// A capacity plan with what it was computed from.
+#[derive(Debug, Clone)]
+pub struct CapacityReport {
+    /// The demand.
+    pub demand: Demand,
+    /// Record sizes from the real codec.
+    pub sizes: RecordSizes,
+    /// The plan.
+    pub plan: Plan,
+    /// Where the per-pod rate came from.
+    pub rate_source: String,
+}
+
+impl super::Report for CapacityReport {
+    fn describe(&self) -> String {
+        describe(&self.demand, self.sizes, &self.plan, &self.rate_source)
+    }
+
+    fn to_json(&self) -> Value {
+        to_json(&self.demand, self.sizes, &self.plan)
+    }
+}
+
+/// Where `capacity` looks for the last `make bench`'s measurements when not told: the current
+/// directory's `bench/last-run.json`, then the one in the clone this binary was built from.
+pub fn default_last_run_files() -> Vec<PathBuf> {
+    let mut files = vec![PathBuf::from("bench/last-run.json")];
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/last-run.json");
+    if !files.contains(&built_from) {
+        files.push(built_from);
+    }
+    files
+}
+
+/// Reads the first of `files` that exists; a file that exists but is not JSON is an error.
+fn read_last_run(files: &[PathBuf]) -> anyhow::Result<Option<(PathBuf, Value)>> {
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        let value = serde_json::from_str(&text).map_err(|e| {
+            super::Usage(format!(
+                "{} is not the JSON `make bench` writes ({e}): run `make bench` again or pass --per-pod-rate",
+                file.display()
+            ))
+        })?;
+        return Ok(Some((file.clone(), value)));
+    }
+    Ok(None)
+}
+
+/// `orderflow capacity`: the plan for `args`, with the rates and sizes the last `make bench`
+/// measured (from `--last-run` or [`default_last_run_files`]) unless given.
+pub async fn run(
+    settings: &crate::config::Settings,
+    args: &crate::cli::CapacityArgs,
+) -> anyhow::Result<CapacityReport> {
+    let definition = super::definition(settings)?;
+    let files = match &args.last_run {
+        Some(file) => vec![file.clone()],
+        None => default_last_run_files(),
+    };
+    let last_run = read_last_run(&files)?;
+    let measured = |key: &str| {
+        last_run
+            .as_ref()
+            .and_then(|(_, r)| r.pointer(key)?.as_f64())
+    };
+    let (per_pod_rate, rate_source) = match (args.per_pod_rate, measured("/per_pod_rate")) {
+        (Some(rate), _) => (rate, "given".to_string()),
+        (None, Some(rate)) => (
+            rate,
+            format!(
+                "measured by the last `make bench`, {}",
+                last_run
+                    .as_ref()
+                    .map_or(String::new(), |(f, _)| f.display().to_string())
+            ),
+        ),
+        (None, None) => {
+            let looked: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            return Err(super::Usage(format!(
+                "no per-pod rate: none of {} holds one; run `make bench` first (it writes bench/last-run.json), pass --last-run FILE, or pass --per-pod-rate",
+                looked.join(", ")
+            ))
+            .into());
+        }
+    };
+    let demand = Demand {
+        orders_per_day: args.orders_per_day,
+        transitions_per_order: args.transitions_per_order,
+        peak_factor: args.peak_factor,
+        per_pod_rate,
+        cached_days: args.cached_days,
+        input_retention_days: args.input_retention_days,
+        event_log_retention_days: args.event_log_retention_days,
+        replication_factor: args.replication_factor,
+        // Most cached orders are delivered orders waiting out their return window: their packed
+        // size (five remembered requests) and a deadline entry each.
+        bytes_per_cached_order: measured("/restore/delivered_packed_mb_per_million_orders")
+            .or_else(|| measured("/restore/resident_mb_per_million_orders"))
+            .map_or(400.0, |cache| {
+                cache + measured("/restore/deadline_index_mb_per_million_orders").unwrap_or(0.0)
+            }),
+        pod_cache_bytes: args.pod_cache_gb * 1e9,
+        partition_cache_bytes: args.partition_cache_gb * 1e9,
+        restore_rate: measured("/restore/orders_per_second").unwrap_or(250_000.0),
+    };
+    let sizes = record_sizes(&definition)
+        .ok_or_else(|| super::Usage("the definition has no transitions".into()))?;
+    let plan = plan(&demand, sizes);
+    Ok(CapacityReport {
+        demand,
+        sizes,
+        plan,
+        rate_source,
+    })
+}
 
 /// What the plan is for.
 #[derive(Debug, Clone, PartialEq)]

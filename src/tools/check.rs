@@ -514,6 +514,42 @@ fn check_request_ids(history: &History, limits: Limits, v: &mut Verdict) {
     }
 }
 
+impl super::Report for Verdict {
+    fn describe(&self) -> String {
+        Verdict::describe(self)
+    }
+
+    fn to_json(&self) -> Value {
+        Verdict::to_json(self)
+    }
+
+    fn exit_code(&self) -> u8 {
+        if self.is_clean() {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+/// Reads the topics' whole history (they must be quiet) and judges it.
+pub async fn run(settings: &Settings, _args: &crate::cli::CheckArgs) -> anyhow::Result<Verdict> {
+    let settings = super::connected(settings).await?;
+    let definition = super::definition(&settings)?;
+    let limits = Limits {
+        max_attributes: settings.processor.max_attributes,
+        max_attribute_bytes: settings.processor.max_attribute_bytes,
+        recent_requests: settings.processor.recent_requests,
+    };
+    let verdict = tokio::task::spawn_blocking(move || {
+        let partitions = settings.topics.partitions;
+        read_history(&settings, &definition, partitions)
+            .map(|history| check(&definition, limits, &history))
+    })
+    .await??;
+    Ok(verdict)
+}
+
 /// Reads the whole history of the five topics of `settings` (the topics must be quiet: nothing
 /// being produced while it reads).
 pub fn read_history(

@@ -107,8 +107,22 @@ fn steps(run: &str, orders: u32) -> Vec<Step> {
     steps
 }
 
+/// `orderflow demo`: provisions the topics if needed, then sends the demo requests and prints
+/// each one's outcome as it comes.
+pub async fn run(
+    settings: &Settings,
+    args: &crate::cli::DemoArgs,
+) -> anyhow::Result<super::Streamed> {
+    crate::kafka::Topics::connect(&settings.kafka)?
+        .ensure(&settings.topics)
+        .await
+        .context("provisioning topics for the demo")?;
+    demo(settings, args.orders, Duration::from_secs(args.wait_secs)).await?;
+    Ok(super::Streamed)
+}
+
 /// Sends the demo requests and prints each one's outcome, read back with read_committed.
-pub async fn run(settings: &Settings, orders: u32, wait: Duration) -> anyhow::Result<()> {
+pub async fn demo(settings: &Settings, orders: u32, wait: Duration) -> anyhow::Result<()> {
     let producer: FutureProducer = request_producer_config(&settings.kafka, "orderflow-demo")?
         .create()
         .context("creating the request producer")?;

@@ -14,6 +14,27 @@ use crate::kafka::request_producer_config;
 /// Header on a re-published record: the dead letter it came from (`dlq:PARTITION:OFFSET`).
 pub const REPLAYED_FROM: &str = "orderflow.replayed.from";
 
+/// `orderflow dlq list|replay`, printing as it goes.
+pub async fn run(
+    settings: &Settings,
+    action: &crate::cli::DlqAction,
+) -> anyhow::Result<super::Streamed> {
+    use crate::cli::DlqAction;
+    let settings = super::connected(settings).await?;
+    let partitions = settings.topics.partitions;
+    match action {
+        DlqAction::List { kind, json } => {
+            list(&settings, partitions, kind.as_deref(), *json).await?
+        }
+        DlqAction::Replay {
+            records,
+            kind,
+            dry_run,
+        } => replay(&settings, partitions, records, kind.as_deref(), *dry_run).await?,
+    }
+    Ok(super::Streamed)
+}
+
 /// Every dead letter, in partition order, optionally of one kind.
 pub async fn read_all(
     settings: &Settings,
@@ -79,7 +100,11 @@ pub async fn replay(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     if records.is_empty() && kind.is_none() {
-        bail!("name the dead letters to replay: --record PARTITION:OFFSET (repeatable) or --kind KIND");
+        return Err(super::Usage(
+            "name the dead letters to replay: --record PARTITION:OFFSET (repeatable) or --kind KIND"
+                .into(),
+        )
+        .into());
     }
     let letters = read_all(settings, partitions, kind).await?;
     let chosen: Vec<&DeadLetter> = letters

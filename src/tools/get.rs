@@ -19,48 +19,72 @@ use crate::machine::Definition;
 /// What `get` found: `None` when the order is unknown.
 pub type Found = Option<Value>;
 
-/// Looks the order up and prints it; returns whether it exists.
-pub async fn run(
-    settings: &Settings,
-    definition: &Arc<Definition>,
-    partitions: i32,
-    args: &GetArgs,
-) -> anyhow::Result<bool> {
+/// What `get` found about one order.
+#[derive(Debug, Clone)]
+pub struct GetReport {
+    /// The order id asked for.
+    pub order: String,
+    /// Its state, `None` when unknown.
+    pub found: Found,
+}
+
+impl super::Report for GetReport {
+    fn describe(&self) -> String {
+        match &self.found {
+            Some(state) => format!(
+                "{} is {} (version {}, partition {}, updated at {} ms{})",
+                self.order,
+                state["state"].as_str().unwrap_or("?"),
+                state["version"],
+                state["partition"],
+                state["updated_at_ms"],
+                match state["parked_requests"].as_u64() {
+                    Some(n) if n > 0 => format!(", {n} parked request(s) waiting"),
+                    _ => String::new(),
+                }
+            ),
+            None => format!(
+                "{} is unknown (never created, or forgotten after its retention)",
+                self.order
+            ),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match &self.found {
+            Some(state) => state.clone(),
+            None => json!({"error": "unknown order", "order_id": self.order}),
+        }
+    }
+
+    fn exit_code(&self) -> u8 {
+        if self.found.is_some() {
+            0
+        } else {
+            3
+        }
+    }
+}
+
+/// Looks the order up in the state topic, or asks a running instance (`--via`).
+pub async fn run(settings: &Settings, args: &GetArgs) -> anyhow::Result<GetReport> {
     let found = match &args.via {
         Some(url) => via_ops_server(url, &args.order).await?,
         None => {
-            let (settings, order) = (settings.clone(), args.order.clone());
-            let definition = Arc::clone(definition);
+            let settings = super::connected(settings).await?;
+            let definition = Arc::new(super::definition(&settings)?);
+            let order = args.order.clone();
             tokio::task::spawn_blocking(move || {
+                let partitions = settings.topics.partitions;
                 from_state_topic(&settings, &definition, partitions, &order)
             })
             .await??
         }
     };
-    match &found {
-        Some(state) if args.json => println!("{state}"),
-        Some(state) => println!(
-            "{} is {} (version {}, partition {}, updated at {} ms{})",
-            args.order,
-            state["state"].as_str().unwrap_or("?"),
-            state["version"],
-            state["partition"],
-            state["updated_at_ms"],
-            match state["parked_requests"].as_u64() {
-                Some(n) if n > 0 => format!(", {n} parked request(s) waiting"),
-                _ => String::new(),
-            }
-        ),
-        None if args.json => println!(
-            "{}",
-            json!({"error": "unknown order", "order_id": args.order})
-        ),
-        None => println!(
-            "{} is unknown (never created, or forgotten after its retention)",
-            args.order
-        ),
-    }
-    Ok(found.is_some())
+    Ok(GetReport {
+        order: args.order.clone(),
+        found,
+    })
 }
 
 /// Reads the order's partition of the compacted state topic to its end; the last record of the

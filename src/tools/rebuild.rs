@@ -126,9 +126,58 @@ impl RebuildReport {
     }
 }
 
+/// `rebuild-state`: rebuilds into `args.into`, with `--compare` compares, and reports.
+pub async fn run(
+    settings: &Settings,
+    args: &crate::cli::RebuildArgs,
+) -> anyhow::Result<RebuildCommandReport> {
+    let definition = Arc::new(super::definition(settings)?);
+    let report = rebuild(
+        settings,
+        definition,
+        &args.into,
+        args.compare,
+        args.allow_running,
+        crate::clock::wall_clock_ms(),
+    )
+    .await?;
+    Ok(RebuildCommandReport {
+        report,
+        state_topic: settings.topics.state.clone(),
+    })
+}
+
+/// A rebuild's report with the state topic it names.
+#[derive(Debug)]
+pub struct RebuildCommandReport {
+    /// What the rebuild did and found.
+    pub report: RebuildReport,
+    /// The live state topic.
+    pub state_topic: String,
+}
+
+impl super::Report for RebuildCommandReport {
+    fn describe(&self) -> String {
+        self.report.describe(&self.state_topic)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.report).unwrap_or_default()
+    }
+
+    fn exit_code(&self) -> u8 {
+        let equal = self.report.comparison.as_ref().is_none_or(|c| c.is_equal());
+        if equal {
+            0
+        } else {
+            1
+        }
+    }
+}
+
 /// Rebuilds the state topic into the new topic `into`; with `compare`, compares it with the live
 /// state topic. Refuses while the processors' group has members, unless `allow_running`.
-pub async fn run(
+pub async fn rebuild(
     settings: &Settings,
     definition: Arc<Definition>,
     into: &str,

@@ -48,52 +48,72 @@ pub fn request_of(args: &SendArgs) -> TransitionRequest {
     }
 }
 
-/// Sends the request and prints what happened.
-pub async fn run(settings: &Settings, args: &SendArgs) -> anyhow::Result<SendResult> {
+/// What `send` did: the words, the JSON and how it ended.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    /// How it ended.
+    pub result: SendResult,
+    text: String,
+    json: serde_json::Value,
+}
+
+impl super::Report for SendReport {
+    fn describe(&self) -> String {
+        self.text.clone()
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        self.json.clone()
+    }
+
+    fn exit_code(&self) -> u8 {
+        self.result.exit_code()
+    }
+}
+
+/// Sends the request and, with `--wait`, waits for its outcome.
+pub async fn run(settings: &Settings, args: &SendArgs) -> anyhow::Result<SendReport> {
+    let settings = super::connected(settings).await?;
     let request = request_of(args);
-    let gateway = {
-        let settings = settings.clone();
-        tokio::task::spawn_blocking(move || Gateway::start(&settings, "orderflow-send")).await??
-    };
+    let gateway =
+        tokio::task::spawn_blocking(move || Gateway::start(&settings, "orderflow-send")).await??;
     if !args.wait {
         let (partition, offset) = gateway.send(&request, &[]).await?;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "sent": true,
-                    "request_id": request.request_id.to_string(),
-                    "order_id": request.order_id,
-                    "partition": partition,
-                    "offset": offset,
-                })
-            );
-        } else {
-            println!(
+        return Ok(SendReport {
+            result: SendResult::Accepted,
+            text: format!(
                 "sent {} {} (request {}) to partition {partition} offset {offset}",
                 request.order_id, request.transition, request.request_id
-            );
-        }
-        return Ok(SendResult::Accepted);
+            ),
+            json: serde_json::json!({
+                "sent": true,
+                "request_id": request.request_id.to_string(),
+                "order_id": request.order_id,
+                "partition": partition,
+                "offset": offset,
+            }),
+        });
     }
     let timeout = Duration::from_secs(args.timeout_secs);
     match gateway.submit(&request, &[], timeout).await {
-        Ok(outcome) => {
-            if args.json {
-                println!("{}", outcome.to_json());
-            } else {
-                println!("{}", outcome.describe());
-            }
-            Ok(match outcome {
+        Ok(outcome) => Ok(SendReport {
+            result: match outcome {
                 Outcome::Accepted(_) => SendResult::Accepted,
                 Outcome::Rejected(_) => SendResult::Rejected,
                 Outcome::DeadLetter(_) => SendResult::DeadLetter,
-            })
-        }
-        Err(e @ GatewayError::Timeout { .. }) => {
-            eprintln!("orderflow send: {e}");
-            Ok(SendResult::NoOutcome)
-        }
+            },
+            text: outcome.describe(),
+            json: outcome.to_json(),
+        }),
+        Err(e @ GatewayError::Timeout { .. }) => Ok(SendReport {
+            result: SendResult::NoOutcome,
+            text: format!("orderflow send: {e}"),
+            json: serde_json::json!({
+                "outcome": null,
+                "request_id": request.request_id.to_string(),
+                "error": e.to_string(),
+            }),
+        }),
         Err(e) => Err(e.into()),
     }
 }

@@ -13,8 +13,8 @@ use crate::config::Settings;
 use crate::kafka::committed_reader_config;
 
 /// Follows the chosen output topics until `--max` outcomes were printed (or forever).
-pub async fn run(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
-    let settings = settings.clone();
+pub async fn run(settings: &Settings, args: &TailArgs) -> anyhow::Result<super::Streamed> {
+    let settings = super::connected(settings).await?;
     let only = if args.only.is_empty() {
         vec![OutputKind::Accepted, OutputKind::Rejected, OutputKind::Dlq]
     } else {
@@ -82,7 +82,7 @@ pub async fn run(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
             out.flush()?;
             printed += 1;
         }
-        Ok(())
+        Ok(super::Streamed)
     })
     .await?
 }

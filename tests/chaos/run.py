@@ -454,7 +454,8 @@ def main():
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    subprocess.run(["cargo", "build", "--release", "--bin", "orderflow"], check=True)
+    # The zombie scenario freezes processors with a failpoint: a build with the feature.
+    subprocess.run(["cargo", "build", "--release", "--features", "failpoints", "--bin", "orderflow"], check=True)
     names = args.only.split(",")
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

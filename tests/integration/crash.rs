@@ -113,6 +113,7 @@ pub fn binary_command(settings: &Settings) -> Command {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints")]
 async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decides_every_input_once()
 {
     let backlog = three_steps_of_sixty_orders_produced("crash").await;
@@ -140,6 +141,7 @@ async fn a_processor_killed_before_commit_leaves_no_trace_and_its_restart_decide
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints")]
 async fn an_aborted_transaction_is_redone_from_the_committed_state_and_decides_every_input_once() {
     // A backlog of full batches; the second batch's transaction aborts once after its records
     // were produced, so the consumer must rewind and the batch be decided again.

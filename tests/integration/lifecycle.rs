@@ -146,7 +146,8 @@ async fn a_processor_refuses_to_join_a_group_running_another_definition() {
     let mut other = settings.clone();
     other.instance_id = unique("b");
     let error = tokio::task::spawn_blocking(move || {
-        orderflow::processor::Processor::new(Arc::new(other), Arc::new(changed)).err()
+        let parts = orderflow::processor::Parts::new(&changed).unwrap();
+        orderflow::processor::Processor::new(Arc::new(other), Arc::new(changed), parts).err()
     })
     .await
     .unwrap()
@@ -171,8 +172,9 @@ async fn expiry_follows_the_processors_clock_not_the_tests_patience() {
     let settings = processor_settings(1, &unique("i"));
     create_topics(&settings).await;
     let clock = Arc::new(crate::support::ManualClock::at(1_800_000_000_000));
-    let processor =
-        RunningProcessor::start_with_clock(&settings, crate::support::definition(), clock.clone());
+    let processor = RunningProcessor::run(
+        crate::support::service(&settings, crate::support::definition()).with_clock(clock.clone()),
+    );
     let order = unique("order");
     produce(
         &settings,

@@ -18,6 +18,7 @@ mod processor;
 mod rebuild;
 mod replica;
 mod round_trip;
+mod service;
 mod tools;
 mod topics;
 mod zombie;

@@ -19,9 +19,10 @@ fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
 async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
     let settings = processor_settings(2, &unique("i"));
     create_topics(&settings).await;
-    let metrics = Metrics::new(&crate::support::definition()).unwrap();
-    let health = Arc::new(Health::default());
-    let caches = orderflow::state::SharedCaches::default();
+    let service = crate::support::service(&settings, crate::support::definition());
+    let metrics = service.metrics().clone();
+    let health = Arc::clone(service.health());
+    let caches = service.caches().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -43,7 +44,7 @@ async fn metrics_count_what_the_processor_did_and_probes_report_ready() {
         .unwrap();
     assert_eq!(status, 503, "not ready before the processor joined");
 
-    let processor = RunningProcessor::start_observed(&settings, metrics, health, caches);
+    let processor = RunningProcessor::run(service);
     let order = unique("order");
     produce(
         &settings,
@@ -204,6 +205,7 @@ async fn await_status(address: &str, path: &str, status: u16, timeout: Duration)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints")]
 async fn healthz_turns_503_when_a_failpoint_blocks_the_running_loop() {
     let settings = processor_settings(1, &unique("stall"));
     create_topics(&settings).await;

@@ -84,95 +84,92 @@ pub fn definition() -> std::sync::Arc<orderflow::machine::Definition> {
     )
 }
 
-/// A processor running on its own thread in this test process.
+/// The service for `settings` (its ops server on a free port) and `definition`, not started yet:
+/// its metrics, health and caches can be taken before [`RunningProcessor::run`].
+pub fn service(
+    settings: &Settings,
+    definition: std::sync::Arc<orderflow::machine::Definition>,
+) -> orderflow::service::Service {
+    let mut settings = settings.clone();
+    settings.ops.listen = "127.0.0.1:0".into();
+    orderflow::service::Service::new(std::sync::Arc::new(settings), definition)
+        .expect("the service starts")
+}
+
+/// The whole service (processor, ops server, gateway, watchdog) running through
+/// `orderflow::service::Service::run` on its own thread and runtime in this test process.
 pub struct RunningProcessor {
-    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Result<(), String>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<Result<(), orderflow::service::ServiceError>>>,
 }
 
 impl RunningProcessor {
-    /// Starts a processor for `settings` with the shipped definition.
+    /// Starts the service for `settings` with the shipped definition.
     pub fn start(settings: &Settings) -> RunningProcessor {
         RunningProcessor::start_with(settings, definition())
     }
 
-    /// Starts a processor for `settings` with `definition`.
+    /// Starts the service for `settings` with `definition`.
     pub fn start_with(
         settings: &Settings,
         definition: std::sync::Arc<orderflow::machine::Definition>,
     ) -> RunningProcessor {
-        RunningProcessor::start_with_clock(
-            settings,
-            definition,
-            std::sync::Arc::new(orderflow::clock::SystemClock),
-        )
+        RunningProcessor::run(service(settings, definition))
     }
 
-    /// Starts a processor for `settings` that reports to `metrics` and `health`.
-    pub fn start_observed(
-        settings: &Settings,
-        metrics: orderflow::ops::Metrics,
-        health: std::sync::Arc<orderflow::ops::Health>,
-        caches: orderflow::state::SharedCaches,
-    ) -> RunningProcessor {
-        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let settings = std::sync::Arc::new(settings.clone());
-        let flag = std::sync::Arc::clone(&shutdown);
+    /// Runs `service` until stopped.
+    pub fn run(service: orderflow::service::Service) -> RunningProcessor {
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = std::thread::spawn(move || {
-            orderflow::processor::Processor::with_parts(
-                settings,
-                definition(),
-                std::sync::Arc::new(orderflow::clock::SystemClock),
-                metrics,
-                health,
-                caches,
-            )
-            .and_then(|p| p.run(&flag))
-            .map_err(|e| e.to_string())
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(service.run(async move {
+                    let _ = stopped.await;
+                }))
         });
         RunningProcessor {
-            shutdown,
+            shutdown: Some(shutdown),
             handle: Some(handle),
         }
     }
 
-    /// Starts a processor for `settings` with `definition`, deciding on `clock`'s time.
-    pub fn start_with_clock(
-        settings: &Settings,
-        definition: std::sync::Arc<orderflow::machine::Definition>,
-        clock: std::sync::Arc<dyn orderflow::clock::Clock>,
-    ) -> RunningProcessor {
-        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let settings = std::sync::Arc::new(settings.clone());
-        let flag = std::sync::Arc::clone(&shutdown);
-        let handle = std::thread::spawn(move || {
-            orderflow::processor::Processor::with_clock(settings, definition, clock)
-                .and_then(|p| p.run(&flag))
-                .map_err(|e| e.to_string())
-        });
-        RunningProcessor {
-            shutdown,
-            handle: Some(handle),
+    /// Asks it to stop and waits for how it ended.
+    pub fn stop_and_wait(mut self) -> Result<(), orderflow::service::ServiceError> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
         }
+        self.handle
+            .take()
+            .expect("running")
+            .join()
+            .expect("service thread")
+    }
+
+    /// Waits until it ends by itself.
+    pub fn wait(mut self) -> Result<(), orderflow::service::ServiceError> {
+        self.handle
+            .take()
+            .expect("running")
+            .join()
+            .expect("service thread")
     }
 
     /// Asks it to stop and waits; panics if it failed.
-    pub fn stop(mut self) {
-        self.shutdown
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(handle) = self.handle.take() {
-            handle
-                .join()
-                .expect("processor thread")
-                .expect("processor ran cleanly");
+    pub fn stop(self) {
+        if let Err(error) = self.stop_and_wait() {
+            panic!("the service ran cleanly: {error}");
         }
     }
 }
 
 impl Drop for RunningProcessor {
     fn drop(&mut self) {
-        self.shutdown
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }

@@ -32,6 +32,7 @@ fn stopped(pid: u32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs --features failpoints")]
 async fn an_owner_frozen_after_sending_its_offsets_commits_late_and_its_successor_decides_after_that_batch(
 ) {
     let backlog = three_steps_of_sixty_orders_produced("freeze").await;

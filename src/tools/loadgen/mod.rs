@@ -258,8 +258,56 @@ fn percentile(sorted: &[i64], q: f64) -> i64 {
     sorted[rank - 1]
 }
 
+/// `orderflow loadgen`: the load `args` describe, against the topics of `settings`.
+pub async fn run(settings: &Settings, args: &crate::cli::LoadgenArgs) -> anyhow::Result<Report> {
+    let settings = crate::tools::connected(settings).await?;
+    let definition = crate::tools::definition(&settings)?;
+    let spec = LoadSpec {
+        orders: args.orders,
+        rate: args.rate,
+        seed: args.seed,
+        prefix: args
+            .prefix
+            .clone()
+            .unwrap_or_else(|| format!("lg-{}", &Uuid::new_v4().simple().to_string()[..8])),
+        concurrency: args.concurrency,
+        shares: plan::Shares {
+            invalid: args.invalid_share,
+            duplicate: args.duplicate_share,
+            out_of_order: args.out_of_order_share,
+            poison: args.poison_share,
+            cancel: args.cancel_share,
+            returned: args.return_share,
+        },
+        wait: Duration::from_secs(args.wait_secs),
+        progress: !args.no_progress,
+        warmup: Duration::from_secs(args.warmup_secs),
+    };
+    tokio::task::spawn_blocking(move || generate(&settings, &definition, &spec))
+        .await
+        .context("the load generator thread")?
+}
+
+impl crate::tools::Report for Report {
+    fn describe(&self) -> String {
+        Report::describe(self)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        Report::to_json(self)
+    }
+
+    fn exit_code(&self) -> u8 {
+        if self.is_clean() {
+            0
+        } else {
+            1
+        }
+    }
+}
+
 /// Runs the load and returns its report.
-pub fn run(
+pub fn generate(
     settings: &Settings,
     definition: &Definition,
     spec: &LoadSpec,
