@@ -203,7 +203,7 @@ pub struct LoadgenArgs {
     /// Seed: the same seed sends the same sequence of requests.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Order ids are PREFIX-N. Default: lg-<random>, so runs do not collide.
+    /// Order ids are PREFIX-N. Default: `lg-<random>`, so runs do not collide.
     #[arg(long)]
     pub prefix: Option<String>,
     /// Orders in flight at once.

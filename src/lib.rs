@@ -22,6 +22,8 @@
 //! - [`cli`]: the command line and its exit-code table; `main.rs` only parses it, sets up
 //!   logging, loads the settings, matches the subcommand and maps errors to exit codes.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -1,9 +1,9 @@
 //! Talking to orderflow the way upstream services and people do: through Kafka. Requests go to the
 //! requests topic; outcomes are read back from the output topics with read_committed.
 
-pub mod gateway;
-pub mod outcome;
-pub mod scan;
+pub(crate) mod gateway;
+pub(crate) mod outcome;
+pub(crate) mod scan;
 
 pub use gateway::{Gateway, GatewayError};
 pub use outcome::{decode_outcome, DeadLetter, Outcome};
@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Assigns `reader` every partition of `topics`, from their beginning or from the end they have
-/// now (blocking; see [`positions`]).
+/// now (blocking; see `positions`).
 pub fn assign_outputs<C: ConsumerContext>(
     reader: &BaseConsumer<C>,
     topics: &[&str],

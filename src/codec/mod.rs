@@ -6,13 +6,13 @@
 //! writer's schema without a registry. Keys are the order id as UTF-8.
 //!
 //! The current version of each schema is encoded and decoded by hand-written code (see
-//! [`binary`]); data written with an older shipped version is resolved to the current one through
+//! `binary`); data written with an older shipped version is resolved to the current one through
 //! apache-avro. Anything else is a typed [`CodecError`] that the processor turns into a dead letter.
 
-pub mod binary;
-pub mod headers;
-pub mod records;
-pub mod schemas;
+pub(crate) mod binary;
+pub(crate) mod headers;
+pub(crate) mod records;
+pub(crate) mod schemas;
 
 pub use records::{
     decode_accepted, decode_order_state, decode_rejected, decode_request, encode_accepted,

@@ -2,10 +2,10 @@
 //! transactional producer.
 
 pub mod client;
-pub mod group;
+pub(crate) mod group;
 pub mod partitioner;
-pub mod topics;
-pub mod transactions;
+pub(crate) mod topics;
+pub(crate) mod transactions;
 
 pub use client::{
     base_config, check_client_settings, committed_reader_config, parse_processor_client_id,

@@ -3,13 +3,13 @@
 //! Nothing here does I/O, blocks or allocates beyond the records it returns, so every rule is
 //! unit- and property-tested without Kafka.
 
-pub mod decide;
-pub mod definition;
-pub mod diagram;
-pub mod diff;
-pub mod order;
-pub mod parking;
-pub mod replay;
+pub(crate) mod decide;
+pub(crate) mod definition;
+pub(crate) mod diagram;
+pub(crate) mod diff;
+pub(crate) mod order;
+pub(crate) mod parking;
+pub(crate) mod replay;
 
 pub use decide::{
     Decider, Decision, Outcome, ParkingPolicy, Rejection, StateChange, DEFAULT_RECENT_WINDOW,

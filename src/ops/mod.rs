@@ -1,9 +1,9 @@
 //! Operability: Prometheus metrics, liveness/readiness, and the HTTP server exposing them.
 
-pub mod health;
+pub(crate) mod health;
 pub mod metrics;
-pub mod owners;
-pub mod server;
+pub(crate) mod owners;
+pub(crate) mod server;
 
 pub use health::Health;
 pub use metrics::Metrics;

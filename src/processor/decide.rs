@@ -1,5 +1,5 @@
 //! One batch, decided: input records in, the records to produce and the state changes out (the
-//! records themselves are built by [`super::output`]).
+//! records themselves are built by the `output` module).
 //!
 //! Pure apart from reading the committed caches: the processor runs this, writes the output in one
 //! transaction, and applies `changes` to the caches only once that transaction committed. Later
@@ -29,7 +29,7 @@ pub struct InputRecord {
     pub key: Option<Vec<u8>>,
     /// Its value.
     pub value: Option<Vec<u8>>,
-    /// Its headers that deciding uses (the processor keeps only [`TRACEPARENT`]).
+    /// Its headers that deciding uses (the processor keeps only `traceparent`).
     pub headers: Vec<(String, Vec<u8>)>,
 }
 

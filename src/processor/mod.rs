@@ -16,16 +16,18 @@
 //! Abortable errors abort the transaction and rewind the consumer to the batch's first offsets, so
 //! the batch is read and decided again from the committed state: nothing skipped, nothing applied
 //! twice, order within a partition (and so within an order) kept. Retriable calls are retried with
-//! capped exponential backoff inside [`TxnProducer`]. Fatal errors (fenced by a newer instance with
-//! the same id) end the loop with the reason; the process exits non-zero and is restarted.
+//! capped exponential backoff inside the transactional producer; an aborted transaction is
+//! followed by a back-off that grows with consecutive aborts ([`transaction::TransactionRunner`]).
+//! Fatal errors (fenced by a newer instance with the same id) end the loop with the reason; the
+//! service ends with it and the process exits non-zero, to be restarted.
 //!
 //! Everything here blocks and runs on a dedicated thread, never on an async runtime worker.
 
 pub mod deadlines;
 pub mod decide;
-pub mod events;
-pub mod failpoint;
-pub mod output;
+pub(crate) mod events;
+pub(crate) mod failpoint;
+pub(crate) mod output;
 pub mod ownership;
 pub mod poll;
 pub mod transaction;

@@ -1,7 +1,7 @@
 //! Order state per owned partition: the committed cache decisions read, and its restore from the
 //! compacted state topic.
 
-pub mod block;
+pub(crate) mod block;
 pub mod packed;
 pub mod restore;
 

@@ -2,7 +2,7 @@
 //! alone (event sourcing), into a new topic the processors can be switched to.
 //!
 //! One partition at a time: the accepted transitions of a partition are read from the beginning,
-//! folded per order with [`crate::machine::replay`], orders whose retention has ended are left out
+//! folded per order with the state machine's replay, orders whose retention has ended are left out
 //! (the live processor forgets them too), and the states are written to the same partition of the
 //! new topic with their order id as key. `--compare` reads the live state topic and the new one back
 //! and compares them order by order.
