@@ -8,7 +8,10 @@ import platform
 import subprocess
 import sys
 
-root = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "deploy" / "local"))
+import driver  # noqa: E402
+
+root = driver.ROOT
 criterion = root / "target" / "criterion"
 names = [
     "decide/accept",
@@ -73,10 +76,5 @@ lines += [
 table = "\n".join(lines)
 print(table)
 doc = root / "docs" / "benchmarks.md"
-text = doc.read_text()
-start, end = "<!-- core-bench:start -->", "<!-- core-bench:end -->"
-if start in text and end in text:
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    doc.write_text(f"{head}{start}\n{table}\n{end}{tail}")
-    print(f"\nwritten to {doc.relative_to(root)}")
+driver.replace_between(doc, "core-bench", table)
+print(f"\nwritten to {doc.relative_to(root)}")

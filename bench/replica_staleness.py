@@ -11,20 +11,18 @@ reads its apply-delay histogram (state record written → applied in the replica
 import argparse
 import os
 import pathlib
-import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
 
-root = pathlib.Path(__file__).resolve().parents[1]
-ORDERFLOW = str(root / "target" / "release" / "orderflow")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "deploy" / "local"))
+import driver  # noqa: E402
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+root = driver.ROOT
+ORDERFLOW = driver.ORDERFLOW
+free_port = driver.free_port
 
 
 def metrics(port):
@@ -55,14 +53,11 @@ def main():
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "--bin", "orderflow"], check=True, cwd=root)
     if args.bootstrap == "127.0.0.1:19092":
-        subprocess.run(["bash", "deploy/local/kafka.sh", "up"], check=True, cwd=root,
-                       env=dict(os.environ, KAFKA_PORT="19092", KAFKA_DATA_DIR=str(root / ".kafka" / "test-19092")))
+        test_kafka = driver.Kafka(19092, 1, name="test")
+        if test_kafka.script("status", check=False).returncode != 0:
+            test_kafka.up(fresh=False)
     prefix = f"stale{uuid.uuid4().hex[:6]}-"
-    env = dict(os.environ, RUST_LOG="warn", ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS=args.bootstrap,
-               ORDERFLOW_KAFKA__GROUP_ID=f"{prefix}group", ORDERFLOW_TOPICS__PARTITIONS="6",
-               **{f"ORDERFLOW_TOPICS__{k}": f"{prefix}{v}" for k, v in {
-                   "REQUESTS": "order-transition-requests", "STATE": "order-state", "ACCEPTED": "order-transitions",
-                   "REJECTED": "order-transition-rejections", "DEAD_LETTERS": "order-transition-requests-dlq"}.items()})
+    env = driver.orderflow_env(args.bootstrap, prefix, 6, RUST_LOG="warn")
     subprocess.run([ORDERFLOW, "topics", "create"], env=env, check=True, capture_output=True)
     processor_port, replica_port = free_port(), free_port()
     processor = subprocess.Popen([ORDERFLOW, "run"], env=dict(env, ORDERFLOW_OPS__LISTEN=f"127.0.0.1:{processor_port}"),

@@ -11,25 +11,25 @@ import json
 import os
 import pathlib
 import platform
-import signal
 import statistics
 import subprocess
 import sys
 import time
 import uuid
 
-root = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "deploy" / "local"))
+import driver  # noqa: E402
+
+root = driver.ROOT
 os.chdir(root)
 PORT = int(os.environ.get("ORDERFLOW_BENCH_KAFKA_PORT", "29092"))
-BOOTSTRAP = f"127.0.0.1:{PORT}"
-KAFKA_ENV = dict(os.environ, KAFKA_PORT=str(PORT), KAFKA_DATA_DIR=str(root / ".kafka" / f"bench-{PORT}"), KAFKA_HEAP="1g")
-BENCH = str(root / "target" / "release" / "orderflow-bench")
-ORDERFLOW = str(root / "target" / "release" / "orderflow")
+KAFKA = driver.Kafka(PORT, 1, name="bench")
+BOOTSTRAP = KAFKA.bootstrap
+KAFKA_ENV = KAFKA.env
+BENCH = driver.BENCH
+ORDERFLOW = driver.ORDERFLOW
 PARTITIONS = 12
-
-
-def log(*parts):
-    print("bench:", *parts, file=sys.stderr, flush=True)
+log = driver.logger("bench")
 
 
 def run(cmd, **kw):
@@ -43,22 +43,7 @@ def bench_json(prefix, *args, timeout=900):
 
 
 def topic_env(prefix):
-    # The bench's own ORDERFLOW_BENCH_* settings would read as orderflow configuration: left out.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("ORDERFLOW_BENCH_")}
-    return dict(
-        inherited,
-        RUST_LOG="warn",
-        ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS=BOOTSTRAP,
-        ORDERFLOW_KAFKA__GROUP_ID=f"{prefix}group",
-        ORDERFLOW_INSTANCE_ID="bench",
-        ORDERFLOW_OPS__LISTEN="127.0.0.1:0",
-        ORDERFLOW_TOPICS__REQUESTS=f"{prefix}order-transition-requests",
-        ORDERFLOW_TOPICS__STATE=f"{prefix}order-state",
-        ORDERFLOW_TOPICS__ACCEPTED=f"{prefix}order-transitions",
-        ORDERFLOW_TOPICS__REJECTED=f"{prefix}order-transition-rejections",
-        ORDERFLOW_TOPICS__DEAD_LETTERS=f"{prefix}order-transition-requests-dlq",
-        ORDERFLOW_TOPICS__PARTITIONS=str(PARTITIONS),
-    )
+    return driver.orderflow_env(BOOTSTRAP, prefix, PARTITIONS, instance="bench", RUST_LOG="warn")
 
 
 def start(system, prefix, count):
@@ -70,40 +55,12 @@ def start(system, prefix, count):
     else:
         cmd = ["bash", "bench/kafka-streams/run.sh", "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--commit-ms", "20", "--threads", "1"]
         env = dict(os.environ)
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return driver.start(cmd, env)
 
 
-def stop(process):
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(port, timeout=60):
-    """Until the instance has its partitions restored: latency is measured from then on."""
-    import urllib.request
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"orderflow on ops port {port} was not ready within {timeout} s")
+stop = driver.stop
+free_port = driver.free_port
+wait_ready = driver.wait_ready
 
 
 def one_pass(system, requests):
@@ -323,8 +280,7 @@ def main():
         log("fetching Kafka Streams with Maven")
         subprocess.run(["bash", "bench/kafka-streams/run.sh", "--fetch-only"], check=True)
     log(f"starting a fresh broker on {BOOTSTRAP}")
-    subprocess.run(["bash", "deploy/local/kafka.sh", "down", "--purge"], env=KAFKA_ENV, capture_output=True)
-    subprocess.run(["bash", "deploy/local/kafka.sh", "up"], env=KAFKA_ENV, check=True)
+    KAFKA.up()
     try:
         medians, counts, samples = throughput(systems, args.requests, args.runs)
         latencies = latency([int(r) for r in args.latency_rates.split(",") if r], args.latency_seconds,
@@ -333,7 +289,7 @@ def main():
         if restore:
             log(f"restore: {restore}")
     finally:
-        subprocess.run(["bash", "deploy/local/kafka.sh", "down", "--purge"], env=KAFKA_ENV, capture_output=True)
+        KAFKA.down()
 
     cpu = run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]).strip() or platform.processor()
     machine = f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
@@ -346,14 +302,7 @@ def main():
             "per_pod_rate": medians["orderflow"], "highest_rate_held": max(held) if held else None}
     if not args.no_write:
         (root / "bench" / "last-run.json").write_text(json.dumps(last, indent=2) + "\n")
-        doc = root / "docs" / "benchmarks.md"
-        current = doc.read_text()
-        start, end = "<!-- system-bench:start -->", "<!-- system-bench:end -->"
-        if start not in current:
-            current += f"\n## End to end: orderflow, the pipe and Kafka Streams\n\n{start}\n{end}\n"
-        head, rest = current.split(start, 1)
-        _, tail = rest.split(end, 1)
-        doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+        driver.replace_between(root / "docs" / "benchmarks.md", "system-bench", text)
         log("wrote docs/benchmarks.md and bench/last-run.json")
 
 

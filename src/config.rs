@@ -240,6 +240,10 @@ impl Default for KafkaSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicSettings {
+    /// Put before each of the five topic names (e.g. `staging-` or a test run's own prefix), so
+    /// one setting moves a whole topic set. Applied once when the settings are loaded. Default:
+    /// none.
+    pub prefix: String,
     /// Transition requests from upstream. Default: `order-transition-requests`.
     pub requests: String,
     /// Latest state per order, compacted. Default: `order-state`.
@@ -262,6 +266,7 @@ pub struct TopicSettings {
 impl Default for TopicSettings {
     fn default() -> TopicSettings {
         TopicSettings {
+            prefix: String::new(),
             requests: "order-transition-requests".into(),
             state: "order-state".into(),
             accepted: "order-transitions".into(),
@@ -275,6 +280,24 @@ impl Default for TopicSettings {
 }
 
 impl TopicSettings {
+    /// Puts `prefix` before the five topic names, once: afterwards the prefix is empty, so
+    /// settings shown by `config show` and loaded again name the same topics.
+    pub fn apply_prefix(&mut self) {
+        if self.prefix.is_empty() {
+            return;
+        }
+        let prefix = std::mem::take(&mut self.prefix);
+        for name in [
+            &mut self.requests,
+            &mut self.state,
+            &mut self.accepted,
+            &mut self.rejected,
+            &mut self.dead_letters,
+        ] {
+            name.insert_str(0, &prefix);
+        }
+    }
+
     /// The `min.insync.replicas` new topics get: the configured value, or one less than the
     /// replication factor (at least 1), so a cluster keeps accepting writes with one broker down.
     pub fn effective_min_insync_replicas(&self) -> i32 {
@@ -298,14 +321,12 @@ impl TopicSettings {
 
     /// The same layout with every name prefixed (tests give each run its own topics).
     pub fn with_prefix(&self, prefix: &str) -> TopicSettings {
-        TopicSettings {
-            requests: format!("{prefix}{}", self.requests),
-            state: format!("{prefix}{}", self.state),
-            accepted: format!("{prefix}{}", self.accepted),
-            rejected: format!("{prefix}{}", self.rejected),
-            dead_letters: format!("{prefix}{}", self.dead_letters),
+        let mut topics = TopicSettings {
+            prefix: prefix.to_string(),
             ..self.clone()
-        }
+        };
+        topics.apply_prefix();
+        topics
     }
 }
 
@@ -385,11 +406,12 @@ impl Settings {
                 }
             })?;
         }
-        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
+        let mut settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::Parse {
                 path: format!("{label} + ORDERFLOW_* environment"),
                 message: format!("{}: {}", e.path(), e.inner().message()),
             })?;
+        settings.topics.apply_prefix();
         settings.validate()?;
         Ok(settings)
     }
@@ -644,6 +666,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("topics.min_insync_replicas"), "{err}");
+    }
+
+    #[test]
+    fn a_topic_prefix_moves_all_five_topics_once() {
+        let s = Settings::load(None, env(&[("ORDERFLOW_TOPICS__PREFIX", "run7-")])).unwrap();
+        assert_eq!(s.topics.requests, "run7-order-transition-requests");
+        assert_eq!(s.topics.state, "run7-order-state");
+        assert_eq!(s.topics.accepted, "run7-order-transitions");
+        assert_eq!(s.topics.rejected, "run7-order-transition-rejections");
+        assert_eq!(s.topics.dead_letters, "run7-order-transition-requests-dlq");
+        // Shown and loaded again: the same topics, not prefixed twice.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shown.toml");
+        std::fs::write(&path, s.to_display_toml()).unwrap();
+        let again = Settings::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(again.topics.requests, s.topics.requests);
+        // An explicit name gets the prefix too.
+        let s = Settings::load(
+            None,
+            env(&[
+                ("ORDERFLOW_TOPICS__PREFIX", "p-"),
+                ("ORDERFLOW_TOPICS__STATE", "states"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.topics.state, "p-states");
     }
 
     #[test]

@@ -20,64 +20,38 @@ import threading
 import time
 import uuid
 
-root = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "deploy" / "local"))
+import driver  # noqa: E402
+
+root = driver.ROOT
 os.chdir(root)
 PORT = int(os.environ.get("ORDERFLOW_CHAOS_KAFKA_PORT", "39092"))
 CLUSTER_PORT = int(os.environ.get("ORDERFLOW_CHAOS_CLUSTER_PORT", "39192"))
-
-
-class Kafka:
-    """One local Kafka started by deploy/local/kafka.sh: a single broker or a cluster of `nodes`."""
-
-    def __init__(self, port, nodes):
-        self.nodes = nodes
-        self.env = dict(os.environ, KAFKA_PORT=str(port), KAFKA_NODES=str(nodes),
-                        KAFKA_DATA_DIR=str(root / ".kafka" / f"chaos-{nodes}n-{port}"), KAFKA_HEAP="768m" if nodes > 1 else "1g")
-        self.bootstrap = ",".join(f"127.0.0.1:{port + 2 * k}" for k in range(nodes))
-        self.replicas = 3 if nodes >= 3 else 1
-
-
-SINGLE = Kafka(PORT, 1)
-CLUSTER = Kafka(CLUSTER_PORT, 3)
+SINGLE = driver.Kafka(PORT, 1, name="chaos-1n")
+CLUSTER = driver.Kafka(CLUSTER_PORT, 3, name="chaos-3n")
 CURRENT = {"kafka": SINGLE}
-ORDERFLOW = str(root / "target" / "release" / "orderflow")
+ORDERFLOW = driver.ORDERFLOW
 PARTITIONS = 6
-
-
-def log(*parts):
-    print("chaos:", *parts, file=sys.stderr, flush=True)
+log = driver.logger("chaos")
 
 
 def kafka(*args, check=True, cluster=None):
-    env = (cluster or CURRENT["kafka"]).env
-    return subprocess.run(["bash", "deploy/local/kafka.sh", *args], env=env, check=check, capture_output=True, text=True)
+    return (cluster or CURRENT["kafka"]).script(*args, check=check)
 
 
 STATIC = {"value": "false"}
 
 
 def env_for(prefix, instance=None):
-    e = dict(
-        os.environ,
-        RUST_LOG="warn,orderflow::processor=info",
+    kafka_now = CURRENT["kafka"]
+    return driver.orderflow_env(
+        kafka_now.bootstrap, prefix, PARTITIONS, instance=instance, replicas=kafka_now.replicas,
+        RUST_LOG="warn,orderflow::processor=info,orderflow::state=info",
         ORDERFLOW_LOG_FORMAT="json",
-        ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS=CURRENT["kafka"].bootstrap,
-        ORDERFLOW_TOPICS__REPLICATION_FACTOR=str(CURRENT["kafka"].replicas),
-        ORDERFLOW_KAFKA__GROUP_ID=f"{prefix}group",
-        ORDERFLOW_OPS__LISTEN="127.0.0.1:0",
-        ORDERFLOW_TOPICS__REQUESTS=f"{prefix}order-transition-requests",
-        ORDERFLOW_TOPICS__STATE=f"{prefix}order-state",
-        ORDERFLOW_TOPICS__ACCEPTED=f"{prefix}order-transitions",
-        ORDERFLOW_TOPICS__REJECTED=f"{prefix}order-transition-rejections",
-        ORDERFLOW_TOPICS__DEAD_LETTERS=f"{prefix}order-transition-requests-dlq",
-        ORDERFLOW_TOPICS__PARTITIONS=str(PARTITIONS),
         ORDERFLOW_PROCESSOR__SESSION_TIMEOUT_MS="6000",
         ORDERFLOW_PROCESSOR__BATCH_MAX_RECORDS="500",
         ORDERFLOW_PROCESSOR__STATIC_MEMBERSHIP=STATIC["value"],
     )
-    if instance:
-        e["ORDERFLOW_INSTANCE_ID"] = instance
-    return e
 
 
 class Fleet:
@@ -95,10 +69,8 @@ class Fleet:
         self.thread.start()
 
     def _spawn(self, instance):
-        log_file = open(root / ".kafka" / f"chaos-{self.prefix}{instance}.log", "ab")
         env = dict(env_for(self.prefix, instance), **self.extra_env.get(instance, {}))
-        self.procs[instance] = subprocess.Popen([ORDERFLOW, "run"], env=env,
-                                                stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True)
+        self.procs[instance] = driver.start([ORDERFLOW, "run"], env, log_file=self.log_path(instance))
 
     def add(self, instance, **extra_env):
         with self.lock:
@@ -466,14 +438,11 @@ def main():
         for name in sorted(names, key=lambda n: n in ON_CLUSTER):
             what, run = SCENARIOS[name]
             wanted = CLUSTER if name in ON_CLUSTER else SINGLE
-            if CURRENT["kafka"] is not wanted or not getattr(wanted, "up", False):
-                if getattr(CURRENT["kafka"], "up", False):
-                    kafka("down", "--purge", check=False)
-                    CURRENT["kafka"].up = False
+            if CURRENT["kafka"] is not wanted or not wanted.up_now:
+                if CURRENT["kafka"].up_now:
+                    CURRENT["kafka"].down()
                 CURRENT["kafka"] = wanted
-                kafka("down", "--purge", check=False)
-                kafka("up")
-                wanted.up = True
+                wanted.up()
             prefix = f"c{uuid.uuid4().hex[:6]}-{name}-"
             subprocess.run([ORDERFLOW, "topics", "create"], env=env_for(prefix), check=True, capture_output=True)
             log(f"{name}: {what}")
@@ -505,17 +474,14 @@ def main():
     print(text)
     if not args.no_write:
         doc = root / "docs" / "reliability.md"
-        current = doc.read_text()
-        start, end = "<!-- chaos:start -->", "<!-- chaos:end -->"
-        head, rest = current.split(start, 1)
-        previous, tail = rest.split(end, 1)
+        previous = driver.section(doc, "chaos")
         # Rows of scenarios not run this time stay, marked with their own earlier run.
         ran = {name for name, *_ in rows}
         kept = [line for line in previous.splitlines()
                 if line.startswith("| ") and not line.startswith("| scenario") and line.split(":")[0][2:] not in ran]
         if kept:
             text += "\n" + "\n".join(kept)
-        doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+        driver.replace_between(doc, "chaos", text)
     sys.exit(0 if ok else 1)
 
 

@@ -120,3 +120,37 @@ fn the_exit_code_table_is_in_the_help() {
         assert!(help.contains(line), "{line}: {help}");
     }
 }
+
+#[test]
+fn capacity_finds_the_last_bench_run_from_any_directory_or_names_the_file_it_wanted() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    command
+        .current_dir(elsewhere.path())
+        .env_remove("ORDERFLOW_CONFIG")
+        .env(
+            "ORDERFLOW_DEFINITION",
+            format!(
+                "{}/machines/order-lifecycle.toml",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+        )
+        .args(["capacity", "--orders-per-day", "1M", "--json"]);
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let plan: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        plan["pods_at_peak"]
+            .as_f64()
+            .is_some_and(|pods| pods >= 1.0),
+        "{plan}"
+    );
+
+    let missing = elsewhere.path().join("nowhere.json");
+    let missing = missing.to_str().unwrap();
+    assert_usage_error(
+        &["capacity", "--orders-per-day", "1M", "--last-run", missing],
+        &[],
+        &[missing, "--per-pod-rate"],
+    );
+}
