@@ -5,7 +5,7 @@ BIN := target/release/orderflow
 KAFKA := deploy/local/kafka.sh
 
 
-.PHONY: run serve test deploy-check bench bench-core chaos chaos-cluster lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
+.PHONY: run serve test deploy-check bench bench-quick bench-core chaos chaos-cluster lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
 
 ## run: local broker (127.0.0.1:9092), topics, the processor, and a demo load with its outcomes
 run: build
@@ -56,6 +56,10 @@ clean-kafka:
 ## bench: end-to-end benchmarks (orderflow vs an exactly-once pipe vs Kafka Streams 4.4, latency, restore) on a fresh broker, written to docs/benchmarks.md
 bench:
 	python3 bench/run.py
+
+## bench-quick: the headline ratios (orderflow, the pipe, Kafka Streams at its best) in under 10 minutes
+bench-quick:
+	python3 bench/run.py --quick
 
 ## chaos: kill, churn, broker restart, poison and zombie scenarios under load, judged by orderflow check (docs/reliability.md)
 chaos:

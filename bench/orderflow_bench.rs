@@ -82,6 +82,10 @@ enum Command {
         /// dead-letter topic, the rest to the accepted topic.
         #[arg(long)]
         spread: bool,
+        /// No pipe and no transactions: time the requests themselves, from produce to visible to
+        /// a read_committed reader of the requests topic (the physical floor of any pipeline).
+        #[arg(long, conflicts_with = "spread")]
+        floor: bool,
     },
     /// Wait for `count` records in the outcome topics; print timing as JSON.
     Await {
@@ -317,6 +321,7 @@ fn pipe_latency(
     seconds: u64,
     warmup_secs: u64,
     spread: bool,
+    floor: bool,
 ) -> anyhow::Result<()> {
     settings.processor.batch_max_wait_ms = Settings::default().processor.batch_max_wait_ms;
     let warmup = rate * warmup_secs;
@@ -334,7 +339,9 @@ fn pipe_latency(
     )?
     .set("fetch.wait.max.ms", "10")
     .create()?;
-    let copies_to: &[&str] = if spread {
+    let copies_to: &[&str] = if floor {
+        &[&settings.topics.requests]
+    } else if spread {
         &[
             &settings.topics.accepted,
             &settings.topics.rejected,
@@ -344,7 +351,8 @@ fn pipe_latency(
         &[&settings.topics.accepted]
     };
     orderflow::client::assign_outputs(&reader, copies_to, settings.topics.partitions, true)?;
-    let assigned = AtomicBool::new(false);
+    // The floor has no pipe to wait for.
+    let assigned = AtomicBool::new(floor);
     let definition = definition()?;
     // Every order starts with at least one request, so `count` orders never run dry before
     // `count` requests (the pipe waits for exactly that many); the plan is generated lazily.
@@ -365,7 +373,13 @@ fn pipe_latency(
             .create()?;
     let settings = &settings;
     let (copies, latencies, sent_seconds) = std::thread::scope(|scope| -> anyhow::Result<_> {
-        let piping = scope.spawn(|| pipe(settings, count, &assigned, spread));
+        let piping = scope.spawn(|| {
+            if floor {
+                Ok(())
+            } else {
+                pipe(settings, count, &assigned, spread)
+            }
+        });
         let reading = scope.spawn(|| {
             let mut latencies = Vec::with_capacity(count as usize);
             let mut copies = 0u64;
@@ -455,6 +469,7 @@ fn await_outcomes(settings: &Settings, count: u64, timeout: Duration) -> anyhow:
     reader.assign(&tpl)?;
     let started = Instant::now();
     let mut first: Option<Instant> = None;
+    let (mut first_unix_ms, mut last_unix_ms) = (0i64, 0i64);
     let mut seen = 0u64;
     let mut by_topic: BTreeMap<String, u64> = BTreeMap::new();
     while seen < count {
@@ -462,7 +477,11 @@ fn await_outcomes(settings: &Settings, count: u64, timeout: Duration) -> anyhow:
             bail!("only {seen} of {count} outcomes within {timeout:?}");
         }
         if let Some(Ok(message)) = reader.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
+            if first.is_none() {
+                first = Some(Instant::now());
+                first_unix_ms = now_ms();
+            }
+            last_unix_ms = now_ms();
             seen += 1;
             let role = if message.topic() == settings.topics.accepted {
                 "accepted"
@@ -479,6 +498,9 @@ fn await_outcomes(settings: &Settings, count: u64, timeout: Duration) -> anyhow:
             "outcomes": seen,
             "by_topic": by_topic,
             "first_to_last_seconds": span,
+            // Wall clock, so a driver can cut CPU samples to the same span.
+            "first_unix_ms": first_unix_ms,
+            "last_unix_ms": last_unix_ms,
             "rate": seen as f64 / span.max(1e-9),
             "wall_seconds": started.elapsed().as_secs_f64(),
         })
@@ -714,12 +736,13 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             warmup_secs,
             spread,
+            floor,
         } => {
             Topics::connect(&settings.kafka)?
                 .ensure(&settings.topics)
                 .await?;
             tokio::task::block_in_place(|| {
-                pipe_latency(settings, *rate, *seconds, *warmup_secs, *spread)
+                pipe_latency(settings, *rate, *seconds, *warmup_secs, *spread, *floor)
             })
         }
         Command::Await {

@@ -1,19 +1,37 @@
 #!/usr/bin/env python3
-"""`make bench`: orderflow against its floor (an exactly-once pipe) and its incumbent (Kafka Streams
-4.4), one system after another on one local broker, then latency at fixed rates, then restore.
+"""`make bench` (and `make bench-quick`): orderflow against its floors and its incumbent on one local
+broker, measured so that the comparison cannot flatter orderflow.
 
-Every figure is a median over --runs runs; ratios are printed only when the systems' outcome counts
-match. Results go to docs/benchmarks.md (between the system-bench markers) and to
-bench/last-run.json, whose per-pod rate `orderflow capacity` uses as its default.
+- Throughput, preloaded input: orderflow, the exactly-once pipe built on orderflow's own batch
+  window and transaction runner (`orderflow-bench pipe`, librdkafka), the same pipe written with
+  the Java 4.4 clients (bench/kafka-streams/EosPipe.java), Kafka Streams 4.4 at its exactly-once
+  default (commit.interval.ms=100) and at its best measured setting, with RocksDB and with an
+  in-memory store, and optionally orderflow built from another commit (--baseline REV). Every
+  system gets an untimed warm-up pass first (the JVMs too); then rounds in which every system runs
+  once, in ABBA order (each round reverses the previous one's order), so a broker that warms up or
+  a machine phase tilts no system. Each ratio is the median of its per-round ratios, with range;
+  beside every rate, the CPU-seconds per request of the system's process and of the broker, cut to
+  the span from the first to the last outcome.
+- Live load: a ladder of paced rates; at each, p50/p99/p99.9 from the request's produce timestamp
+  to the outcome visible to a read_committed reader, for orderflow (fed by `orderflow loadgen`),
+  the pipe (`orderflow-bench pipe-latency --spread`) and the no-transaction floor (the requests
+  themselves, produced and read back read_committed: `pipe-latency --floor`); the highest rate
+  each holds (every outcome, at least 95% of the rate, p99 at most 1 s) and the load generator's CPU.
+- Restore of a million orders.
+
+Results go to docs/benchmarks.md (between the system-bench markers) and to bench/last-run.json
+(every figure, named; `orderflow capacity` reads its per-pod rate).
 """
 import argparse
 import json
 import os
 import pathlib
 import platform
+import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -25,11 +43,14 @@ os.chdir(root)
 PORT = int(os.environ.get("ORDERFLOW_BENCH_KAFKA_PORT", "29092"))
 KAFKA = driver.Kafka(PORT, 1, name="bench")
 BOOTSTRAP = KAFKA.bootstrap
-KAFKA_ENV = KAFKA.env
 BENCH = driver.BENCH
 ORDERFLOW = driver.ORDERFLOW
 PARTITIONS = 12
+KAFKA_VERSION = "4.4.0"
+LADDER = [5800, 8700, 11600, 14500, 17400, 23000]
 log = driver.logger("bench")
+# The orderflow binary of each orderflow-like system (the baseline is added by --baseline).
+BINARIES = {"orderflow": ORDERFLOW}
 
 
 def run(cmd, **kw):
@@ -42,138 +63,246 @@ def bench_json(prefix, *args, timeout=900):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def topic_env(prefix):
-    return driver.orderflow_env(BOOTSTRAP, prefix, PARTITIONS, instance="bench", RUST_LOG="warn")
+def topic_env(prefix, binary=ORDERFLOW):
+    """orderflow's environment for the topic set `prefix`. A binary from another commit may predate
+    topics.prefix: it gets the five names spelled out."""
+    env = driver.orderflow_env(BOOTSTRAP, prefix, PARTITIONS, instance="bench", RUST_LOG="warn")
+    if binary != ORDERFLOW:
+        del env["ORDERFLOW_TOPICS__PREFIX"]
+        for key, name in {"REQUESTS": "order-transition-requests", "STATE": "order-state", "ACCEPTED": "order-transitions",
+                          "REJECTED": "order-transition-rejections", "DEAD_LETTERS": "order-transition-requests-dlq"}.items():
+            env[f"ORDERFLOW_TOPICS__{key}"] = prefix + name
+    return env
 
 
-def start(system, prefix, count):
+def streams_command(prefix, commit_ms, store):
+    return ["bash", "bench/kafka-streams/run.sh", "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--commit-ms", str(commit_ms),
+            "--threads", "1", "--store", store, "--state-dir", f"/tmp/orderflow-streams-{prefix}"]
+
+
+def start(system, prefix, count, config):
+    """Starts `system` on the preloaded topic set `prefix`."""
     if system == "pipe":
         cmd = [BENCH, "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--partitions", str(PARTITIONS), "pipe", "--count", str(count)]
         env = dict(os.environ, RUST_LOG="warn")
-    elif system == "orderflow":
-        cmd, env = [ORDERFLOW, "run"], dict(topic_env(prefix), ORDERFLOW_PROCESSOR__BATCH_MAX_WAIT_MS="20")
+    elif system == "java-pipe":
+        cmd, env = ["bash", "bench/kafka-streams/run.sh", "--pipe", "--bootstrap", BOOTSTRAP, "--prefix", prefix], dict(os.environ)
+    elif system in BINARIES:
+        binary = BINARIES[system]
+        cmd, env = [binary, "run"], dict(topic_env(prefix, binary), ORDERFLOW_PROCESSOR__BATCH_MAX_WAIT_MS="20")
+    elif system == "streams-default":
+        cmd, env = streams_command(prefix, 100, "rocksdb"), dict(os.environ)
+    elif system == "streams-best":
+        cmd, env = streams_command(prefix, config["streams_best_ms"], "rocksdb"), dict(os.environ)
+    elif system == "streams-memory":
+        cmd, env = streams_command(prefix, config["streams_best_ms"], "memory"), dict(os.environ)
+    elif system.startswith("streams-"):
+        cmd, env = streams_command(prefix, int(system.split("-")[1]), "rocksdb"), dict(os.environ)
     else:
-        cmd = ["bash", "bench/kafka-streams/run.sh", "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--commit-ms", "20", "--threads", "1"]
-        env = dict(os.environ)
+        raise ValueError(system)
     return driver.start(cmd, env)
 
 
-stop = driver.stop
-free_port = driver.free_port
-wait_ready = driver.wait_ready
+class CpuSampler:
+    """Samples the CPU time of some processes every 100 ms, to cut it to a span afterwards."""
+
+    def __init__(self, pids):
+        self.pids = pids
+        self.samples = []  # (unix ms, [cpu seconds per pid])
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop_flag.is_set():
+            self.samples.append((time.time() * 1000, [driver.cpu_seconds(p) for p in self.pids]))
+            time.sleep(0.1)
+
+    def stop(self):
+        self.stop_flag.set()
+        self.thread.join()
+
+    def between(self, first_ms, last_ms):
+        """CPU seconds each process used from `first_ms` to `last_ms` (interpolated between samples)."""
+        def at(t, i):
+            points = [(ms, cpu[i]) for ms, cpu in self.samples if cpu[i] is not None]
+            if not points:
+                return None
+            before = [p for p in points if p[0] <= t]
+            after = [p for p in points if p[0] >= t]
+            if not before:
+                return after[0][1]
+            if not after:
+                return before[-1][1]
+            (t0, c0), (t1, c1) = before[-1], after[0]
+            return c0 if t1 == t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+        used = []
+        for i in range(len(self.pids)):
+            a, b = at(first_ms, i), at(last_ms, i)
+            used.append(None if a is None or b is None else max(b - a, 0.0))
+        return used
 
 
-def one_pass(system, requests):
-    """Preloads `requests` into a fresh topic set and times `system` through them: the await result."""
-    prefix = f"b{uuid.uuid4().hex[:6]}-{system}-"
-    bench_json(prefix, "preload", "--requests", str(requests), "--seed", "42")
-    # The reader first, so it sees the first outcome when it is committed.
+def one_pass(system, requests, config):
+    """Preloads `requests` into a fresh topic set and times `system` through them: the await
+    result, with the CPU-seconds per request of the system and of the broker over the span from
+    the first to the last outcome."""
+    prefix = f"t{uuid.uuid4().hex[:6]}-"
+    bench_json(prefix, "preload", "--requests", str(requests))
     waiter = subprocess.Popen([BENCH, "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--partitions", str(PARTITIONS), "await",
-                               "--count", str(requests), "--timeout-secs", "600"],
-                              env=dict(os.environ, RUST_LOG="warn"), stdout=subprocess.PIPE, text=True)
-    time.sleep(2)
-    process = start(system, prefix, requests)
+                               "--count", str(requests)], stdout=subprocess.PIPE, text=True, env=dict(os.environ, RUST_LOG="warn"))
+    process = start(system, prefix, requests, config)
+    sampler = CpuSampler([process.pid] + KAFKA.pids())
     try:
         out, _ = waiter.communicate(timeout=900)
-        if waiter.returncode != 0:
-            raise RuntimeError(f"{system}: await failed")
-        return json.loads(out.strip().splitlines()[-1])
     finally:
-        stop(process)
-        # The broker need not carry (and compact) every earlier pass's topics through the passes
-        # and latency runs that follow.
-        subprocess.run(["bash", "deploy/local/kafka.sh", "tool", "topics", "--bootstrap-server", BOOTSTRAP,
-                        "--delete", "--topic", f"{prefix}.*"], env=KAFKA_ENV, capture_output=True)
+        sampler.stop()
+        driver.stop(process)
+        if system.startswith("streams-"):
+            subprocess.run(["rm", "-rf", f"/tmp/orderflow-streams-{prefix}"])
+        # Each pass's topics go: a broker holding every earlier pass's logs slows down run after run.
+        KAFKA.script("tool", "topics", "--bootstrap-server", BOOTSTRAP, "--delete", "--topic", f"{prefix}.*", check=False)
+    result = json.loads(out.strip().splitlines()[-1])
+    used = sampler.between(result["first_unix_ms"], result["last_unix_ms"])
+    outcomes = max(result["outcomes"], 1)
+    result["cpu_per_request_us"] = None if used[0] is None else used[0] / outcomes * 1e6
+    broker = [u for u in used[1:] if u is not None]
+    result["broker_cpu_per_request_us"] = sum(broker) / outcomes * 1e6 if broker else None
+    return result
 
 
-def throughput(systems, requests, runs, warmup_systems=("pipe", "orderflow"), settle=0.10, max_pipe_warmups=5):
-    """Median outcomes/s per system; each run preloads a fresh topic set per system. Untimed passes
-    first: a fresh broker speeds up for minutes (its JIT warms up), the pipe far more than
-    orderflow, which would otherwise count against whichever system runs first and make the pipe
-    ratio depend on the run. The pipe repeats until two passes in a row agree within `settle`
-    (at most `max_pipe_warmups`), then every other warm-up system runs once."""
-    rates = {s: [] for s in systems}
-    counts = {s: None for s in systems}
-    previous = None
-    for n in range(max_pipe_warmups if "pipe" in warmup_systems else 0):
-        rate = one_pass("pipe", requests)["rate"]
-        log(f"warm-up pipe {n + 1}: {rate:.0f} outcomes/s (not counted)")
-        if previous and abs(rate - previous) <= settle * previous:
-            break
-        previous = rate
-    for system in [s for s in systems if s in warmup_systems and s != "pipe"]:
-        log(f"warm-up {system}: {one_pass(system, requests)['rate']:.0f} outcomes/s (not counted)")
-    for n in range(runs):
-        for system in systems:
-            result = one_pass(system, requests)
-            rates[system].append(result["rate"])
-            counts[system] = result["by_topic"]
-            log(f"run {n + 1}/{runs} {system}: {result['rate']:.0f} outcomes/s {result['by_topic']}")
-    return {s: statistics.median(r) for s, r in rates.items()}, counts, rates
+def calibrate_streams(requests, config, candidates):
+    """Kafka Streams' best commit interval on this broker: one warm pass at each candidate."""
+    rates = {}
+    for ms in candidates:
+        rates[ms] = one_pass(f"streams-{ms}", requests, config)["rate"]
+        log(f"Kafka Streams at commit.interval.ms={ms}: {rates[ms]:,.0f} outcomes/s")
+    best = max(rates, key=rates.get)
+    log(f"Kafka Streams' best measured commit interval: {best} ms")
+    return best, rates
 
 
-def orderflow_latency(rate, seconds, warmup):
-    """Loadgen at `rate` against a fresh orderflow on fresh topics: loadgen's report."""
-    prefix = f"l{uuid.uuid4().hex[:6]}-"
-    env = topic_env(prefix)
-    run([ORDERFLOW, "topics", "create"], env=env)
-    port = free_port()
-    process = subprocess.Popen([ORDERFLOW, "run"], env=dict(env, ORDERFLOW_OPS__LISTEN=f"127.0.0.1:{port}"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_ready(port)
-        orders = max(1000, int(rate * (seconds + warmup) / 4.85))
-        out = run([ORDERFLOW, "loadgen", "--orders", str(orders), "--rate", str(rate), "--seed", "5", "--no-progress", "--json",
-                   "--warmup-secs", str(warmup), "--wait-secs", "120"], env=env, timeout=(seconds + warmup) * 4 + 180)
-        return json.loads(out.strip().splitlines()[-1])
-    except subprocess.CalledProcessError as e:
-        return json.loads(e.stdout.strip().splitlines()[-1]) if e.stdout.strip() else {"error": e.stderr[-500:]}
-    finally:
-        stop(process)
+def throughput(systems, requests, rounds, config):
+    """Untimed warm-up passes, then `rounds` rounds of every system once, in ABBA order."""
+    for system in systems:
+        log(f"warm-up {system}: {one_pass(system, requests, config)['rate']:,.0f} outcomes/s (not counted)")
+    passes = {s: [] for s in systems}
+    for n in range(rounds):
+        order = systems if n % 2 == 0 else list(reversed(systems))
+        for system in order:
+            result = one_pass(system, requests, config)
+            passes[system].append(result)
+            log(f"round {n + 1}/{rounds} {system}: {result['rate']:,.0f} outcomes/s, "
+                f"{fmt_us(result['cpu_per_request_us'])} µs CPU/request (broker {fmt_us(result['broker_cpu_per_request_us'])}) "
+                f"{result['by_topic']}")
+    return passes
 
 
-def pipe_latency(rate, seconds, warmup):
-    """The pipe fed the same paced load, its copies spread over the topics orderflow's outcomes use."""
-    try:
-        return bench_json(f"p{uuid.uuid4().hex[:6]}-", "pipe-latency", "--rate", str(rate), "--seconds", str(seconds),
-                          "--warmup-secs", str(warmup), "--spread", timeout=(seconds + warmup) * 4 + 180)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
-        return {"error": str(e)[-300:]}
+def fmt_us(value):
+    return "?" if value is None else f"{value:.1f}"
 
 
-def median_percentiles(reports, key):
-    """Per percentile, the median over `reports` of report[key] (None if any report lacks it)."""
-    values = [r.get(key) for r in reports]
-    if not values or any(not v for v in values):
+def summary(values):
+    values = [v for v in values if v is not None]
+    if not values:
         return None
-    return {p: round(statistics.median(v[p] for v in values)) for p in values[0]}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def latency(rates, seconds, warmup, pairs):
-    """Loadgen at fixed rates against a fresh orderflow, then the pipe fed the same way (its
-    floor): percentiles of the requests sent after `warmup` seconds, and whether orderflow held.
-    At the first rate (the goal's) orderflow and the pipe alternate `pairs` times and the
-    percentiles are medians: one run of each, minutes apart, spread too much to compare."""
+def ratios(passes, numerator, denominator, key="rate"):
+    """Per-round ratios numerator/denominator of `key`, summarised."""
+    pairs = zip(passes[numerator], passes[denominator])
+    return summary([a[key] / b[key] for a, b in pairs if a.get(key) and b.get(key)])
+
+
+def orderflow_latency(rate, seconds, warmup, binary=ORDERFLOW):
+    """Loadgen at `rate` against a fresh orderflow on fresh topics: loadgen's report, with
+    loadgen's own CPU-seconds per request."""
+    prefix = f"l{uuid.uuid4().hex[:6]}-"
+    env = topic_env(prefix, binary)
+    run([binary, "topics", "create"], env=env)
+    port = driver.free_port()
+    process = driver.start([binary, "run"], dict(env, ORDERFLOW_OPS__LISTEN=f"127.0.0.1:{port}"))
+    try:
+        driver.wait_ready(port)
+        orders = max(1000, int(rate * (seconds + warmup) / 4.85))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            out = run([ORDERFLOW, "loadgen", "--orders", str(orders), "--rate", str(rate), "--seed", "5", "--no-progress",
+                       "--json", "--warmup-secs", str(warmup), "--wait-secs", "120"], env=env,
+                      timeout=(seconds + warmup) * 4 + 180)
+            report = json.loads(out.strip().splitlines()[-1])
+        except subprocess.CalledProcessError as e:
+            report = json.loads(e.stdout.strip().splitlines()[-1]) if e.stdout.strip() else {"error": e.stderr[-500:]}
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        report["loadgen_cpu_per_request_us"] = cpu / max(report.get("sent", 0), 1) * 1e6
+        return report
+    finally:
+        driver.stop(process)
+        KAFKA.script("tool", "topics", "--bootstrap-server", BOOTSTRAP, "--delete", "--topic", f"{prefix}.*", check=False)
+
+
+def bench_latency(rate, seconds, warmup, mode):
+    """The pipe (`--spread`, its copies spread over the topics orderflow's outcomes use) or the
+    no-transaction floor (`--floor`) fed the same paced load; the process CPU (producer, pipe and
+    reader together) per request."""
+    prefix = f"p{uuid.uuid4().hex[:6]}-"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        report = bench_json(prefix, "pipe-latency", "--rate", str(rate), "--seconds", str(seconds),
+                            "--warmup-secs", str(warmup), mode, timeout=(seconds + warmup) * 4 + 180)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+        report = {"error": str(e)[-300:]}
+    finally:
+        KAFKA.script("tool", "topics", "--bootstrap-server", BOOTSTRAP, "--delete", "--topic", f"{prefix}.*", check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    report["process_cpu_per_request_us"] = cpu / max(report.get("sent", 0), 1) * 1e6
+    return report
+
+
+def held(report, rate):
+    """Every outcome, at least 95% of the rate, p99 at most 1 s."""
+    if "error" in report:
+        return False
+    missing = report.get("missing", 0)
+    achieved = report.get("outcome_rate", report.get("send_rate", 0))
+    return bool(missing == 0 and achieved >= 0.95 * rate and report.get("latency_ms", {}).get("p99", 10**9) <= 1000)
+
+
+def ladder(rates, seconds, warmup, repeats_first):
+    """At each rate, orderflow, the pipe and the floor in ABBA order (the first rate repeated)."""
+    systems = ["orderflow", "pipe", "floor"]
     results = []
     for index, rate in enumerate(rates):
-        runs = []
-        for _ in range(pairs if index == 0 else 1):
-            report, pipe = orderflow_latency(rate, seconds, warmup), pipe_latency(rate, seconds, warmup)
-            held = bool(report.get("missing") == 0 and report.get("outcome_rate", 0) >= 0.95 * rate
-                        and report.get("latency_ms", {}).get("p99", 10**9) <= 1000)
-            runs.append((report, pipe, held))
-            log(f"latency at {rate}/s: {report.get('latency_ms')} held={held}; pipe {pipe.get('latency_ms', pipe)}")
-        reports, pipes = [r for r, _, _ in runs], [p for _, p, _ in runs]
-        ratios = [r["latency_ms"]["p99"] / max(p["latency_ms"]["p99"], 1) for r, p, _ in runs
-                  if r.get("latency_ms") and p.get("latency_ms")]
-        results.append({"rate": rate, "held": all(h for _, _, h in runs), "pairs": len(runs),
-                        "pipe_latency_ms": median_percentiles(pipes, "latency_ms"),
-                        "p99_ratios": ratios,
-                        "latency_ms": median_percentiles(reports, "latency_ms"),
-                        "waiting_latency_ms": median_percentiles(reports, "waiting_latency_ms"),
-                        "after_decision_latency_ms": median_percentiles(reports, "after_decision_latency_ms"),
-                        **{k: statistics.median(r.get(k) or 0 for r in reports)
-                           for k in ("outcome_rate", "missing", "unexpected", "warmup_sent")}})
+        runs = {s: [] for s in systems}
+        for n in range(repeats_first if index == 0 else 1):
+            for system in (systems if n % 2 == 0 else list(reversed(systems))):
+                if system == "orderflow":
+                    report = orderflow_latency(rate, seconds, warmup)
+                else:
+                    report = bench_latency(rate, seconds, warmup, "--spread" if system == "pipe" else "--floor")
+                report["held"] = held(report, rate)
+                runs[system].append(report)
+                log(f"latency at {rate:,}/s {system}: {report.get('latency_ms', report.get('error'))} held={report['held']}")
+        row = {"rate": rate, "runs": runs}
+        for system in systems:
+            reports = [r for r in runs[system] if r.get("latency_ms")]
+            row[system] = {
+                "latency_ms": {p: statistics.median(r["latency_ms"][p] for r in reports) for p in ("p50", "p99", "p99.9", "max")}
+                if reports else None,
+                "held": all(r["held"] for r in runs[system]),
+                "runs": len(runs[system]),
+            }
+        orderflow_runs = [r for r in runs["orderflow"] if r.get("latency_ms")]
+        row["orderflow"]["outcome_rate"] = statistics.median(r.get("outcome_rate", 0) for r in orderflow_runs) if orderflow_runs else None
+        row["orderflow"]["loadgen_cpu_per_request_us"] = statistics.median(
+            r["loadgen_cpu_per_request_us"] for r in runs["orderflow"]) if runs["orderflow"] else None
+        for system in ("pipe", "floor"):
+            row[system]["process_cpu_per_request_us"] = statistics.median(
+                r["process_cpu_per_request_us"] for r in runs[system]) if runs[system] else None
+        results.append(row)
     return results
 
 
@@ -189,121 +318,191 @@ def restore_medians(orders, runs):
     return medians
 
 
-def markdown(machine, command, requests, runs, medians, counts, samples, latencies, restore, latency_seconds, warmup):
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on {machine}: one Kafka {KAFKA_VERSION} broker (KRaft, "
-             f"single node, loopback) and every system on the same 2 cores, one system at a time. {requests:,} preloaded requests, "
-             f"{PARTITIONS} partitions, median of {runs} runs after untimed warm-up passes (the pipe until two passes in a row agree within 10%, at most 5, then orderflow once); throughput runs batch ≤2000 records / 20 ms (Kafka Streams: commit.interval.ms=20, "
-             "max.poll.records=2000, one stream thread, exactly_once_v2, RocksDB store with changelog); latency runs use orderflow's "
-             "defaults (≤2000 records / 5 ms).", "",
+def build_baseline(rev):
+    """orderflow built from commit `rev` in a worktree of its own (its own target directory, kept
+    under ~/.cache/orderflow so a second run reuses it): the path of its binary."""
+    sha = run(["git", "rev-parse", "--short", rev]).strip()
+    cache = pathlib.Path(os.environ.get("ORDERFLOW_CACHE", pathlib.Path.home() / ".cache" / "orderflow"))
+    tree = cache / f"baseline-{sha}"
+    if not tree.exists():
+        run(["git", "worktree", "add", "--detach", str(tree), sha])
+    log(f"building the baseline orderflow at {sha} in {tree}")
+    subprocess.run(["cargo", "build", "--release", "--bin", "orderflow"], cwd=tree, check=True,
+                   env=dict(os.environ, CARGO_TARGET_DIR=str(cache / "baseline-target")))
+    return str(cache / "baseline-target" / "release" / "orderflow"), sha
+
+
+def markdown(context, passes, config, latencies, restore):
+    lines = [f"Measured {context['date']} with `{context['command']}` on {context['machine']}: one Kafka {KAFKA_VERSION} broker "
+             f"(KRaft, single node, loopback), every system on the same 2 cores, one at a time. {context['requests']:,} preloaded "
+             f"requests per pass, {PARTITIONS} partitions; an untimed warm-up pass of every system (the JVMs too), then "
+             f"{context['rounds']} rounds of every system once in ABBA order (each round reverses the last). Rates are outcomes/s "
+             "from the first to the last outcome; CPU is the system's process and the broker's, cut to the same span, per request. "
+             f"The broker's transaction.version is {context.get('transaction_version')}. "
+             "orderflow and both pipes batch ≤ 2000 records / 20 ms; the Java pipe polls ≤ 2000 records; Kafka Streams runs "
+             "exactly_once_v2, one stream thread, max.poll.records=2000, at commit.interval.ms=100 (its EOS default) and at "
+             f"{config['streams_best_ms']} ms (its best of {config.get('streams_calibration') or 'the last calibration'}), "
+             "with RocksDB and with an in-memory store.", "",
              "### Throughput (exactly once, preloaded input)", "",
-             "| system | median outcomes/s | runs | outcome counts |", "|---|---|---|---|"]
-    for system, rate in medians.items():
-        runs_text = ", ".join(f"{r:,.0f}" for r in samples[system])
-        lines.append(f"| {system} | {rate:,.0f} | {runs_text} | {counts[system]} |")
-    lines.append("")
-    same = "kafka-streams" not in counts or counts["orderflow"] == counts["kafka-streams"]
-    if "pipe" in medians:
-        lines.append(f"- orderflow / pipe (the broker's floor): **{medians['orderflow'] / medians['pipe']:.2f}** (goal ≥ 0.8)")
-    if "kafka-streams" in medians:
-        if same:
-            lines.append(f"- orderflow / Kafka Streams: **{medians['orderflow'] / medians['kafka-streams']:.2f}** (goal ≥ 2)")
-        else:
-            lines.append("- orderflow / Kafka Streams: not reported: the outcome counts differ (see the table)")
-    lines.append(f"- orderflow per pod: **{medians['orderflow']:,.0f} requests/s** (goal ≥ 58,000)")
-    lines += ["", "### Latency at a fixed rate (request's requested_at → outcome visible to a read_committed reader)", "",
-              f"Each rate runs {latency_seconds} s after a {warmup} s warm-up (a freshly started processor's first "
-              "transactions are slower; the warm-up's requests are checked but not timed), against a fresh orderflow "
-              "and then against the pipe (`orderflow-bench pipe-latency`: the same paced load, orderflow's default "
-              "batching, each request copied to the state topic and to the accepted topic, or as orderflow's outcomes "
-              "spread under this load to the rejected (1 in 50) or dead-letter topic (1 in 500), in a transaction, "
-              "deciding nothing): the floor this broker sets for the partitions orderflow's transactions span. "
-              f"At the first rate the two alternate {(latencies[0].get('pairs') if latencies else 1)} times and each figure "
-              "is the median of its runs. Percentiles of the requests answered on arrival. The load sends 2% of steps before the "
-              "step they depend on: those park until their predecessor arrives (and redeliveries of them wait with "
-              "them), so their latency is the load's ordering; their p50 / max are shown apart.", "",
-              "| rate (requests/s) | p50 ms | p99 ms | p99.9 ms | max ms | parked: p50 / max ms | pipe p50 / p99 / p99.9 ms | outcome rate | held |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in latencies:
-        l = r.get("latency_ms") or {}
-        w = r.get("waiting_latency_ms") or {}
-        p = r.get("pipe_latency_ms") or {}
-        lines.append(f"| {r['rate']:,} | {l.get('p50')} | {l.get('p99')} | {l.get('p99.9')} | {l.get('max')} | "
-                     f"{w.get('p50')} / {w.get('max')} | {p.get('p50')} / {p.get('p99')} / {p.get('p99.9')} | "
-                     f"{(r.get('outcome_rate') or 0):,.0f} | {'yes' if r['held'] else 'no'} |")
-    first = latencies[0] if latencies else {}
-    # Ratios exist only for pairs in which both orderflow and the pipe reported percentiles.
-    ratios = first.get("p99_ratios") or []
-    if ratios:
-        lines += ["", f"- at {first['rate']:,}/s, medians of {first['pairs']} alternating orderflow / pipe runs: "
-                      f"orderflow p99 / pipe p99 = **{statistics.median(ratios):.2f}** (per pair: "
-                      f"{', '.join(f'{r:.2f}' for r in ratios)}); goal p99 ≤ 25 ms"]
-    held = [r["rate"] for r in latencies if r["held"]]
-    lines += ["", f"Highest rate held (every outcome, ≥95% of the rate, p99 ≤ 1 s): **{max(held) if held else 'none'} requests/s**."]
+             "| system | median outcomes/s (range) | CPU µs/request: process | broker | outcome counts |", "|---|---|---|---|---|"]
+    for system, results in passes.items():
+        rate = summary([r["rate"] for r in results])
+        cpu = summary([r["cpu_per_request_us"] for r in results])
+        broker = summary([r["broker_cpu_per_request_us"] for r in results])
+        lines.append(f"| {LABELS.get(system, system)} | {rate['median']:,.0f} ({rate['min']:,.0f}–{rate['max']:,.0f}) | "
+                     f"{cpu['median']:.1f} | {broker['median']:.1f} | {results[-1]['by_topic']} |" if rate and cpu and broker
+                     else f"| {system} | no result | | | |")
+    lines += ["", "Ratios, median of the per-round ratios (range, rounds):", ""]
+    for (a, b, key, what, goal) in RATIO_LINES:
+        if a in passes and b in passes:
+            r = ratios(passes, a, b, key)
+            if r:
+                lines.append(f"- {what}: **{r['median']:.2f}** ({r['min']:.2f}–{r['max']:.2f}, {r['n']} rounds){goal}")
+    lines += ["", "### Live load: paced rates (request's produce timestamp → outcome visible to a read_committed reader)", "",
+              f"Each run {context['latency_seconds']} s after a {context['latency_warmup']} s warm-up on fresh topics; orderflow "
+              "is fed by `orderflow loadgen` (its defaults: ≤ 2000 records / 5 ms), the pipe by `orderflow-bench pipe-latency "
+              "--spread` (copies spread over the topics orderflow's outcomes use), the floor is the requests themselves produced "
+              "and read back read_committed, no transactions. At the first rate the three alternate "
+              f"{context['latency_repeats']} times (medians). CPU: loadgen's own, per request sent; the pipe's and the floor's "
+              "single process (producer, pipe and reader together).", "",
+              "| rate/s | orderflow p50 / p99 / p99.9 ms | held | pipe p50 / p99 / p99.9 | held | floor p50 / p99 / p99.9 | held | "
+              "orderflow outcome rate | loadgen CPU µs/req |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(entry):
+        l = (entry or {}).get("latency_ms") or {}
+        return f"{l.get('p50', '?'):.0f} / {l.get('p99', '?'):.0f} / {l.get('p99.9', '?'):.0f}" if l else "—"
+    for row in latencies:
+        o = row["orderflow"]
+        lines.append(f"| {row['rate']:,} | {pct(o)} | {'yes' if o['held'] else 'no'} | {pct(row['pipe'])} | "
+                     f"{'yes' if row['pipe']['held'] else 'no'} | {pct(row['floor'])} | {'yes' if row['floor']['held'] else 'no'} | "
+                     f"{(o.get('outcome_rate') or 0):,.0f} | {fmt_us(o.get('loadgen_cpu_per_request_us'))} |")
+    for system in ("orderflow", "pipe", "floor"):
+        held_rates = [row["rate"] for row in latencies if row[system]["held"]]
+        lines.append(f"\n- highest rate held by {system}: **{max(held_rates):,}/s**" if held_rates
+                     else f"\n- highest rate held by {system}: none of the ladder")
     if restore:
         lines += ["", "### Restore", "",
-                  f"- {restore['orders']:,} orders restored from the state topic in {restore['seconds']:.2f} s: "
-                  f"**{restore['orders_per_second']:,.0f} orders/s** (goal ≥ 1,000,000)",
-                  f"- resident memory: **{restore['resident_mb_per_million_orders']:.0f} MB per million cached orders** (goal ≤ 150); "
-                  f"the same orders held unpacked (`String` key → `OrderState`, the earlier cache), measured in the same process: "
-                  f"{restore['unpacked_mb_per_million_orders']:.0f} MB (**{restore['unpacked_over_packed']:.1f}x** the packed cache)",
-                  f"- delivered orders with their whole life remembered (5 requests; what most of a cache holds "
-                  f"during the return window), packed in the same process: **{restore['delivered_packed_mb_per_million_orders']:.0f} MB per million**",
-                  f"- the processor's deadline index, per million orders with a deadline (a delivered order in its return window): "
-                  f"**{restore['deadline_index_mb_per_million_orders']:.0f} MB**; the earlier index keyed by id strings, same run: "
-                  f"{restore['string_deadline_index_mb_per_million_orders']:.0f} MB",
-                  f"- medians of {len(restore['runs'])} restores; per run: "
-                  + "; ".join(f"{r['orders_per_second']:,.0f} orders/s, {r['resident_mb_per_million_orders']:.0f} MB" for r in restore["runs"])]
+                  f"- {restore['orders']:,.0f} orders restored from the state topic in {restore['seconds']:.2f} s: "
+                  f"**{restore['orders_per_second']:,.0f} orders/s**",
+                  f"- resident memory: **{restore['resident_mb_per_million_orders']:.0f} MB per million cached orders**; "
+                  f"delivered orders with their whole life remembered: {restore['delivered_packed_mb_per_million_orders']:.0f} MB "
+                  f"per million; deadline index {restore['deadline_index_mb_per_million_orders']:.0f} MB per million",
+                  f"- medians of {len(restore['runs'])} restores"]
     return "\n".join(lines)
 
 
-KAFKA_VERSION = "4.4.0"
+LABELS = {
+    "orderflow": "orderflow",
+    "pipe": "pipe (orderflow's batch window and transaction runner, librdkafka)",
+    "java-pipe": "Java pipe (Kafka 4.4 clients)",
+    "streams-default": "Kafka Streams, commit.interval.ms=100, RocksDB",
+    "streams-best": "Kafka Streams, best commit interval, RocksDB",
+    "streams-memory": "Kafka Streams, best commit interval, in-memory store (like for like with orderflow's caches)",
+    "baseline": "orderflow at the baseline commit",
+}
+RATIO_LINES = [
+    ("orderflow", "pipe", "rate", "orderflow / pipe, throughput", ""),
+    ("orderflow", "pipe", "cpu_per_request_us", "orderflow / pipe, CPU per request", " (goal ≤ 1.25)"),
+    ("pipe", "java-pipe", "rate", "pipe (librdkafka) / Java pipe, throughput", ""),
+    ("orderflow", "streams-default", "rate", "orderflow / Kafka Streams at its EOS default", ""),
+    ("orderflow", "streams-best", "rate", "orderflow / Kafka Streams at its best setting, RocksDB", " (goal ≥ 2)"),
+    ("orderflow", "streams-memory", "rate", "orderflow / Kafka Streams at its best setting, in-memory store", " (goal ≥ 2: like for like today)"),
+    ("orderflow", "baseline", "rate", "orderflow / orderflow at the baseline commit, throughput", ""),
+    ("orderflow", "baseline", "cpu_per_request_us", "orderflow / baseline, CPU per request", ""),
+]
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=300_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--skip-streams", action="store_true")
-    parser.add_argument("--latency-rates", default="5800,20000,40000,60000")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="headline ratios only (orderflow, pipe, Kafka Streams at its "
+                        "best setting; 3 rounds; the first ladder rate once): under 10 minutes")
+    parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--baseline", help="also run orderflow built from this commit, alternating with the current build")
+    parser.add_argument("--streams-commit-candidates", default="100,500,1000,2000")
+    parser.add_argument("--latency-rates", default=None)
     parser.add_argument("--latency-seconds", type=int, default=20)
     parser.add_argument("--latency-warmup-seconds", type=int, default=5)
-    parser.add_argument("--latency-pairs", type=int, default=3, help="alternating orderflow/pipe runs at the first rate")
-    parser.add_argument("--restore-orders", type=int, default=1_000_000)
+    parser.add_argument("--latency-repeats", type=int, default=None, help="ABBA repeats at the first rate")
+    parser.add_argument("--restore-orders", type=int, default=None)
     parser.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
     args = parser.parse_args()
-    command = "make bench" if os.environ.get("MAKELEVEL") else "python3 bench/run.py " + " ".join(sys.argv[1:])
+    quick = args.quick
+    requests = args.requests or (150_000 if quick else 200_000)
+    rounds = args.rounds or (3 if quick else 7)
+    rates = [int(r) for r in (args.latency_rates or (str(LADDER[0]) if quick else ",".join(map(str, LADDER)))).split(",") if r]
+    repeats = args.latency_repeats or (1 if quick else 3)
+    restore_orders = args.restore_orders if args.restore_orders is not None else (0 if quick else 1_000_000)
+    make_target = "bench-quick" if quick else "bench"
+    command = f"make {make_target}" if os.environ.get("MAKELEVEL") else "python3 bench/run.py " + " ".join(sys.argv[1:])
+    started = time.time()
 
     log("building release binaries")
     subprocess.run(["cargo", "build", "--release", "--bins"], check=True)
-    systems = ["pipe", "orderflow"] + ([] if args.skip_streams else ["kafka-streams"])
-    if not args.skip_streams:
-        log("fetching Kafka Streams with Maven")
-        subprocess.run(["bash", "bench/kafka-streams/run.sh", "--fetch-only"], check=True)
+    baseline_sha = None
+    if args.baseline:
+        BINARIES["baseline"], baseline_sha = build_baseline(args.baseline)
+    log("fetching Kafka Streams and the Java clients with Maven")
+    subprocess.run(["bash", "bench/kafka-streams/run.sh", "--fetch-only"], check=True)
+    last_path = root / "bench" / "last-run.json"
+    last = json.loads(last_path.read_text()) if last_path.exists() else {}
+    config = {"streams_best_ms": (last.get("streams_best_commit_ms") or 1000)}
+    if quick:
+        systems = ["orderflow", "pipe", "streams-best"]
+    else:
+        systems = ["orderflow", "pipe", "java-pipe", "streams-default", "streams-best", "streams-memory"]
+    if args.baseline:
+        systems.append("baseline")
     log(f"starting a fresh broker on {BOOTSTRAP}")
     KAFKA.up()
+    features = KAFKA.script("tool", "features", "--bootstrap-server", BOOTSTRAP, "describe", check=False).stdout
+    transaction_version = next((line.split("FinalizedVersionLevel:")[1].split()[0] for line in features.splitlines()
+                                if "Feature: transaction.version" in line and "FinalizedVersionLevel:" in line), None)
+    log(f"broker transaction.version = {transaction_version}")
     try:
-        medians, counts, samples = throughput(systems, args.requests, args.runs)
-        latencies = latency([int(r) for r in args.latency_rates.split(",") if r], args.latency_seconds,
-                            args.latency_warmup_seconds, args.latency_pairs)
-        restore = restore_medians(args.restore_orders, args.runs) if args.restore_orders else None
-        if restore:
-            log(f"restore: {restore}")
+        if not quick:
+            # Kafka Streams warms up on the first candidate; the calibration passes are not counted.
+            one_pass("streams-100", requests, config)
+            best, calibration = calibrate_streams(requests, config, [int(c) for c in args.streams_commit_candidates.split(",")])
+            config["streams_best_ms"], config["streams_calibration"] = best, calibration
+        passes = throughput(systems, requests, rounds, config)
+        latencies = ladder(rates, args.latency_seconds, args.latency_warmup_seconds, repeats)
+        restore = restore_medians(restore_orders, 3) if restore_orders else None
     finally:
         KAFKA.down()
 
     cpu = run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]).strip() or platform.processor()
     machine = f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-    text = markdown(machine, command, args.requests, args.runs, medians, counts, samples, latencies, restore,
-                    args.latency_seconds, args.latency_warmup_seconds)
+    context = {"date": time.strftime("%Y-%m-%d"), "command": command, "machine": machine, "requests": requests, "rounds": rounds,
+               "latency_seconds": args.latency_seconds, "latency_warmup": args.latency_warmup_seconds,
+               "latency_repeats": repeats, "minutes": round((time.time() - started) / 60, 1), "baseline": baseline_sha,
+               "transaction_version": transaction_version}
+    text = markdown(context, passes, config, latencies, restore)
+    text += f"\n\nThe whole run took {context['minutes']} minutes."
     print(text)
-    held = [r["rate"] for r in latencies if r["held"]]
-    last = {"date": time.strftime("%Y-%m-%d"), "command": command, "machine": machine, "throughput": medians,
-            "outcome_counts": counts, "latency": latencies, "restore": restore,
-            "per_pod_rate": medians["orderflow"], "highest_rate_held": max(held) if held else None}
+    per_system = {s: {"rate": summary([r["rate"] for r in rs]),
+                      "cpu_per_request_us": summary([r["cpu_per_request_us"] for r in rs]),
+                      "broker_cpu_per_request_us": summary([r["broker_cpu_per_request_us"] for r in rs]),
+                      "outcome_counts": rs[-1]["by_topic"] if rs else None,
+                      "passes": rs} for s, rs in passes.items()}
+    record = {**context, "quick": quick, "systems": per_system,
+              "ratios": {f"{a}/{b}/{key}": ratios(passes, a, b, key) for a, b, key, _, _ in RATIO_LINES
+                         if a in passes and b in passes},
+              "streams_best_commit_ms": config["streams_best_ms"], "streams_calibration": config.get("streams_calibration"),
+              "latency": latencies, "restore": restore,
+              "per_pod_rate": per_system["orderflow"]["rate"]["median"],
+              "highest_rate_held": {s: max([row["rate"] for row in latencies if row[s]["held"]], default=None)
+                                    for s in ("orderflow", "pipe", "floor")}}
     if not args.no_write:
-        (root / "bench" / "last-run.json").write_text(json.dumps(last, indent=2) + "\n")
-        driver.replace_between(root / "docs" / "benchmarks.md", "system-bench", text)
-        log("wrote docs/benchmarks.md and bench/last-run.json")
+        if quick and last and not last.get("quick"):
+            # A quick run does not replace the full run's record: it goes beside it.
+            last_path = root / "bench" / "last-quick-run.json"
+        last_path.write_text(json.dumps(record, indent=2) + "\n")
+        if not quick:
+            driver.replace_between(root / "docs" / "benchmarks.md", "system-bench", text)
+        else:
+            driver.replace_between(root / "docs" / "benchmarks.md", "quick-bench", text)
+        log(f"wrote docs/benchmarks.md and {last_path.relative_to(root)}")
 
 
 if __name__ == "__main__":

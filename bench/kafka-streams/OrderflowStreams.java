@@ -9,7 +9,7 @@
 //
 // Usage: java -cp 'deps/*' OrderflowStreams.java --bootstrap HOST:PORT --prefix P
 //        [--definition machines/order-lifecycle.toml] [--schemas schemas] [--commit-ms 20]
-//        [--threads 1] [--state-dir DIR]
+//        [--threads 1] [--state-dir DIR] [--store rocksdb|memory]
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.dataformat.toml.TomlMapper;
@@ -72,7 +72,7 @@ public class OrderflowStreams {
     public static void main(String[] args) throws Exception {
         Map<String, String> opt = new HashMap<>(Map.of(
                 "--definition", "machines/order-lifecycle.toml", "--schemas", "schemas",
-                "--commit-ms", "20", "--threads", "1"));
+                "--commit-ms", "20", "--threads", "1", "--store", "rocksdb"));
         for (int i = 0; i + 1 < args.length; i += 2) {
             opt.put(args[i], args[i + 1]);
         }
@@ -91,9 +91,14 @@ public class OrderflowStreams {
         Topology topology = new Topology();
         topology.addSource("requests", Serdes.String().deserializer(), Serdes.ByteArray().deserializer(), topicRequests);
         topology.addProcessor("decide", Decide::new, "requests");
-        topology.addStateStore(
-                Stores.keyValueStoreBuilder(Stores.persistentKeyValueStore("orders"), Serdes.String(), Serdes.ByteArray()),
-                "decide");
+        // RocksDB (Kafka Streams' default, on local disk) or an in-memory store (like orderflow's
+        // caches today); both log their changes to a compacted changelog topic.
+        var store = switch (opt.get("--store")) {
+            case "memory" -> Stores.inMemoryKeyValueStore("orders");
+            case "rocksdb" -> Stores.persistentKeyValueStore("orders");
+            default -> throw new IllegalArgumentException("--store rocksdb|memory, not " + opt.get("--store"));
+        };
+        topology.addStateStore(Stores.keyValueStoreBuilder(store, Serdes.String(), Serdes.ByteArray()), "decide");
         topology.addSink("accepted", topicAccepted, Serdes.String().serializer(), Serdes.ByteArray().serializer(), "decide");
         topology.addSink("rejected", topicRejected, Serdes.String().serializer(), Serdes.ByteArray().serializer(), "decide");
         topology.addSink("dlq", topicDlq, Serdes.String().serializer(), Serdes.ByteArray().serializer(), "decide");

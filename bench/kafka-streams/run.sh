@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts the Kafka Streams incumbent (OrderflowStreams.java), fetching its jars with Maven once into
+# Starts the Kafka Streams incumbent (OrderflowStreams.java) or, with --pipe, the Java exactly-once
+# pipe (EosPipe.java), fetching their jars with Maven once into
 # a cache. Arguments go to the application (--bootstrap, --prefix, ...); run from the repository root.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -11,4 +12,10 @@ if [ ! -f "$deps/.complete" ]; then
   touch "$deps/.complete"
 fi
 [ "${1:-}" = "--fetch-only" ] && exit 0
-exec java -Xmx2g -cp "$deps/*" "$here/OrderflowStreams.java" "$@"
+# `run.sh --pipe ARGS` runs the Java exactly-once pipe (EosPipe.java) instead of Kafka Streams.
+main=OrderflowStreams.java
+if [ "${1:-}" = "--pipe" ]; then
+  main=EosPipe.java
+  shift
+fi
+exec java -Xmx2g -cp "$deps/*" "$here/$main" "$@"

@@ -48,6 +48,17 @@ class Kafka:
         self.script("up")
         self.up_now = True
 
+    def pids(self):
+        """The broker processes' pids (from their pid files), for CPU accounting."""
+        data = pathlib.Path(self.env["KAFKA_DATA_DIR"])
+        pids = []
+        for pid_file in sorted(data.rglob("broker.pid")):
+            try:
+                pids.append(int(pid_file.read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        return pids
+
     def down(self, purge=True):
         """Stops it (and wipes its data when `purge`)."""
         self.script("down", *(["--purge"] if purge else []), check=False)
@@ -76,6 +87,15 @@ def orderflow_env(bootstrap, prefix, partitions, instance=None, replicas=1, **se
         env["ORDERFLOW_INSTANCE_ID"] = instance
     env.update({k: str(v) for k, v in settings.items()})
     return env
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system, all threads) a live process has used, from /proc; None once gone."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(cmd, env, log_file=None):

@@ -372,7 +372,7 @@ status() {
 # Kafka's own Java tools, for interop tests and by hand.
 tool() {
   local name=${1:-}
-  [ -n "$name" ] || die "usage: $0 tool console-producer|console-consumer|topics|producer-perf|consumer-perf|transactions|consumer-groups|configs [ARGS...]"
+  [ -n "$name" ] || die "usage: $0 tool console-producer|console-consumer|topics|producer-perf|consumer-perf|transactions|consumer-groups|configs|features [ARGS...]"
   shift
   local class
   case $name in
@@ -384,7 +384,8 @@ tool() {
   transactions) class=org.apache.kafka.tools.TransactionsCommand ;;
   consumer-groups) class=org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
   configs) class=org.apache.kafka.tools.ConfigCommand ;;
-  *) die "unknown tool '$name': use console-producer, console-consumer, topics, producer-perf, consumer-perf, transactions, consumer-groups or configs" ;;
+  features) class=org.apache.kafka.tools.FeatureCommand ;;
+  *) die "unknown tool '$name': use console-producer, console-consumer, topics, producer-perf, consumer-perf, transactions, consumer-groups, configs or features" ;;
   esac
   find_java
   fetch
