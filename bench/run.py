@@ -376,10 +376,11 @@ def markdown(context, passes, config, latencies, restore):
         lines.append(f"| {row['rate']:,} | {pct(o)} | {'yes' if o['held'] else 'no'} | {pct(row['pipe'])} | "
                      f"{'yes' if row['pipe']['held'] else 'no'} | {pct(row['floor'])} | {'yes' if row['floor']['held'] else 'no'} | "
                      f"{(o.get('outcome_rate') or 0):,.0f} | {fmt_us(o.get('loadgen_cpu_per_request_us'))} |")
+    lines.append("")
     for system in ("orderflow", "pipe", "floor"):
         held_rates = [row["rate"] for row in latencies if row[system]["held"]]
-        lines.append(f"\n- highest rate held by {system}: **{max(held_rates):,}/s**" if held_rates
-                     else f"\n- highest rate held by {system}: none of the ladder")
+        lines.append(f"- highest rate held by {system}: **{max(held_rates):,}/s**" if held_rates
+                     else f"- highest rate held by {system}: none of the ladder")
     if restore:
         lines += ["", "### Restore", "",
                   f"- {restore['orders']:,.0f} orders restored from the state topic in {restore['seconds']:.2f} s: "
@@ -415,7 +416,7 @@ RATIO_LINES = [
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="headline ratios only (orderflow, pipe, Kafka Streams at its "
-                        "best setting; 3 rounds; the first ladder rate once): under 10 minutes")
+                        "best setting; 5 rounds; the first ladder rate once): under 10 minutes")
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--baseline", help="also run orderflow built from this commit, alternating with the current build")
@@ -429,7 +430,7 @@ def main():
     args = parser.parse_args()
     quick = args.quick
     requests = args.requests or (150_000 if quick else 200_000)
-    rounds = args.rounds or (3 if quick else 7)
+    rounds = args.rounds or (5 if quick else 7)
     rates = [int(r) for r in (args.latency_rates or (str(LADDER[0]) if quick else ",".join(map(str, LADDER)))).split(",") if r]
     repeats = args.latency_repeats or (1 if quick else 3)
     restore_orders = args.restore_orders if args.restore_orders is not None else (0 if quick else 1_000_000)
