@@ -454,7 +454,8 @@ def main():
             ok &= clean
             rec = [f"{r:.1f} s" if r is not None else "none" for r in recoveries] + ([extra] if extra else [])
             log(f"{name}: {'CLEAN' if clean else 'VIOLATED'} in {time.monotonic() - started:.0f} s; recoveries {rec}; "
-                f"verdict {json.dumps({c: verdict.get(c) for c in COUNTS})}; examples {verdict.get('examples')}")
+                f"verdict {json.dumps({c: verdict.get(c) for c in COUNTS})}; examples {verdict.get('examples')}; "
+                f"loadgen {json.dumps({k: report.get(k) for k in ('sent', 'missing', 'repeated', 'unexpected')})}")
             rows.append((name, what, verdict, report, rec, clean))
     finally:
         kafka("down", "--purge", check=False)
