@@ -78,9 +78,7 @@ impl ServiceError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServiceError::OpsListen { .. } | ServiceError::ClientConfig(_) => 2,
-            ServiceError::Topics(
-                TopicError::Unreachable { .. } | TopicError::Admin(_) | TopicError::Task(_),
-            ) => 1,
+            ServiceError::Topics(error) if error.is_runtime() => 1,
             ServiceError::Topics(_) => 2,
             ServiceError::Processor(ProcessorError::Config(_)) => 2,
             ServiceError::TransactionalCallStuck { .. } => 70,

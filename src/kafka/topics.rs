@@ -84,6 +84,17 @@ pub enum TopicError {
     Admin(#[source] KafkaError),
 }
 
+impl TopicError {
+    /// True when Kafka could not be reached or answered with an error, as opposed to topics that
+    /// exist but are laid out wrong (bad settings or a bad cluster setup).
+    pub fn is_runtime(&self) -> bool {
+        matches!(
+            self,
+            TopicError::Unreachable { .. } | TopicError::Admin(_) | TopicError::Task(_)
+        )
+    }
+}
+
 /// What provisioning did with one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicStatus {

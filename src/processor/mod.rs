@@ -50,7 +50,7 @@ use self::events::{PartitionRestored, TransactionAborted, TransactionCommitted};
 pub use self::failpoint::Failpoints;
 use self::ownership::Ownership;
 use self::poll::{to_input, BatchWindow, ProcessorContext, RebalanceEvent};
-use self::transaction::{Attempt, TransactionRunner};
+use self::transaction::{Attempt, RunnerError, TransactionRunner};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::kafka::group::describe_group;
@@ -218,9 +218,12 @@ impl Processor {
         });
         let transactions =
             TransactionRunner::new(Arc::clone(&settings), Some(on_stats), calls, failpoints)
-                .map_err(|source| ProcessorError::Fatal {
-                    transactional_id: transactional_id(&settings),
-                    source: Box::new(source),
+                .map_err(|error| match error {
+                    RunnerError::Config(error) => ProcessorError::Config(error),
+                    RunnerError::Producer(source) => ProcessorError::Fatal {
+                        transactional_id: transactional_id(&settings),
+                        source: Box::new(source),
+                    },
                 })?;
         let context = ProcessorContext::new(settings.topics.requests.clone(), metrics.clone());
         let hash = decider.definition().short_hash().to_string();

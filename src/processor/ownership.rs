@@ -71,9 +71,7 @@ impl Ownership {
     /// assigned again to a newer job, and another instance may have written to it since).
     pub fn restored(&mut self, partition: i32, job: u64, now: Instant) -> bool {
         match self.partitions.get_mut(&partition) {
-            Some(state @ PartitionState::Restoring { .. })
-                if *state == (PartitionState::Restoring { job }) =>
-            {
+            Some(state) if *state == (PartitionState::Restoring { job }) => {
                 *state = PartitionState::Owned {
                     unfetched_since: Some(now),
                 };

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::failpoint::Failpoints;
 use crate::config::Settings;
 use crate::kafka::{
-    is_fenced, transactional_producer_config, CallWatch, ErrorClass, OutgoingRecord, StatsCallback,
-    TxnError, TxnProducer,
+    is_fenced, transactional_producer_config, CallWatch, ClientConfigError, ErrorClass,
+    OutgoingRecord, StatsCallback, TxnError, TxnProducer,
 };
 
 /// How long each step of a committed transaction took.
@@ -114,6 +114,8 @@ impl std::fmt::Debug for AbortBackoff {
 pub struct TransactionRunner {
     producer: TxnProducer,
     settings: Arc<Settings>,
+    /// The producer's configuration, checked once; a replacement producer is made from it.
+    config: ClientConfig,
     on_stats: Option<StatsCallback>,
     calls: Arc<CallWatch>,
     failpoints: Failpoints,
@@ -124,17 +126,19 @@ impl TransactionRunner {
     /// Creates the transactional producer of `settings` and initialises transactions (which
     /// fences an earlier producer with the same `transactional.id` and aborts its open
     /// transaction). Its blocking calls are timed by `calls`; `on_stats` receives librdkafka's
-    /// statistics.
+    /// statistics. Invalid client settings are a [`RunnerError::Config`], not a producer failure.
     pub fn new(
         settings: Arc<Settings>,
         on_stats: Option<StatsCallback>,
         calls: Arc<CallWatch>,
         failpoints: Failpoints,
-    ) -> Result<TransactionRunner, TxnError> {
-        let producer = create_producer(&settings, on_stats.clone(), &calls)?;
+    ) -> Result<TransactionRunner, RunnerError> {
+        let config = transactional_producer_config(&settings)?;
+        let producer = create_producer(&config, &settings, on_stats.clone(), &calls)?;
         Ok(TransactionRunner {
             producer,
             settings,
+            config,
             on_stats,
             calls,
             failpoints,
@@ -183,7 +187,12 @@ impl TransactionRunner {
         if is_fenced(&error) {
             return Err(error);
         }
-        self.producer = create_producer(&self.settings, self.on_stats.clone(), &self.calls)?;
+        self.producer = create_producer(
+            &self.config,
+            &self.settings,
+            self.on_stats.clone(),
+            &self.calls,
+        )?;
         self.backoff.aborted();
         Ok(Attempt::Aborted {
             error,
@@ -246,22 +255,26 @@ impl TransactionRunner {
     }
 }
 
-/// The transactional producer of `settings`.
+/// Why a transaction runner could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The producer's client settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ClientConfigError),
+    /// The producer could not be created or initialise transactions.
+    #[error(transparent)]
+    Producer(#[from] TxnError),
+}
+
+/// A transactional producer with `config`, its calls timed by `calls`.
 fn create_producer(
+    config: &ClientConfig,
     settings: &Settings,
     on_stats: Option<StatsCallback>,
     calls: &Arc<CallWatch>,
 ) -> Result<TxnProducer, TxnError> {
-    let config = transactional_producer_config(settings).map_err(|e| TxnError {
-        operation: "configure producer",
-        class: ErrorClass::Fatal,
-        source: match e {
-            crate::kafka::ClientConfigError::Create(source) => source,
-            other => KafkaError::ClientCreation(other.to_string()),
-        },
-    })?;
     let timeout = Duration::from_millis(settings.processor.transaction_timeout_ms);
-    TxnProducer::create(&config, timeout, on_stats, Arc::clone(calls))
+    TxnProducer::create(config, timeout, on_stats, Arc::clone(calls))
 }
 
 #[cfg(test)]

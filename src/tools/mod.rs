@@ -126,10 +126,7 @@ pub fn exit_code_of(error: &anyhow::Error) -> u8 {
             return error.exit_code();
         }
         if let Some(error) = cause.downcast_ref::<TopicError>() {
-            return match error {
-                TopicError::Unreachable { .. } | TopicError::Admin(_) | TopicError::Task(_) => 1,
-                _ => 2,
-            };
+            return if error.is_runtime() { 1 } else { 2 };
         }
     }
     1

@@ -141,11 +141,7 @@ impl RunningProcessor {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        self.handle
-            .take()
-            .expect("running")
-            .join()
-            .expect("service thread")
+        self.wait()
     }
 
     /// Waits until it ends by itself.
