@@ -75,6 +75,17 @@ def topic_env(prefix, binary=ORDERFLOW):
     return env
 
 
+def delete_topics(prefix):
+    """Deletes a pass's topics: a broker holding every earlier pass's logs slows down run after run."""
+    KAFKA.script("tool", "topics", "--bootstrap-server", BOOTSTRAP, "--delete", "--topic", f"{prefix}.*", check=False)
+
+
+def children_cpu_seconds():
+    """CPU time of the children this process has waited for (a run's delta is what it spent)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def streams_command(prefix, commit_ms, store):
     return ["bash", "bench/kafka-streams/run.sh", "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--commit-ms", str(commit_ms),
             "--threads", "1", "--store", store, "--state-dir", f"/tmp/orderflow-streams-{prefix}"]
@@ -160,8 +171,7 @@ def one_pass(system, requests, config):
         driver.stop(process)
         if system.startswith("streams-"):
             subprocess.run(["rm", "-rf", f"/tmp/orderflow-streams-{prefix}"])
-        # Each pass's topics go: a broker holding every earlier pass's logs slows down run after run.
-        KAFKA.script("tool", "topics", "--bootstrap-server", BOOTSTRAP, "--delete", "--topic", f"{prefix}.*", check=False)
+        delete_topics(prefix)
     result = json.loads(out.strip().splitlines()[-1])
     used = sampler.between(result["first_unix_ms"], result["last_unix_ms"])
     outcomes = max(result["outcomes"], 1)
@@ -226,7 +236,7 @@ def orderflow_latency(rate, seconds, warmup, binary=ORDERFLOW):
     try:
         driver.wait_ready(port)
         orders = max(1000, int(rate * (seconds + warmup) / 4.85))
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before = children_cpu_seconds()
         try:
             out = run([ORDERFLOW, "loadgen", "--orders", str(orders), "--rate", str(rate), "--seed", "5", "--no-progress",
                        "--json", "--warmup-secs", str(warmup), "--wait-secs", "120"], env=env,
@@ -234,13 +244,12 @@ def orderflow_latency(rate, seconds, warmup, binary=ORDERFLOW):
             report = json.loads(out.strip().splitlines()[-1])
         except subprocess.CalledProcessError as e:
             report = json.loads(e.stdout.strip().splitlines()[-1]) if e.stdout.strip() else {"error": e.stderr[-500:]}
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        cpu = children_cpu_seconds() - before
         report["loadgen_cpu_per_request_us"] = cpu / max(report.get("sent", 0), 1) * 1e6
         return report
     finally:
         driver.stop(process)
-        KAFKA.script("tool", "topics", "--bootstrap-server", BOOTSTRAP, "--delete", "--topic", f"{prefix}.*", check=False)
+        delete_topics(prefix)
 
 
 def bench_latency(rate, seconds, warmup, mode):
@@ -248,16 +257,15 @@ def bench_latency(rate, seconds, warmup, mode):
     no-transaction floor (`--floor`) fed the same paced load; the process CPU (producer, pipe and
     reader together) per request."""
     prefix = f"p{uuid.uuid4().hex[:6]}-"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = children_cpu_seconds()
     try:
         report = bench_json(prefix, "pipe-latency", "--rate", str(rate), "--seconds", str(seconds),
                             "--warmup-secs", str(warmup), mode, timeout=(seconds + warmup) * 4 + 180)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
         report = {"error": str(e)[-300:]}
     finally:
-        KAFKA.script("tool", "topics", "--bootstrap-server", BOOTSTRAP, "--delete", "--topic", f"{prefix}.*", check=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        delete_topics(prefix)
+    cpu = children_cpu_seconds() - before
     report["process_cpu_per_request_us"] = cpu / max(report.get("sent", 0), 1) * 1e6
     return report
 
