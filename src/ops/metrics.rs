@@ -49,6 +49,8 @@ pub struct Metrics {
     pub restored_records: IntCounter,
     /// Time a partition's restore took.
     pub restore_seconds: Histogram,
+    /// Records the consumer delivered again below an offset this instance had committed (skipped).
+    pub redelivered_records: IntCounter,
     /// Requests not yet consumed, per owned partition of the requests topic.
     pub consumer_lag: IntGaugeVec,
     /// Average round-trip time to each broker, per client (`consumer`, `producer`).
@@ -213,6 +215,11 @@ impl Metrics {
                 &r,
                 "orderflow_restored_records_total",
                 "State records read by restores.",
+            )?,
+            redelivered_records: counter(
+                &r,
+                "orderflow_redelivered_records_total",
+                "Records delivered again below an offset this instance had committed; skipped.",
             )?,
             restore_seconds: histogram(
                 &r,

@@ -121,6 +121,27 @@ impl TransactionAborted<'_> {
     }
 }
 
+/// The consumer delivered a record this instance had decided and committed already: skipped.
+#[derive(Debug)]
+pub struct RecordRedelivered {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+}
+
+impl RecordRedelivered {
+    /// Counts it and says so: the consumer's position went back behind this owner's commits.
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.redelivered_records.inc();
+        tracing::warn!(
+            partition = self.partition,
+            offset = self.offset,
+            "the consumer delivered a record this instance committed already; skipping it"
+        );
+    }
+}
+
 /// A partition's state is restored: it is resumed and its requests are decided from now on.
 #[derive(Debug)]
 pub struct PartitionRestored {

@@ -11,6 +11,9 @@
 //! - `freeze-after-offsets:N:MS` stops the whole process (SIGSTOP, as a long GC pause or a frozen
 //!   VM would) for MS milliseconds after the N-th batch's offsets were sent to its transaction and
 //!   before it is committed;
+//! - `redeliver-after-commit:N` moves the consumer back to the start of every owned partition
+//!   after the N-th batch committed, as librdkafka once did after a rewind (the consumer then
+//!   delivers records this instance decided already);
 //! - `hang-in-commit:N:MS` makes the N-th batch's commit a transactional call that does not return
 //!   for MS milliseconds (as librdkafka's calls can when a coordinator's broker dies), for the
 //!   watchdog to find.
@@ -38,6 +41,7 @@ enum FailAction {
     Abort,
     Freeze(Duration),
     Hang(Duration),
+    Redeliver,
 }
 
 impl Failpoints {
@@ -71,6 +75,12 @@ impl Failpoints {
     #[cfg(not(feature = "failpoints"))]
     pub fn in_commit(&self, _batch_number: u64, _calls: &CallWatch) {}
 
+    /// Whether to move the consumer back to its partitions' start after this batch committed.
+    #[cfg(not(feature = "failpoints"))]
+    pub fn redeliver_after_commit(&self, _batch_number: u64) -> bool {
+        false
+    }
+
     /// Failpoints from their text (see the module documentation); unknown ones are ignored.
     #[cfg(feature = "failpoints")]
     pub fn parse(value: Option<&str>) -> Failpoints {
@@ -85,6 +95,7 @@ impl Failpoints {
                 ("abort-before-commit", None) => FailAction::Abort,
                 ("freeze-after-offsets", Some(ms)) => FailAction::Freeze(millis(ms)?),
                 ("hang-in-commit", Some(ms)) => FailAction::Hang(millis(ms)?),
+                ("redeliver-after-commit", None) => FailAction::Redeliver,
                 _ => return None,
             };
             parts.next().is_none().then_some((action, batch))
@@ -210,6 +221,23 @@ impl Failpoints {
     }
 }
 
+impl Failpoints {
+    /// Whether to move the consumer back to its partitions' start after this batch committed.
+    #[cfg(feature = "failpoints")]
+    pub fn redeliver_after_commit(&self, batch_number: u64) -> bool {
+        let fire = self
+            .action(batch_number, |a| *a == FailAction::Redeliver)
+            .is_some();
+        if fire {
+            tracing::warn!(
+                batch_number,
+                "failpoint redeliver-after-commit: the consumer goes back to its partitions' start"
+            );
+        }
+        fire
+    }
+}
+
 #[cfg(all(test, feature = "failpoints"))]
 mod tests {
     use super::*;
@@ -234,6 +262,10 @@ mod tests {
         assert_eq!(
             actions("abort-before-commit:2"),
             vec![(FailAction::Abort, 2)]
+        );
+        assert_eq!(
+            actions("redeliver-after-commit:5"),
+            vec![(FailAction::Redeliver, 5)]
         );
         assert_eq!(
             actions("freeze-after-offsets:4:7500,hang-in-commit:9:100"),

@@ -46,7 +46,9 @@ use self::deadlines::DeadlineIndex;
 use self::decide::{
     decide_batch, expire_orders, BatchContext, BatchOutput, BatchStats, InputRecord,
 };
-use self::events::{PartitionRestored, TransactionAborted, TransactionCommitted};
+use self::events::{
+    PartitionRestored, RecordRedelivered, TransactionAborted, TransactionCommitted,
+};
 pub use self::failpoint::Failpoints;
 use self::ownership::Ownership;
 use self::poll::{to_input, BatchWindow, ProcessorContext, RebalanceEvent};
@@ -409,11 +411,25 @@ impl Processor {
                     tracing::warn!(error = %e, "consumer error");
                 }
                 Some(Ok(input)) => {
-                    if self.ownership.owns(input.partition) {
+                    if self
+                        .ownership
+                        .already_decided(input.partition, input.offset)
+                    {
+                        RecordRedelivered {
+                            partition: input.partition,
+                            offset: input.offset,
+                        }
+                        .emit(&self.metrics);
+                    } else if self.ownership.owns(input.partition) {
                         self.batch.push(input);
                         window.took();
                     } else {
                         // Not restored yet: put the record back and keep the partition paused.
+                        tracing::info!(
+                            partition = input.partition,
+                            offset = input.offset,
+                            "a record of a partition not yet restored arrived; putting it back"
+                        );
                         self.rewind(&BTreeMap::from([(input.partition, input.offset)]));
                         self.pause(input.partition);
                     }
@@ -628,6 +644,16 @@ impl Processor {
                     cache.apply(&change.order_id, change.state.as_ref());
                 }
                 drop(caches);
+                self.ownership.committed(&output.next_offsets);
+                if self
+                    .transactions
+                    .failpoints()
+                    .redeliver_after_commit(number)
+                {
+                    let start: BTreeMap<i32, i64> =
+                        output.next_offsets.keys().map(|&p| (p, 0)).collect();
+                    self.rewind(&start);
+                }
                 self.totals.batches += 1;
                 self.totals.stats += output.stats;
                 Ok(true)

@@ -21,6 +21,9 @@ pub enum PartitionState {
     Owned {
         /// When it was resumed, until the consumer is known to fetch it (`None` once it does).
         unfetched_since: Option<Instant>,
+        /// The next offset this instance committed for it since it owns it (`None` before its
+        /// first commit): a record below it was decided already.
+        committed: Option<i64>,
     },
 }
 
@@ -74,6 +77,7 @@ impl Ownership {
             Some(state) if *state == (PartitionState::Restoring { job }) => {
                 *state = PartitionState::Owned {
                     unfetched_since: Some(now),
+                    committed: None,
                 };
                 true
             }
@@ -112,9 +116,32 @@ impl Ownership {
         self.assigned_once && self.restoring() == 0
     }
 
+    /// A transaction committed these next offsets of owned partitions.
+    pub fn committed(&mut self, next_offsets: &BTreeMap<i32, i64>) {
+        for (partition, &next) in next_offsets {
+            if let Some(PartitionState::Owned { committed, .. }) =
+                self.partitions.get_mut(partition)
+            {
+                *committed = Some(committed.map_or(next, |c| c.max(next)));
+            }
+        }
+    }
+
+    /// Whether a record at `offset` of an owned partition was decided in a transaction this
+    /// instance committed. The consumer should never deliver one; librdkafka can, when a seek
+    /// or a pause meets an assignment still starting, and deciding it again would answer twice.
+    pub fn already_decided(&self, partition: i32, offset: i64) -> bool {
+        matches!(
+            self.partitions.get(&partition),
+            Some(PartitionState::Owned { committed: Some(next), .. }) if offset < *next
+        )
+    }
+
     /// The consumer has a position for the partition: it fetches it.
     pub fn fetched(&mut self, partition: i32) {
-        if let Some(PartitionState::Owned { unfetched_since }) = self.partitions.get_mut(&partition)
+        if let Some(PartitionState::Owned {
+            unfetched_since, ..
+        }) = self.partitions.get_mut(&partition)
         {
             *unfetched_since = None;
         }
@@ -126,7 +153,8 @@ impl Ownership {
             matches!(
                 s,
                 PartitionState::Owned {
-                    unfetched_since: Some(_)
+                    unfetched_since: Some(_),
+                    ..
                 }
             )
         })
@@ -139,6 +167,7 @@ impl Ownership {
             .filter_map(|(p, s)| match s {
                 PartitionState::Owned {
                     unfetched_since: Some(since),
+                    ..
                 } => Some((*p, now.saturating_duration_since(*since))),
                 _ => None,
             })
@@ -148,7 +177,9 @@ impl Ownership {
 
     /// Looks at an unfetched partition again after another `limit` (it was idle, not stuck).
     pub fn recheck_later(&mut self, partition: i32, now: Instant) {
-        if let Some(PartitionState::Owned { unfetched_since }) = self.partitions.get_mut(&partition)
+        if let Some(PartitionState::Owned {
+            unfetched_since, ..
+        }) = self.partitions.get_mut(&partition)
         {
             if unfetched_since.is_some() {
                 *unfetched_since = Some(now);
@@ -208,6 +239,34 @@ mod tests {
         ownership.revoked(&[3]);
         assert_eq!(ownership.state(3), None);
         assert!(ownership.is_ready(), "assigned once, nothing restoring");
+    }
+
+    #[test]
+    fn a_record_below_the_offset_this_owner_committed_was_decided_already() {
+        let mut ownership = Ownership::new();
+        let (job, _) = ownership.assigned(&[0, 1]).unwrap();
+        ownership.restored(0, job, Instant::now());
+        assert!(!ownership.already_decided(0, 0), "nothing committed yet");
+        ownership.committed(&BTreeMap::from([(0, 40), (1, 7)]));
+        assert!(ownership.already_decided(0, 0));
+        assert!(ownership.already_decided(0, 39));
+        assert!(!ownership.already_decided(0, 40), "the next record");
+        assert!(
+            !ownership.already_decided(1, 0),
+            "1 is restoring, not owned"
+        );
+        ownership.committed(&BTreeMap::from([(0, 30)]));
+        assert!(
+            ownership.already_decided(0, 39),
+            "a commit never moves it back"
+        );
+        ownership.revoked(&[0]);
+        let (again, _) = ownership.assigned(&[0]).unwrap();
+        ownership.restored(0, again, Instant::now());
+        assert!(
+            !ownership.already_decided(0, 0),
+            "owned anew: its committed offset is where the consumer starts"
+        );
     }
 
     #[test]

@@ -146,6 +146,11 @@ impl TransactionRunner {
         })
     }
 
+    /// The faults this runner injects (the processor asks them about its consumer's too).
+    pub fn failpoints(&self) -> &Failpoints {
+        &self.failpoints
+    }
+
     /// Runs transaction `number`: `records`, then the consumer's `next_offsets` of the requests
     /// topic under `group` (required when there are offsets). Fails only when the producer was
     /// fenced by a newer instance with the same `transactional.id`, or a new producer could not

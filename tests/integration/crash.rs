@@ -157,6 +157,40 @@ async fn an_aborted_transaction_is_redone_from_the_committed_state_and_decides_e
     assert_three_steps_each_decided_once_after_an_aborted_batch(&backlog, &outcomes);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_consumer_delivers_again_after_a_commit_are_not_decided_twice() {
+    // After the first batch commits, the consumer goes back to the start of its partitions (as
+    // librdkafka once did after a rewind): the records of that batch arrive again and must be
+    // skipped, not answered a second time.
+    let backlog = three_steps_of_sixty_orders_produced("redeliver").await;
+    let settings = &backlog.settings;
+
+    let mut processor = spawn_binary(settings, Some("redeliver-after-commit:1"));
+    let outcomes =
+        outcomes_within(settings, backlog.positions.len(), Duration::from_secs(90)).await;
+    // Give a second answer time to show up.
+    std::thread::sleep(Duration::from_secs(3));
+    let later = outcomes_within(
+        settings,
+        backlog.positions.len() + 1,
+        Duration::from_secs(5),
+    )
+    .await;
+    let _ = processor.kill();
+    let _ = processor.wait();
+
+    let per_input = later.per_input();
+    for position in &backlog.positions {
+        assert_eq!(
+            per_input.get(position),
+            Some(&1),
+            "input {position:?} has exactly one committed outcome"
+        );
+    }
+    assert_eq!(later.len(), outcomes.len());
+    assert!(later.rejected.is_empty(), "{:?}", later.rejected);
+}
+
 /// A backlog waiting for a processor: sixty new orders' create, confirm and ship requests (all
 /// creates first) on fresh topics, for batches of 40.
 pub struct Backlog {
