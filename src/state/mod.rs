@@ -4,6 +4,7 @@
 pub(crate) mod block;
 pub mod packed;
 pub mod restore;
+pub mod store;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
