@@ -577,7 +577,7 @@ async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
                     let (tx, definition, cancel) = (tx.clone(), &definition, &cancel);
                     scope.spawn(move || {
                         orderflow::state::restore::restore_partitions(
-                            1, settings, definition, group, &tx, cancel,
+                            1, settings, definition, group, &tx, cancel, None,
                         )
                     })
                 })

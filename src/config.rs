@@ -85,6 +85,43 @@ pub struct Settings {
     pub processor: ProcessorSettings,
     /// The ops HTTP server (metrics, health).
     pub ops: OpsSettings,
+    /// Where owned orders are kept: in memory, or in a local store on disk.
+    pub state: StateSettings,
+}
+
+/// Which backend holds the owned partitions' orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// Every owned order in memory, restored from the state topic on assignment.
+    Memory,
+    /// Every owned order in a local store on disk (`state.dir`) with a checkpoint: an
+    /// assignment replays only the state topic's tail.
+    Disk,
+}
+
+/// The local state of owned partitions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    /// `memory` or `disk`. Default: `memory`.
+    pub backend: StateBackend,
+    /// The disk backend's directory; each instance id gets its own subdirectory, locked while
+    /// the process runs. A cache of the state topic: it may be deleted at any time. Default:
+    /// `orderflow-state` (under the working directory).
+    pub dir: PathBuf,
+    /// The disk backend's block cache and write buffers, in MB. Default: `64`.
+    pub cache_mb: u64,
+}
+
+impl Default for StateSettings {
+    fn default() -> StateSettings {
+        StateSettings {
+            backend: StateBackend::Memory,
+            dir: PathBuf::from("orderflow-state"),
+            cache_mb: 64,
+        }
+    }
 }
 
 /// The ops HTTP server.
@@ -120,6 +157,7 @@ impl Default for Settings {
             topics: TopicSettings::default(),
             processor: ProcessorSettings::default(),
             ops: OpsSettings::default(),
+            state: StateSettings::default(),
         }
     }
 }
@@ -533,6 +571,18 @@ impl Settings {
             return Err(invalid(
                 "processor.shutdown_deadline_ms",
                 format!("{} is not between 1000 and 600000", p.shutdown_deadline_ms),
+            ));
+        }
+        if !(8..=1_048_576).contains(&self.state.cache_mb) {
+            return Err(invalid(
+                "state.cache_mb",
+                format!("{} is not between 8 and 1048576", self.state.cache_mb),
+            ));
+        }
+        if self.state.backend == StateBackend::Disk && self.state.dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "state.dir",
+                "is empty: name the directory of the local store (e.g. /var/lib/orderflow)".into(),
             ));
         }
         if !is_listen_address(&self.ops.listen) {

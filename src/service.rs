@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use crate::client::{Gateway, GatewayError};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Settings;
+use crate::config::{Settings, StateBackend};
 use crate::kafka::{CallWatch, ClientConfigError, TopicError, Topics};
 use crate::machine::Definition;
 use crate::ops::{Health, Metrics, OpsState, OwnerDirectory};
 use crate::processor::{Failpoints, Parts, Processor, ProcessorError};
 use crate::replica::ReplicaError;
+use crate::state::store::{DiskState, LocalStore, StoreError, StoreIdentity, FORMAT_VERSION};
 use crate::state::SharedCaches;
 
 /// How a service run ended, if not by a clean shutdown.
@@ -51,6 +52,9 @@ pub enum ServiceError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The local store (state.backend = "disk") cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The processor did not finish its batch in hand within the shutdown deadline.
     #[error("the processor did not stop within processor.shutdown_deadline_ms ({deadline:?}); exiting anyway (open transactions are aborted by the broker or by the next start)")]
     ShutdownDeadline {
@@ -81,10 +85,52 @@ impl ServiceError {
             ServiceError::Topics(error) if error.is_runtime() => 1,
             ServiceError::Topics(_) => 2,
             ServiceError::Processor(ProcessorError::Config(_)) => 2,
+            ServiceError::Store(StoreError::Locked { .. }) => 2,
             ServiceError::TransactionalCallStuck { .. } => 70,
             _ => 1,
         }
     }
+}
+
+/// Opens this instance's local store for the disk backend, with what judging its checkpoints
+/// needs from the broker (the cluster's id, the state topic's `delete.retention.ms`).
+async fn open_disk_state(
+    settings: &Settings,
+    definition: &Definition,
+    topics: &Topics,
+) -> Result<DiskState, ServiceError> {
+    let delete_retention_ms = topics.delete_retention_ms(&settings.topics.state).await?;
+    let cluster_id = topics.cluster_id().unwrap_or_default();
+    let identity = StoreIdentity {
+        format: FORMAT_VERSION,
+        cluster_id,
+        state_topic: settings.topics.state.clone(),
+        topic_id: None,
+        definition_hash: definition.hash().to_string(),
+    };
+    let opened = LocalStore::open(
+        &settings.state.dir,
+        &settings.instance_id,
+        &identity,
+        settings.state.cache_mb << 20,
+    )?;
+    if let Some(reason) = &opened.discarded {
+        tracing::warn!(
+            dir = %settings.state.dir.display(),
+            reason = %reason,
+            "the local store cannot be trusted; discarded, every partition restores from the state topic"
+        );
+    }
+    tracing::info!(
+        dir = %settings.state.dir.join(&settings.instance_id).display(),
+        partitions = ?opened.store.stored_partitions(),
+        delete_retention_ms,
+        "local store open (state.backend = disk)"
+    );
+    Ok(DiskState {
+        store: opened.store,
+        delete_retention_ms,
+    })
 }
 
 /// The processing service of one instance, its ops listener bound.
@@ -161,6 +207,12 @@ impl Service {
         let topics = Topics::connect(&settings.kafka)?;
         let partitions = topics.check(&settings.topics).await?;
         tracing::info!(partitions, "topics co-partitioned; state topic compacted");
+        let mut parts = parts;
+        if settings.state.backend == StateBackend::Disk {
+            parts.disk = Some(Arc::new(
+                open_disk_state(&settings, &definition, &topics).await?,
+            ));
+        }
         tracing::info!(
             definition = definition.name(),
             version = definition.version(),

@@ -145,8 +145,8 @@ impl Topics {
             .collect())
     }
 
-    /// The `cleanup.policy` of a topic.
-    pub async fn cleanup_policy(&self, topic: &str) -> Result<String, TopicError> {
+    /// A topic's configuration value (`None` when the broker names no such entry).
+    pub async fn config_value(&self, topic: &str, key: &str) -> Result<Option<String>, TopicError> {
         let results = self
             .admin
             .describe_configs([&ResourceSpecifier::Topic(topic)], &admin_options())
@@ -154,11 +154,34 @@ impl Topics {
             .map_err(TopicError::Admin)?;
         for result in results {
             let resource = result.map_err(|code| TopicError::Admin(KafkaError::AdminOp(code)))?;
-            if let Some(entry) = resource.get("cleanup.policy") {
-                return Ok(entry.value.clone().unwrap_or_default());
+            if let Some(entry) = resource.get(key) {
+                return Ok(Some(entry.value.clone().unwrap_or_default()));
             }
         }
-        Ok("delete".into())
+        Ok(None)
+    }
+
+    /// The `cleanup.policy` of a topic.
+    pub async fn cleanup_policy(&self, topic: &str) -> Result<String, TopicError> {
+        Ok(self
+            .config_value(topic, "cleanup.policy")
+            .await?
+            .unwrap_or_else(|| "delete".into()))
+    }
+
+    /// The `delete.retention.ms` of a topic: how long a tombstone stays readable after the
+    /// cleaner reached it (Kafka's default, one day, when the broker names none).
+    pub async fn delete_retention_ms(&self, topic: &str) -> Result<i64, TopicError> {
+        Ok(self
+            .config_value(topic, "delete.retention.ms")
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(86_400_000))
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.admin.inner().fetch_cluster_id(ADMIN_TIMEOUT)
     }
 
     /// Checks that all five topics exist, are co-partitioned and the state topic is compacted.

@@ -3,6 +3,7 @@
 //!
 //! Every call here blocks; the processor calls them from its own thread, never from an async worker.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use crate::clock::wall_clock_ms;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Statistics, TopicPartitionList};
@@ -151,6 +153,8 @@ pub struct DeliveryTracker {
 struct Deliveries {
     in_flight: usize,
     first_error: Option<KafkaError>,
+    /// Per partition of the watched topic, the highest offset delivered in this transaction.
+    last_offsets: BTreeMap<i32, i64>,
 }
 
 impl DeliveryTracker {
@@ -168,6 +172,8 @@ pub type StatsCallback = Arc<dyn Fn(&Statistics) + Send + Sync>;
 pub struct TrackingContext {
     tracker: DeliveryTracker,
     on_stats: Option<StatsCallback>,
+    /// The topic whose delivered offsets are kept (the state topic: the local store's checkpoint).
+    watched_topic: Option<String>,
 }
 
 impl ClientContext for TrackingContext {
@@ -184,10 +190,20 @@ impl ProducerContext for TrackingContext {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         let mut state = self.tracker.lock();
         state.in_flight = state.in_flight.saturating_sub(1);
-        if let Err((error, _)) = result {
-            if state.first_error.is_none() {
-                state.first_error = Some(error.clone());
+        match result {
+            Err((error, _)) => {
+                if state.first_error.is_none() {
+                    state.first_error = Some(error.clone());
+                }
             }
+            Ok(message) if self.watched_topic.as_deref() == Some(message.topic()) => {
+                let last = state
+                    .last_offsets
+                    .entry(message.partition())
+                    .or_insert(message.offset());
+                *last = (*last).max(message.offset());
+            }
+            Ok(_) => {}
         }
         if state.in_flight == 0 {
             self.tracker.settled.notify_all();
@@ -227,10 +243,12 @@ impl TxnProducer {
         timeout: Duration,
         on_stats: Option<StatsCallback>,
         calls: Arc<CallWatch>,
+        watched_topic: Option<&str>,
     ) -> Result<TxnProducer, TxnError> {
         let context = TrackingContext {
             tracker: DeliveryTracker::default(),
             on_stats,
+            watched_topic: watched_topic.map(str::to_string),
         };
         let producer: ThreadedProducer<TrackingContext> =
             config.create_with_context(context).map_err(|e| TxnError {
@@ -283,10 +301,17 @@ impl TxnProducer {
         {
             let mut state = self.producer.context().tracker.lock();
             state.first_error = None;
+            state.last_offsets.clear();
         }
         self.producer
             .begin_transaction()
             .map_err(|e| txn_error("begin_transaction", e))
+    }
+
+    /// Per partition of the watched topic, the highest offset delivered in the current (or last)
+    /// transaction.
+    pub fn delivered_offsets(&self) -> BTreeMap<i32, i64> {
+        self.producer.context().tracker.lock().last_offsets.clone()
     }
 
     /// Queues a record; waits while librdkafka's queue is full (back-pressure, not failure).

@@ -54,6 +54,7 @@ use self::ownership::Ownership;
 use self::poll::{to_input, BatchWindow, ProcessorContext, RebalanceEvent};
 use self::transaction::{Attempt, RunnerError, TransactionRunner};
 use crate::clock::{Clock, SystemClock};
+use crate::codec::encode_order_state;
 use crate::config::Settings;
 use crate::kafka::group::describe_group;
 use crate::kafka::{
@@ -65,6 +66,7 @@ use crate::ops::{Health, Metrics};
 use crate::state::restore::{
     restore_threads, spawn_restore, split_partitions, RestoreError, RestoreEvent,
 };
+use crate::state::store::{DiskState, StoreChange, StoreError};
 use crate::state::SharedCaches;
 
 /// Why the processor stopped.
@@ -100,6 +102,10 @@ pub enum ProcessorError {
     /// Restoring state failed.
     #[error("restore failed: {0}")]
     Restore(#[from] RestoreError),
+    /// The local store refused a committed transaction's changes (a full or failing disk). The
+    /// process stops; its restart catches the store up from its checkpoint, so nothing is lost.
+    #[error("writing committed changes to the local store: {0} (the restart catches up from the store's checkpoint; free or fix the disk under state.dir)")]
+    Store(#[source] StoreError),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -154,6 +160,8 @@ pub struct Parts {
     pub calls: Arc<CallWatch>,
     /// Faults to inject (builds with the `failpoints` feature only).
     pub failpoints: Failpoints,
+    /// The local store, with the disk backend.
+    pub disk: Option<Arc<DiskState>>,
 }
 
 impl Parts {
@@ -167,6 +175,7 @@ impl Parts {
             caches: SharedCaches::default(),
             calls: Arc::new(CallWatch::new()),
             failpoints: Failpoints::from_env(),
+            disk: None,
         })
     }
 }
@@ -190,6 +199,8 @@ pub struct Processor {
     deadlines: DeadlineIndex,
     metrics: Metrics,
     health: Arc<Health>,
+    /// The local store (disk backend): written after each commit, restored from its checkpoint.
+    disk: Option<Arc<DiskState>>,
 }
 
 impl Processor {
@@ -207,6 +218,7 @@ impl Processor {
             caches,
             calls,
             failpoints,
+            disk,
         } = parts;
         let decider = Decider::new(definition, settings.processor.recent_requests).with_parking(
             ParkingPolicy {
@@ -258,6 +270,7 @@ impl Processor {
             clock,
             deadlines: DeadlineIndex::new(),
             metrics,
+            disk,
             health,
         })
     }
@@ -314,6 +327,12 @@ impl Processor {
             }
         }
         tracing::info!("shutting down: no transaction is open; leaving the group");
+        if let Some(disk) = &self.disk {
+            // A clean stop leaves nothing for the next start to replay.
+            if let Err(e) = disk.store.persist() {
+                tracing::warn!(error = %e, "cannot flush the local store; the next start replays more of the tail");
+            }
+        }
         self.restore_cancel.store(true, Ordering::Relaxed);
         self.consumer.unsubscribe();
         Ok(())
@@ -346,6 +365,7 @@ impl Processor {
                             group,
                             self.restore_tx.clone(),
                             Arc::clone(&self.restore_cancel),
+                            self.disk.clone(),
                         )?;
                     }
                 }
@@ -585,6 +605,54 @@ impl Processor {
         Ok(())
     }
 
+    /// Writes a committed transaction's changes to the local store (disk backend), with each
+    /// touched state partition's checkpoint one above the last state record the transaction
+    /// wrote there, in one atomic batch.
+    fn write_to_store(&self, output: &BatchOutput) -> Result<(), ProcessorError> {
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        if output.changes.is_empty() {
+            return Ok(());
+        }
+        let definition = self.decider.definition();
+        let values: Vec<Option<Vec<u8>>> = output
+            .changes
+            .iter()
+            .map(|change| {
+                change.state.as_ref().map(|state| {
+                    let mut bytes = Vec::new();
+                    encode_order_state(definition, &change.order_id, state, &mut bytes);
+                    bytes
+                })
+            })
+            .collect();
+        let changes: Vec<StoreChange<'_>> = output
+            .changes
+            .iter()
+            .zip(&values)
+            .map(|(change, value)| StoreChange {
+                partition: change.partition,
+                order_id: &change.order_id,
+                value: value.as_deref(),
+                deadline_before: change.deadline_before,
+                deadline_after: change
+                    .state
+                    .as_ref()
+                    .and_then(|s| self.decider.next_deadline(s)),
+            })
+            .collect();
+        let checkpoints: BTreeMap<i32, i64> = self
+            .transactions
+            .state_offsets()
+            .into_iter()
+            .map(|(partition, last)| (partition, last + 1))
+            .collect();
+        disk.store
+            .write(&changes, &checkpoints, crate::clock::wall_clock_ms())
+            .map_err(ProcessorError::Store)
+    }
+
     /// Writes an output in one transaction and, once committed, applies its state changes.
     /// Returns false when the transaction was aborted (the caller redoes the work).
     fn run_transaction(
@@ -626,6 +694,7 @@ impl Processor {
                     steps,
                 }
                 .emit(&self.metrics);
+                self.write_to_store(&output)?;
                 let mut caches = self.caches.write();
                 for change in output.changes {
                     let Some(cache) = caches.get_mut(&change.partition) else {

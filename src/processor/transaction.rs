@@ -146,6 +146,12 @@ impl TransactionRunner {
         })
     }
 
+    /// Per partition of the state topic, the highest offset the last committed transaction wrote
+    /// (the local store's checkpoint is one above it).
+    pub fn state_offsets(&self) -> BTreeMap<i32, i64> {
+        self.producer.delivered_offsets()
+    }
+
     /// The faults this runner injects (the processor asks them about its consumer's too).
     pub fn failpoints(&self) -> &Failpoints {
         &self.failpoints
@@ -279,7 +285,13 @@ fn create_producer(
     calls: &Arc<CallWatch>,
 ) -> Result<TxnProducer, TxnError> {
     let timeout = Duration::from_millis(settings.processor.transaction_timeout_ms);
-    TxnProducer::create(config, timeout, on_stats, Arc::clone(calls))
+    TxnProducer::create(
+        config,
+        timeout,
+        on_stats,
+        Arc::clone(calls),
+        Some(&settings.topics.state),
+    )
 }
 
 #[cfg(test)]

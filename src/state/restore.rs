@@ -19,11 +19,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::store::{distrust, DiskState, PartitionBounds, StoreChange, StoreError};
 use super::PartitionCache;
+use crate::clock::wall_clock_ms;
 use crate::codec::{decode_order_state, CodecError};
 use crate::config::Settings;
 use crate::kafka::{restore_consumer_config, ClientConfigError, EndOfPartitionIsNews};
-use crate::machine::Definition;
+use crate::machine::{Decider, Definition};
 
 /// Why a restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,19 @@ pub enum RestoreError {
         /// The codec's error.
         source: CodecError,
     },
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreWriteError),
+}
+
+/// The local store failed while a restore wrote to it (a full or failing disk).
+#[derive(Debug, thiserror::Error)]
+#[error("restoring partition {partition} into the local store: {source}")]
+pub struct StoreWriteError {
+    /// The partition.
+    pub partition: i32,
+    /// The store's error.
+    pub source: StoreError,
 }
 
 /// A finished restore of one partition.
@@ -69,6 +84,8 @@ pub struct Restored {
     pub records: u64,
     /// How long it took.
     pub elapsed: Duration,
+    /// The local store's checkpoint it started from (`None`: from the topic's beginning).
+    pub from_checkpoint: Option<i64>,
 }
 
 /// What a restore worker reports to the processor.
@@ -103,6 +120,25 @@ pub fn end_offset<C: rdkafka::consumer::ConsumerContext>(
     }
 }
 
+/// The earliest offset of a partition (its log start), retried like [`end_offset`].
+pub fn earliest_offset<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, KafkaError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok((low, _)) => return Ok(low),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, topic, partition, "earliest offset not known yet; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// How often a restore waiting for an open transaction asks for the last stable offset again.
 const STABLE_POLL: Duration = Duration::from_millis(100);
 /// How often a restore that keeps waiting says so again.
@@ -122,6 +158,126 @@ struct PartitionRestore {
     end: Option<i64>,
     /// Since when the restore waits for the last stable offset, and when it last said so.
     waiting: Option<(Instant, Instant)>,
+    /// The local store's checkpoint the restore started from.
+    from_checkpoint: Option<i64>,
+    /// Records read but not yet written to the local store (disk backend only).
+    pending: Vec<PendingChange>,
+}
+
+/// A state record read by a restore, waiting to be written to the local store.
+struct PendingChange {
+    order_id: String,
+    value: Option<Vec<u8>>,
+    deadline_before: Option<i64>,
+    deadline_after: Option<i64>,
+}
+
+/// How many records a restore writes to the local store at once.
+const STORE_BATCH: usize = 4096;
+
+/// Writes a restore's pending records with the checkpoint `next_offset`.
+fn flush_to_store(
+    disk: &DiskState,
+    partition: i32,
+    pending: &mut Vec<PendingChange>,
+    next_offset: i64,
+) -> Result<(), RestoreError> {
+    let changes: Vec<StoreChange<'_>> = pending
+        .iter()
+        .map(|p| StoreChange {
+            partition,
+            order_id: &p.order_id,
+            value: p.value.as_deref(),
+            deadline_before: p.deadline_before,
+            deadline_after: p.deadline_after,
+        })
+        .collect();
+    disk.store
+        .write(
+            &changes,
+            &std::collections::BTreeMap::from([(partition, next_offset)]),
+            wall_clock_ms(),
+        )
+        .map_err(|source| StoreWriteError { partition, source })?;
+    pending.clear();
+    Ok(())
+}
+
+/// Where a partition's restore starts: from its local store's checkpoint when the store can be
+/// trusted (the cache loaded from the store), else from the topic's beginning (the store, if
+/// any, discarded with one log line saying why).
+fn starting_point(
+    disk: &DiskState,
+    definition: &Definition,
+    topic: &str,
+    partition: i32,
+    bounds: &PartitionBounds,
+) -> Result<(Offset, PartitionCache, Option<i64>), RestoreError> {
+    let store = &disk.store;
+    let checkpoint = store.checkpoint(partition);
+    let reason = match &checkpoint {
+        Err(e) => Some(format!("it cannot be read ({e})")),
+        Ok(c) => distrust(*c, bounds, wall_clock_ms()),
+    };
+    let discard = |reason: String| -> Result<(Offset, PartitionCache, Option<i64>), RestoreError> {
+        let had_store = !matches!(checkpoint, Ok(None));
+        if had_store {
+            tracing::warn!(
+                partition,
+                reason = %reason,
+                "the local store of this partition cannot be trusted; discarded, restoring from the state topic"
+            );
+        }
+        store
+            .discard(partition)
+            .map_err(|source| StoreWriteError { partition, source })?;
+        Ok((Offset::Beginning, PartitionCache::new(), None))
+    };
+    if let Some(reason) = reason {
+        return discard(reason);
+    }
+    let Ok(Some(checkpoint)) = checkpoint else {
+        return discard("it has no checkpoint".into());
+    };
+    let mut cache = PartitionCache::new();
+    let orders = match store.orders(partition) {
+        Ok(orders) => orders,
+        Err(e) => return discard(format!("its orders cannot be read ({e})")),
+    };
+    for item in orders {
+        let loaded = item.map_err(|e| e.to_string()).and_then(|(id, value)| {
+            decode_order_state(definition, &value)
+                .map_err(|e| format!("order {id}: {e}"))
+                .and_then(|(decoded_id, state)| {
+                    if decoded_id == id {
+                        Ok((id, state))
+                    } else {
+                        Err(format!("order {id} holds the state of {decoded_id}"))
+                    }
+                })
+        });
+        match loaded {
+            Ok((id, state)) => cache.apply(&id, Some(&state)),
+            Err(what) => {
+                return discard(format!(
+                    "it holds a record this definition cannot read: {what}"
+                ))
+            }
+        }
+    }
+    tracing::info!(
+        topic,
+        partition,
+        checkpoint = checkpoint.next_offset,
+        orders = cache.len(),
+        end = bounds.end,
+        "restoring from the local store's checkpoint: only the tail is read from the state topic"
+    );
+    Ok((
+        Offset::Offset(checkpoint.next_offset),
+        cache,
+        Some(checkpoint.next_offset),
+    ))
 }
 
 /// Restores `partitions` of the state topic on the calling thread, reporting each partition as
@@ -141,8 +297,16 @@ pub fn restore_partitions(
     partitions: &[i32],
     events: &Sender<RestoreEvent>,
     cancel: &AtomicBool,
+    disk: Option<&DiskState>,
 ) -> Result<(), RestoreError> {
     let topic = settings.topics.state.as_str();
+    // Only a store needs deadlines at restore (the processor's in-memory index computes its own).
+    let decider = disk.map(|_| {
+        Decider::new(
+            Arc::new(definition.clone()),
+            settings.processor.recent_requests,
+        )
+    });
     let kafka = |partition: i32| {
         move |source: KafkaError| RestoreError::Kafka {
             topic: topic.to_string(),
@@ -167,21 +331,51 @@ pub fn restore_partitions(
     for &partition in partitions {
         let target = end_offset(&uncommitted, topic, partition).map_err(kafka(partition))?;
         let stable = end_offset(&consumer, topic, partition).map_err(kafka(partition))?;
+        let (start, cache, from_checkpoint) = match disk {
+            None => (Offset::Beginning, PartitionCache::new(), None),
+            Some(disk) => {
+                let earliest =
+                    earliest_offset(&consumer, topic, partition).map_err(kafka(partition))?;
+                let bounds = PartitionBounds {
+                    earliest,
+                    end: target,
+                    delete_retention_ms: disk.delete_retention_ms,
+                };
+                starting_point(disk, definition, topic, partition, &bounds)?
+            }
+        };
         let mut restore = PartitionRestore {
             partition,
-            cache: PartitionCache::new(),
+            cache,
             records: 0,
             target,
             end: None,
             waiting: None,
+            from_checkpoint,
+            pending: Vec::new(),
         };
         restore.stable_offset_is(stable, started, settings);
+        // Caught up already: nothing to read after the checkpoint.
+        if let (Some(checkpoint), Some(end)) = (from_checkpoint, restore.end) {
+            if checkpoint >= end {
+                restore.end = Some(0);
+            }
+        }
         restores.insert(partition, restore);
-        tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        tpl.add_partition_offset(topic, partition, start)
             .map_err(kafka(partition))?;
     }
-    let finish = |partition: i32, restores: &mut HashMap<i32, PartitionRestore>| {
-        if let Some(restore) = restores.remove(&partition) {
+    let finish = |partition: i32,
+                  restores: &mut HashMap<i32, PartitionRestore>|
+     -> Result<(), RestoreError> {
+        if let Some(mut restore) = restores.remove(&partition) {
+            if let (Some(disk), Some(end)) = (disk, restore.end) {
+                // Everything below the end is applied; an end of 0 marks a store caught up
+                // already, whose checkpoint stays.
+                if end > 0 {
+                    flush_to_store(disk, partition, &mut restore.pending, end)?;
+                }
+            }
             tracing::info!(
                 partition,
                 orders = restore.cache.len(),
@@ -195,8 +389,10 @@ pub fn restore_partitions(
                 cache: restore.cache,
                 records: restore.records,
                 elapsed: started.elapsed(),
+                from_checkpoint: restore.from_checkpoint,
             }));
         }
+        Ok(())
     };
     let empty: Vec<i32> = restores
         .iter()
@@ -204,7 +400,7 @@ pub fn restore_partitions(
         .map(|(p, _)| *p)
         .collect();
     for partition in empty {
-        finish(partition, &mut restores);
+        finish(partition, &mut restores)?;
     }
     if restores.is_empty() {
         return Ok(());
@@ -225,7 +421,7 @@ pub fn restore_partitions(
             Some(Err(KafkaError::PartitionEOF(partition)))
                 if restores.get(&partition).is_some_and(|r| r.end.is_some()) =>
             {
-                finish(partition, &mut restores);
+                finish(partition, &mut restores)?;
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
@@ -249,14 +445,32 @@ pub fn restore_partitions(
                     .ok_or(CodecError::MissingKey)
                     .and_then(|k| std::str::from_utf8(k).map_err(|_| CodecError::KeyNotUtf8))
                     .map_err(corrupt)?;
-                match message.payload() {
-                    None => restore.cache.apply(key, None),
+                let (order_id, state) = match message.payload() {
+                    None => (key.to_string(), None),
                     Some(value) => {
                         let (order_id, state) =
                             decode_order_state(definition, value).map_err(corrupt)?;
-                        restore.cache.apply(&order_id, Some(&state));
+                        (order_id, Some(state))
+                    }
+                };
+                if let (Some(disk), Some(decider)) = (disk, &decider) {
+                    let before = restore.cache.get(&order_id);
+                    restore.pending.push(PendingChange {
+                        deadline_before: before.as_ref().and_then(|s| decider.next_deadline(s)),
+                        deadline_after: state.as_ref().and_then(|s| decider.next_deadline(s)),
+                        value: message.payload().map(<[u8]>::to_vec),
+                        order_id: order_id.clone(),
+                    });
+                    if restore.pending.len() >= STORE_BATCH {
+                        flush_to_store(
+                            disk,
+                            partition,
+                            &mut restore.pending,
+                            message.offset() + 1,
+                        )?;
                     }
                 }
+                restore.cache.apply(&order_id, state.as_ref());
             }
         }
         if stable_asked.elapsed() >= STABLE_POLL {
@@ -305,7 +519,7 @@ pub fn restore_partitions(
                 let end = restores.get(&partition).and_then(|r| r.end);
                 if let (Offset::Offset(position), Some(end)) = (element.offset(), end) {
                     if position >= end {
-                        finish(partition, &mut restores);
+                        finish(partition, &mut restores)?;
                     }
                 }
             }
@@ -392,13 +606,20 @@ pub fn spawn_restore(
     partitions: Vec<i32>,
     events: Sender<RestoreEvent>,
     cancel: Arc<AtomicBool>,
+    disk: Option<Arc<DiskState>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("orderflow-restore".into())
         .spawn(move || {
-            if let Err(error) =
-                restore_partitions(job, &settings, &definition, &partitions, &events, &cancel)
-            {
+            if let Err(error) = restore_partitions(
+                job,
+                &settings,
+                &definition,
+                &partitions,
+                &events,
+                &cancel,
+                disk.as_deref(),
+            ) {
                 let _ = events.send(RestoreEvent::Failed(error));
             }
         })

@@ -173,6 +173,15 @@ pub fn distrust(
     None
 }
 
+/// The disk backend: the instance's store and what judging its checkpoints needs.
+#[derive(Debug)]
+pub struct DiskState {
+    /// The store.
+    pub store: LocalStore,
+    /// The state topic's `delete.retention.ms`, read from the broker.
+    pub delete_retention_ms: i64,
+}
+
 /// One changed order of a committed transaction, as the store records it.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreChange<'a> {

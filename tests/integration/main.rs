@@ -19,6 +19,7 @@ mod rebuild;
 mod replica;
 mod round_trip;
 mod service;
+mod store;
 mod tools;
 mod topics;
 mod zombie;

@@ -169,6 +169,7 @@ async fn a_restore_ends_only_when_the_transactions_open_at_assignment_have_commi
                 &[0, 1],
                 &events,
                 &AtomicBool::new(false),
+                None,
             )
         })
     };

@@ -1,0 +1,195 @@
+//! The disk backend (`state.backend = "disk"`) against the real broker: committed changes reach
+//! the local store with a checkpoint, a restart restores from that checkpoint and reads only the
+//! state topic's tail, and a store that cannot be trusted is discarded and rebuilt from the topic.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use orderflow::config::{Settings, StateBackend};
+use orderflow::kafka::partitioner::partition_for;
+use orderflow::machine::RejectCode;
+use orderflow::state::store::{LocalStore, StoreChange, StoreIdentity, FORMAT_VERSION};
+
+use crate::support::*;
+
+fn disk_settings(name: &str, dir: &Path) -> Settings {
+    let mut settings = processor_settings(3, &unique(name));
+    settings.state.backend = StateBackend::Disk;
+    settings.state.dir = dir.to_path_buf();
+    settings.state.cache_mb = 8;
+    settings
+}
+
+/// Opens the stopped service's store as the service does (same identity), for inspection.
+fn open_store(settings: &Settings) -> LocalStore {
+    let cluster_id = orderflow::kafka::Topics::connect(&settings.kafka)
+        .unwrap()
+        .cluster_id()
+        .unwrap_or_default();
+    let identity = StoreIdentity {
+        format: FORMAT_VERSION,
+        cluster_id,
+        state_topic: settings.topics.state.clone(),
+        topic_id: None,
+        definition_hash: definition().hash().to_string(),
+    };
+    let opened = LocalStore::open(
+        &settings.state.dir,
+        &settings.instance_id,
+        &identity,
+        8 << 20,
+    )
+    .expect("the stopped service's store opens");
+    assert_eq!(
+        opened.discarded, None,
+        "the test opens it as the service wrote it"
+    );
+    opened.store
+}
+
+/// Runs the service until `expected` outcomes are in, then stops it.
+async fn run_until(settings: &Settings, expected: usize) -> Outcomes {
+    let processor = RunningProcessor::start(settings);
+    let outcomes = outcomes_within(settings, expected, Duration::from_secs(90)).await;
+    processor.stop();
+    outcomes
+}
+
+/// Sixty orders created by a first run, stopped cleanly.
+async fn sixty_orders_created(settings: &Settings) -> Vec<String> {
+    create_topics(settings).await;
+    let orders: Vec<String> = (0..60).map(|i| format!("{}-{i}", unique("o"))).collect();
+    let creates: Vec<_> = orders.iter().map(|o| request(o, "create")).collect();
+    produce(settings, &creates).await;
+    let outcomes = run_until(settings, orders.len()).await;
+    assert_eq!(
+        outcomes.accepted.len(),
+        orders.len(),
+        "{:?}",
+        outcomes.rejected
+    );
+    orders
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_orders_reach_the_local_store_with_a_checkpoint_at_the_state_topics_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = disk_settings("store-write", dir.path());
+    let orders = sixty_orders_created(&settings).await;
+
+    let store = open_store(&settings);
+    for order in &orders {
+        let partition = partition_for(order.as_bytes(), 3);
+        assert!(
+            store.get(partition, order).unwrap().is_some(),
+            "order {order} is in partition {partition}'s store"
+        );
+    }
+    for partition in 0..3 {
+        let end = read_to_end_of_partition(&settings, partition);
+        let checkpoint = store.checkpoint(partition).unwrap().expect("a checkpoint");
+        // The last state record is at end − 2 (the commit marker follows it).
+        assert_eq!(
+            checkpoint.next_offset,
+            end - 1,
+            "partition {partition}: one above the last state record"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_takes_its_orders_from_the_local_store_and_only_the_tail_from_the_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = disk_settings("store-restart", dir.path());
+    let orders = sixty_orders_created(&settings).await;
+
+    // Forget one order in the store only, checkpoint unchanged: a restart that restores from the
+    // checkpoint does not know it; one that replayed the topic would.
+    let forgotten = &orders[0];
+    let partition = partition_for(forgotten.as_bytes(), 3);
+    {
+        let store = open_store(&settings);
+        let checkpoint = store.checkpoint(partition).unwrap().unwrap();
+        store
+            .write(
+                &[StoreChange {
+                    partition,
+                    order_id: forgotten,
+                    value: None,
+                    deadline_before: None,
+                    deadline_after: None,
+                }],
+                &BTreeMap::from([(partition, checkpoint.next_offset)]),
+                checkpoint.written_at_ms,
+            )
+            .unwrap();
+    }
+    let confirms: Vec<_> = orders.iter().map(|o| request(o, "confirm")).collect();
+    produce(&settings, &confirms).await;
+    let outcomes = run_until(&settings, 2 * orders.len()).await;
+
+    let confirmed: Vec<&str> = outcomes
+        .accepted
+        .iter()
+        .filter(|a| a.version == 2)
+        .map(|a| a.order_id.as_str())
+        .collect();
+    assert_eq!(confirmed.len(), orders.len() - 1, "{:?}", outcomes.rejected);
+    assert_eq!(outcomes.rejected.len(), 1);
+    assert_eq!(&outcomes.rejected[0].order_id, forgotten);
+    assert_eq!(outcomes.rejected[0].reason, RejectCode::UnknownOrder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_checkpoint_is_beyond_the_topic_is_discarded_and_rebuilt_from_the_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = disk_settings("store-distrust", dir.path());
+    let orders = sixty_orders_created(&settings).await;
+
+    // Every partition's store forgets its orders and claims a checkpoint far above the end (as
+    // after the topic was recreated): it must not be trusted.
+    {
+        let store = open_store(&settings);
+        let changes: Vec<StoreChange<'_>> = orders
+            .iter()
+            .map(|o| StoreChange {
+                partition: partition_for(o.as_bytes(), 3),
+                order_id: o,
+                value: None,
+                deadline_before: None,
+                deadline_after: None,
+            })
+            .collect();
+        let far = (0..3).map(|p| (p, 1_000_000)).collect();
+        store.write(&changes, &far, 0).unwrap();
+    }
+    let confirms: Vec<_> = orders.iter().map(|o| request(o, "confirm")).collect();
+    produce(&settings, &confirms).await;
+    let outcomes = run_until(&settings, 2 * orders.len()).await;
+
+    assert!(outcomes.rejected.is_empty(), "{:?}", outcomes.rejected);
+    let confirmed = outcomes.accepted.iter().filter(|a| a.version == 2).count();
+    assert_eq!(confirmed, orders.len(), "every order known again");
+    let store = open_store(&settings);
+    for partition in 0..3 {
+        let checkpoint = store.checkpoint(partition).unwrap().unwrap();
+        assert!(
+            checkpoint.next_offset < 1_000_000,
+            "partition {partition} rebuilt with a real checkpoint"
+        );
+    }
+}
+
+/// The state partition's end offset (high watermark).
+fn read_to_end_of_partition(settings: &Settings, partition: i32) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    consumer
+        .fetch_watermarks(&settings.topics.state, partition, Duration::from_secs(10))
+        .unwrap()
+        .1
+}
