@@ -102,6 +102,15 @@ pub enum ProcessorError {
     /// Restoring state failed.
     #[error("restore failed: {0}")]
     Restore(#[from] RestoreError),
+    /// A read of a partition's local store failed; the batch is not committed and the store of
+    /// the partition is discarded, so the restart restores it from the state topic.
+    #[error("the local store of partition {partition} cannot be read ({why}); discarded it, the restart restores the partition from the state topic")]
+    StoreUnreadable {
+        /// The partition.
+        partition: i32,
+        /// What failed.
+        why: String,
+    },
     /// The local store refused a committed transaction's changes (a full or failing disk). The
     /// process stops; its restart catches the store up from its checkpoint, so nothing is lost.
     #[error("writing committed changes to the local store: {0} (the restart catches up from the store's checkpoint; free or fix the disk under state.dir)")]
@@ -394,10 +403,13 @@ impl Processor {
                         elapsed: restored.elapsed,
                     }
                     .emit(&self.metrics);
-                    for (order_id, state) in restored.cache.iter() {
-                        let deadline = self.decider.next_deadline(&state);
-                        self.deadlines
-                            .update(restored.partition, order_id, None, deadline);
+                    // A local store keeps its own deadline entries; memory holds only recent orders.
+                    if !restored.cache.is_backed() {
+                        for (order_id, state) in restored.cache.iter() {
+                            let deadline = self.decider.next_deadline(&state);
+                            self.deadlines
+                                .update(restored.partition, order_id, None, deadline);
+                        }
                     }
                     self.caches
                         .write()
@@ -555,15 +567,39 @@ impl Processor {
     /// Runs the expiry pass for orders whose deadline is due, in its own transaction.
     fn expire_due(&mut self) -> Result<(), ProcessorError> {
         let now = self.clock.now_ms();
-        let due = self.deadlines.due(
-            &self.caches.read(),
-            now,
-            self.settings.processor.batch_max_records,
-        );
+        let limit = self.settings.processor.batch_max_records;
+        let mut due = self.deadlines.due(&self.caches.read(), now, limit);
+        // The local store's due entries, by order: their deadline as stored.
+        let mut stored_deadlines: std::collections::HashMap<(i32, String), i64> =
+            Default::default();
+        if let Some(disk) = &self.disk {
+            let backed: Vec<i32> = self
+                .caches
+                .read()
+                .iter()
+                .filter(|(_, cache)| cache.is_backed())
+                .map(|(p, _)| *p)
+                .collect();
+            for partition in backed {
+                let left = limit.saturating_sub(due.len());
+                if left == 0 {
+                    break;
+                }
+                let stored = disk
+                    .store
+                    .due(partition, now, left)
+                    .map_err(ProcessorError::Store)?;
+                for (deadline, id) in stored {
+                    stored_deadlines.insert((partition, id.clone()), deadline);
+                    due.push((partition, id));
+                }
+            }
+        }
         if due.is_empty() {
             return Ok(());
         }
         let output = expire_orders(&self.batch_context(), &self.caches.read(), &due, now);
+        self.check_store_reads()?;
         if output.records.is_empty() {
             // Nothing to write (e.g. a deadline moved): recompute those orders' deadlines.
             for (partition, order_id) in due {
@@ -574,8 +610,18 @@ impl Processor {
                     .and_then(|c| c.get(&order_id))
                     .and_then(|s| self.decider.next_deadline(&s));
                 let future = deadline.filter(|d| *d > now);
-                self.deadlines
-                    .update(partition, &order_id, deadline, future);
+                match (
+                    &self.disk,
+                    stored_deadlines.get(&(partition, order_id.clone())),
+                ) {
+                    (Some(disk), Some(&stored)) => disk
+                        .store
+                        .move_deadline(partition, &order_id, stored, future)
+                        .map_err(ProcessorError::Store)?,
+                    _ => self
+                        .deadlines
+                        .update(partition, &order_id, deadline, future),
+                }
             }
             return Ok(());
         }
@@ -594,6 +640,7 @@ impl Processor {
             self.clock.now_ms(),
         );
         let inputs = self.batch.len();
+        self.check_store_reads()?;
         if !self.run_transaction(output, inputs)? {
             let mut first: BTreeMap<i32, i64> = BTreeMap::new();
             for record in &self.batch {
@@ -603,6 +650,28 @@ impl Processor {
         }
         self.batch.clear();
         Ok(())
+    }
+
+    /// Stops before committing decisions taken while a read of the local store failed (an order
+    /// may have looked unknown): the partition's store is discarded, so the restart rebuilds it
+    /// from the state topic and decides the batch again. Nothing was committed, nothing is lost.
+    fn check_store_reads(&self) -> Result<(), ProcessorError> {
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        let failed: Vec<(i32, String)> = self
+            .caches
+            .read()
+            .iter()
+            .filter_map(|(p, cache)| cache.store_failure().map(|why| (*p, why)))
+            .collect();
+        let Some((partition, why)) = failed.into_iter().next() else {
+            return Ok(());
+        };
+        if let Err(e) = disk.store.discard(partition) {
+            tracing::error!(partition, error = %e, "cannot discard the local store of the partition");
+        }
+        Err(ProcessorError::StoreUnreadable { partition, why })
     }
 
     /// Writes a committed transaction's changes to the local store (disk backend), with each
@@ -700,16 +769,18 @@ impl Processor {
                     let Some(cache) = caches.get_mut(&change.partition) else {
                         continue;
                     };
-                    let new = change
-                        .state
-                        .as_ref()
-                        .and_then(|s: &OrderState| self.decider.next_deadline(s));
-                    self.deadlines.update(
-                        change.partition,
-                        &change.order_id,
-                        change.deadline_before,
-                        new,
-                    );
+                    if !cache.is_backed() {
+                        let new = change
+                            .state
+                            .as_ref()
+                            .and_then(|s: &OrderState| self.decider.next_deadline(s));
+                        self.deadlines.update(
+                            change.partition,
+                            &change.order_id,
+                            change.deadline_before,
+                            new,
+                        );
+                    }
                     cache.apply(&change.order_id, change.state.as_ref());
                 }
                 drop(caches);

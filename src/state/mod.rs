@@ -12,8 +12,9 @@ use std::sync::{Arc, LazyLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 
-use crate::machine::{OrderState, StateId};
+use crate::machine::{Definition, OrderState, StateId};
 use packed::PackedOrder;
+use store::DiskState;
 
 // foldhash, seeded once per process, instead of SipHash (a tenth of the restore's time went into
 // hashing ids), still not predictable from outside. One seed for every cache, so an order's hash
@@ -26,17 +27,94 @@ pub fn order_hash(order_id: &[u8]) -> u64 {
 }
 
 /// The committed state of every known order of one partition, each order packed into one heap
-/// block that also holds its id (a table slot is one pointer; see [`packed`]).
+/// block that also holds its id (a table slot is one pointer; see [`packed`]). With the disk
+/// backend the cache holds the orders written since the partition was assigned, in front of the
+/// partition's local store, which holds them all: a read that misses memory reads the store.
 #[derive(Debug, Default, Clone)]
 pub struct PartitionCache {
     orders: HashTable<PackedOrder>,
     scratch: Vec<u8>,
+    backing: Option<Backing>,
+}
+
+/// The local store behind a partition's cache.
+#[derive(Debug, Clone)]
+struct Backing {
+    disk: Arc<DiskState>,
+    partition: i32,
+    definition: Arc<Definition>,
+    /// The first failed store read: the processor must not decide on it (the order may exist).
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl PartitionCache {
     /// An empty cache.
     pub fn new() -> PartitionCache {
         PartitionCache::default()
+    }
+
+    /// An empty cache in front of `partition`'s local store, whose records `definition` reads.
+    pub fn backed(
+        disk: Arc<DiskState>,
+        partition: i32,
+        definition: Arc<Definition>,
+    ) -> PartitionCache {
+        PartitionCache {
+            backing: Some(Backing {
+                disk,
+                partition,
+                definition,
+                failure: Arc::default(),
+            }),
+            ..PartitionCache::default()
+        }
+    }
+
+    /// Whether a local store stands behind this cache (it then holds only recent orders).
+    pub fn is_backed(&self) -> bool {
+        self.backing.is_some()
+    }
+
+    /// Why a read of the local store failed, if one did: the decisions taken since must not be
+    /// committed.
+    pub fn store_failure(&self) -> Option<String> {
+        self.backing
+            .as_ref()
+            .and_then(|b| b.failure.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// The order from the local store (a miss in memory).
+    fn stored(&self, order_id: &str) -> Option<OrderState> {
+        let backing = self.backing.as_ref()?;
+        let read = backing
+            .disk
+            .store
+            .get(backing.partition, order_id)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| match bytes {
+                None => Ok(None),
+                Some(bytes) => crate::codec::decode_order_state(&backing.definition, &bytes)
+                    .map_err(|e| format!("order {order_id}: {e}"))
+                    .and_then(|(id, state)| {
+                        if id == order_id {
+                            Ok(Some(state))
+                        } else {
+                            Err(format!("order {order_id} holds the state of {id}"))
+                        }
+                    }),
+            });
+        match read {
+            Ok(state) => state,
+            Err(what) => {
+                tracing::error!(partition = backing.partition, error = %what, "cannot read the local store");
+                backing
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(what);
+                None
+            }
+        }
     }
 
     fn find(&self, order_id: &str) -> Option<&PackedOrder> {
@@ -55,12 +133,18 @@ impl PartitionCache {
 
     /// The committed state of an order (unpacked: a copy).
     pub fn get(&self, order_id: &str) -> Option<OrderState> {
-        self.find(order_id).map(PackedOrder::unpack)
+        match self.find(order_id) {
+            Some(packed) => Some(packed.unpack()),
+            None => self.stored(order_id),
+        }
     }
 
     /// The state an order is in, without unpacking the rest of it.
     pub fn state_of(&self, order_id: &str) -> Option<StateId> {
-        self.find(order_id).map(PackedOrder::state_id)
+        match self.find(order_id) {
+            Some(packed) => Some(packed.state_id()),
+            None => self.stored(order_id).map(|s| s.state),
+        }
     }
 
     /// Records a committed state (`Some`) or forgets the order (`None`, a tombstone).
@@ -85,7 +169,7 @@ impl PartitionCache {
         }
     }
 
-    /// How many orders are cached.
+    /// How many orders are in memory (with a local store behind, not all the partition's).
     pub fn len(&self) -> usize {
         self.orders.len()
     }

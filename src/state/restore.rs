@@ -204,80 +204,49 @@ fn flush_to_store(
 }
 
 /// Where a partition's restore starts: from its local store's checkpoint when the store can be
-/// trusted (the cache loaded from the store), else from the topic's beginning (the store, if
-/// any, discarded with one log line saying why).
+/// trusted (only the tail is read), else from the topic's beginning (the store, if any,
+/// discarded with one log line saying why, and rebuilt as the topic is read).
 fn starting_point(
     disk: &DiskState,
-    definition: &Definition,
     topic: &str,
     partition: i32,
     bounds: &PartitionBounds,
-) -> Result<(Offset, PartitionCache, Option<i64>), RestoreError> {
+) -> Result<(Offset, Option<i64>), RestoreError> {
     let store = &disk.store;
     let checkpoint = store.checkpoint(partition);
     let reason = match &checkpoint {
         Err(e) => Some(format!("it cannot be read ({e})")),
         Ok(c) => distrust(*c, bounds, wall_clock_ms()),
     };
-    let discard = |reason: String| -> Result<(Offset, PartitionCache, Option<i64>), RestoreError> {
-        let had_store = !matches!(checkpoint, Ok(None));
-        if had_store {
-            tracing::warn!(
+    match (reason, checkpoint) {
+        (None, Ok(Some(checkpoint))) => {
+            tracing::info!(
+                topic,
                 partition,
-                reason = %reason,
-                "the local store of this partition cannot be trusted; discarded, restoring from the state topic"
+                checkpoint = checkpoint.next_offset,
+                end = bounds.end,
+                "restoring from the local store's checkpoint: only the tail is read from the state topic"
             );
+            Ok((
+                Offset::Offset(checkpoint.next_offset),
+                Some(checkpoint.next_offset),
+            ))
         }
-        store
-            .discard(partition)
-            .map_err(|source| StoreWriteError { partition, source })?;
-        Ok((Offset::Beginning, PartitionCache::new(), None))
-    };
-    if let Some(reason) = reason {
-        return discard(reason);
-    }
-    let Ok(Some(checkpoint)) = checkpoint else {
-        return discard("it has no checkpoint".into());
-    };
-    let mut cache = PartitionCache::new();
-    let orders = match store.orders(partition) {
-        Ok(orders) => orders,
-        Err(e) => return discard(format!("its orders cannot be read ({e})")),
-    };
-    for item in orders {
-        let loaded = item.map_err(|e| e.to_string()).and_then(|(id, value)| {
-            decode_order_state(definition, &value)
-                .map_err(|e| format!("order {id}: {e}"))
-                .and_then(|(decoded_id, state)| {
-                    if decoded_id == id {
-                        Ok((id, state))
-                    } else {
-                        Err(format!("order {id} holds the state of {decoded_id}"))
-                    }
-                })
-        });
-        match loaded {
-            Ok((id, state)) => cache.apply(&id, Some(&state)),
-            Err(what) => {
-                return discard(format!(
-                    "it holds a record this definition cannot read: {what}"
-                ))
+        (reason, checkpoint) => {
+            if !matches!(checkpoint, Ok(None)) {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    reason = %reason.unwrap_or_default(),
+                    "the local store of this partition cannot be trusted; discarded, restoring from the state topic"
+                );
             }
+            store
+                .discard(partition)
+                .map_err(|source| StoreWriteError { partition, source })?;
+            Ok((Offset::Beginning, None))
         }
     }
-    tracing::info!(
-        topic,
-        partition,
-        checkpoint = checkpoint.next_offset,
-        orders = cache.len(),
-        end = bounds.end,
-        "restoring from the local store's checkpoint: only the tail is read from the state topic"
-    );
-    Ok((
-        Offset::Offset(checkpoint.next_offset),
-        cache,
-        Some(checkpoint.next_offset),
-    ))
 }
 
 /// Restores `partitions` of the state topic on the calling thread, reporting each partition as
@@ -297,16 +266,20 @@ pub fn restore_partitions(
     partitions: &[i32],
     events: &Sender<RestoreEvent>,
     cancel: &AtomicBool,
-    disk: Option<&DiskState>,
+    disk: Option<&Arc<DiskState>>,
 ) -> Result<(), RestoreError> {
     let topic = settings.topics.state.as_str();
     // Only a store needs deadlines at restore (the processor's in-memory index computes its own).
+    let shared_definition = Arc::new(definition.clone());
     let decider = disk.map(|_| {
         Decider::new(
-            Arc::new(definition.clone()),
+            Arc::clone(&shared_definition),
             settings.processor.recent_requests,
         )
     });
+    let backed = |disk: &Arc<DiskState>, partition| {
+        PartitionCache::backed(Arc::clone(disk), partition, Arc::clone(&shared_definition))
+    };
     let kafka = |partition: i32| {
         move |source: KafkaError| RestoreError::Kafka {
             topic: topic.to_string(),
@@ -341,7 +314,8 @@ pub fn restore_partitions(
                     end: target,
                     delete_retention_ms: disk.delete_retention_ms,
                 };
-                starting_point(disk, definition, topic, partition, &bounds)?
+                let (start, checkpoint) = starting_point(disk, topic, partition, &bounds)?;
+                (start, backed(disk, partition), checkpoint)
             }
         };
         let mut restore = PartitionRestore {
@@ -375,6 +349,8 @@ pub fn restore_partitions(
                 if end > 0 {
                     flush_to_store(disk, partition, &mut restore.pending, end)?;
                 }
+                // The store holds every order now: memory starts empty in front of it.
+                restore.cache = backed(disk, partition);
             }
             tracing::info!(
                 partition,
@@ -618,7 +594,7 @@ pub fn spawn_restore(
                 &partitions,
                 &events,
                 &cancel,
-                disk.as_deref(),
+                disk.as_ref(),
             ) {
                 let _ = events.send(RestoreEvent::Failed(error));
             }

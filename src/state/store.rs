@@ -460,6 +460,23 @@ impl LocalStore {
         batch.commit().map_err(self.engine())
     }
 
+    /// Moves an order's deadline entry (without a checkpoint: the order itself is unchanged).
+    pub fn move_deadline(
+        &self,
+        partition: i32,
+        order_id: &str,
+        from: i64,
+        to: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let handle = self.handle(partition)?;
+        let mut batch = self.keyspace.batch();
+        batch.remove(&handle, deadline_key(from, order_id));
+        if let Some(to) = to {
+            batch.insert(&handle, deadline_key(to, order_id), []);
+        }
+        batch.commit().map_err(self.engine())
+    }
+
     /// Throws a partition's store away (it cannot be trusted, or the partition is long gone).
     pub fn discard(&self, partition: i32) -> Result<(), StoreError> {
         let handle = self.handle(partition)?;

@@ -193,3 +193,36 @@ fn read_to_end_of_partition(settings: &Settings, partition: i32) -> i64 {
         .unwrap()
         .1
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_request_of_an_order_only_on_disk_expires_at_its_deadline_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = disk_settings("store-expiry", dir.path());
+    create_topics(&settings).await;
+    let start = 1_800_000_000_000;
+    let order = unique("order");
+    // "ship" before "confirm" is parked until confirmed or expired.
+    produce(
+        &settings,
+        &[request(&order, "create"), request(&order, "ship")],
+    )
+    .await;
+    let clock = std::sync::Arc::new(ManualClock::at(start));
+    let first = RunningProcessor::run(service(&settings, definition()).with_clock(clock.clone()));
+    let created = outcomes_within(&settings, 1, Duration::from_secs(60)).await;
+    assert_eq!(created.accepted.len(), 1);
+    // Let the parking commit before stopping.
+    std::thread::sleep(Duration::from_secs(1));
+    first.stop();
+
+    // After the restart the order is on disk only; its deadline entry is there too.
+    let clock = std::sync::Arc::new(ManualClock::at(start));
+    let second = RunningProcessor::run(service(&settings, definition()).with_clock(clock.clone()));
+    std::thread::sleep(Duration::from_secs(3));
+    clock.advance(settings.processor.parking_max_wait_ms as i64);
+    let outcomes = outcomes_within(&settings, 2, Duration::from_secs(30)).await;
+    second.stop();
+    assert_eq!(outcomes.rejected.len(), 1, "{:?}", outcomes.accepted);
+    assert_eq!(outcomes.rejected[0].reason, RejectCode::Expired);
+    assert_eq!(outcomes.rejected[0].decided_at_ms, start + 600_000);
+}
