@@ -14,6 +14,8 @@
 //! - `redeliver-after-commit:N` moves the consumer back to the start of every owned partition
 //!   after the N-th batch committed, as librdkafka once did after a rewind (the consumer then
 //!   delivers records this instance decided already);
+//! - `kill-before-store:N` sends SIGKILL to this process after the N-th batch committed, before
+//!   its changes reach the local store (disk backend);
 //! - `hang-in-commit:N:MS` makes the N-th batch's commit a transactional call that does not return
 //!   for MS milliseconds (as librdkafka's calls can when a coordinator's broker dies), for the
 //!   watchdog to find.
@@ -42,6 +44,7 @@ enum FailAction {
     Freeze(Duration),
     Hang(Duration),
     Redeliver,
+    KillBeforeStore,
 }
 
 impl Failpoints {
@@ -81,6 +84,10 @@ impl Failpoints {
         false
     }
 
+    /// Runs after the batch committed, before its changes are written to the local store.
+    #[cfg(not(feature = "failpoints"))]
+    pub fn before_store_write(&self, _batch_number: u64) {}
+
     /// Failpoints from their text (see the module documentation); unknown ones are ignored.
     #[cfg(feature = "failpoints")]
     pub fn parse(value: Option<&str>) -> Failpoints {
@@ -96,6 +103,7 @@ impl Failpoints {
                 ("freeze-after-offsets", Some(ms)) => FailAction::Freeze(millis(ms)?),
                 ("hang-in-commit", Some(ms)) => FailAction::Hang(millis(ms)?),
                 ("redeliver-after-commit", None) => FailAction::Redeliver,
+                ("kill-before-store", None) => FailAction::KillBeforeStore,
                 _ => return None,
             };
             parts.next().is_none().then_some((action, batch))
@@ -235,6 +243,21 @@ impl Failpoints {
             );
         }
         fire
+    }
+
+    /// Runs after the batch committed, before its changes are written to the local store.
+    #[cfg(feature = "failpoints")]
+    pub fn before_store_write(&self, batch_number: u64) {
+        if self
+            .action(batch_number, |a| *a == FailAction::KillBeforeStore)
+            .is_some()
+        {
+            tracing::warn!(batch_number, "failpoint kill-before-store: SIGKILL");
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
     }
 }
 

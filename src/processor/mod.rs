@@ -763,6 +763,7 @@ impl Processor {
                     steps,
                 }
                 .emit(&self.metrics);
+                self.transactions.failpoints().before_store_write(number);
                 self.write_to_store(&output)?;
                 let mut caches = self.caches.write();
                 for change in output.changes {

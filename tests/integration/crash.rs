@@ -104,6 +104,14 @@ pub fn binary_command(settings: &Settings) -> Command {
             settings.processor.parking_max_wait_ms.to_string(),
         )
         .env(
+            "ORDERFLOW_STATE__BACKEND",
+            match settings.state.backend {
+                orderflow::config::StateBackend::Memory => "memory",
+                orderflow::config::StateBackend::Disk => "disk",
+            },
+        )
+        .env("ORDERFLOW_STATE__DIR", &settings.state.dir)
+        .env(
             "RUST_LOG",
             std::env::var("ORDERFLOW_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
         )
@@ -204,7 +212,12 @@ pub struct Backlog {
 
 /// Produces the [`Backlog`] on fresh topics.
 pub async fn three_steps_of_sixty_orders_produced(name: &str) -> Backlog {
-    let mut settings = processor_settings(3, &unique(name));
+    three_steps_of_sixty_orders_produced_on(name, 3).await
+}
+
+/// The [`Backlog`] on fresh topics of `partitions` partitions.
+pub async fn three_steps_of_sixty_orders_produced_on(name: &str, partitions: i32) -> Backlog {
+    let mut settings = processor_settings(partitions, &unique(name));
     settings.processor.batch_max_records = 40;
     create_topics(&settings).await;
     let orders: Vec<String> = (0..60).map(|i| format!("{}-{i}", unique("o"))).collect();

@@ -226,3 +226,45 @@ async fn a_parked_request_of_an_order_only_on_disk_expires_at_its_deadline_after
     assert_eq!(outcomes.rejected[0].reason, RejectCode::Expired);
     assert_eq!(outcomes.rejected[0].decided_at_ms, start + 600_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_the_kafka_commit_and_the_store_write_is_caught_up_from_the_checkpoint() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    // One partition: every batch touches it, so its checkpoint is behind by exactly the batch
+    // the process died after.
+    let mut backlog = crate::crash::three_steps_of_sixty_orders_produced_on("store-kill", 1).await;
+    backlog.settings.state.backend = StateBackend::Disk;
+    backlog.settings.state.dir = dir.path().to_path_buf();
+    let settings = &backlog.settings;
+
+    // Batch 3 commits in Kafka, then the process dies before the store hears of it.
+    let mut first = crate::crash::spawn_binary(settings, Some("kill-before-store:3"));
+    let status = first.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "killed by its failpoint: {status:?}"
+    );
+    let mut second = crate::crash::spawn_binary(settings, None);
+    let outcomes =
+        outcomes_within(settings, backlog.positions.len(), Duration::from_secs(90)).await;
+    let _ = second.kill();
+    let _ = second.wait();
+
+    let per_input = outcomes.per_input();
+    for position in &backlog.positions {
+        assert_eq!(per_input.get(position), Some(&1), "input {position:?}");
+    }
+    assert!(outcomes.rejected.is_empty(), "{:?}", outcomes.rejected);
+    for order in &backlog.orders {
+        let mut versions: Vec<u64> = outcomes
+            .accepted
+            .iter()
+            .filter(|a| &a.order_id == order)
+            .map(|a| a.version)
+            .collect();
+        versions.sort();
+        assert_eq!(versions, vec![1, 2, 3], "order {order}");
+    }
+}
