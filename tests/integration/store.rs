@@ -268,3 +268,82 @@ async fn a_kill_between_the_kafka_commit_and_the_store_write_is_caught_up_from_t
         assert_eq!(versions, vec![1, 2, 3], "order {order}");
     }
 }
+
+/// Waits until `done` holds, checking every 100 ms, for at most `limit`.
+fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_moves_away_and_back_catches_up_with_the_other_owners_changes() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let settings_a = disk_settings("store-move", dir_a.path());
+    let mut settings_b = settings_a.clone();
+    settings_b.instance_id = format!("{}-b", settings_a.instance_id);
+    settings_b.state.dir = dir_b.path().to_path_buf();
+    create_topics(&settings_a).await;
+    let orders: Vec<String> = (0..60).map(|i| format!("{}-{i}", unique("o"))).collect();
+    let step =
+        |transition: &str| -> Vec<_> { orders.iter().map(|o| request(o, transition)).collect() };
+
+    // A alone creates every order.
+    let service_a = service(&settings_a, definition());
+    let metrics_a = service_a.metrics().clone();
+    let health_a = std::sync::Arc::clone(service_a.health());
+    let a = RunningProcessor::run(service_a);
+    produce(&settings_a, &step("create")).await;
+    outcomes_within(&settings_a, 60, Duration::from_secs(60)).await;
+
+    // B joins and takes some partitions (restoring them from the topic: its store is empty);
+    // the confirms of those partitions are decided by B.
+    let service_b = service(&settings_b, definition());
+    let metrics_b = service_b.metrics().clone();
+    let health_b = std::sync::Arc::clone(service_b.health());
+    let b = RunningProcessor::run(service_b);
+    wait_until(Duration::from_secs(60), "B owns partitions", || {
+        health_b.is_ready() && metrics_b.restored_records.get() > 0
+    });
+    wait_until(Duration::from_secs(60), "A settled", || health_a.is_ready());
+    produce(&settings_a, &step("confirm")).await;
+    outcomes_within(&settings_a, 120, Duration::from_secs(60)).await;
+    let moved_orders = metrics_b.restored_records.get();
+    let restored_by_a_before = metrics_a.restored_records.get();
+
+    // B leaves: its partitions come back to A, whose stores of them stopped at the creates.
+    b.stop();
+    wait_until(
+        Duration::from_secs(60),
+        "A restored the partitions back",
+        || metrics_a.restored_records.get() > restored_by_a_before && health_a.is_ready(),
+    );
+    produce(&settings_a, &step("ship")).await;
+    let outcomes = outcomes_within(&settings_a, 180, Duration::from_secs(60)).await;
+    a.stop();
+
+    assert!(outcomes.rejected.is_empty(), "{:?}", outcomes.rejected);
+    for order in &orders {
+        let mut versions: Vec<u64> = outcomes
+            .accepted
+            .iter()
+            .filter(|x| &x.order_id == order)
+            .map(|x| x.version)
+            .collect();
+        versions.sort();
+        assert_eq!(versions, vec![1, 2, 3], "order {order}");
+    }
+    // A read only B's confirms of the moved partitions (one state record per moved order), not
+    // their creates again: it caught up from its checkpoint.
+    assert_eq!(
+        metrics_a.restored_records.get() - restored_by_a_before,
+        moved_orders,
+        "A's catch-up read only the tail"
+    );
+}
