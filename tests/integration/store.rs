@@ -347,3 +347,133 @@ async fn a_partition_that_moves_away_and_back_catches_up_with_the_other_owners_c
         "A's catch-up read only the tail"
     );
 }
+
+/// Makes the state topic's cleaner remove tombstones within seconds.
+async fn compact_eagerly(settings: &Settings) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    // AlterConfigs replaces the topic's whole configuration: the policy is named again.
+    let config = AlterConfig::new(ResourceSpecifier::Topic(&settings.topics.state))
+        .set("cleanup.policy", "compact")
+        .set("segment.ms", "100")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("min.compaction.lag.ms", "0")
+        .set("delete.retention.ms", "100");
+    for result in admin
+        .alter_configs(&[config], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+/// Every key left in a state partition (read_uncommitted, from the beginning).
+fn keys_in_state_partition(settings: &Settings, partition: i32) -> Vec<Vec<u8>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
+        .set("group.id", unique("keys"))
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(
+        &settings.topics.state,
+        partition,
+        rdkafka::Offset::Beginning,
+    )
+    .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut keys = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => keys.push(m.key().unwrap_or_default().to_vec()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            _ => {}
+        }
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_older_than_delete_retention_is_not_trusted_after_a_tombstone_was_compacted_away(
+) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let settings = disk_settings("store-compacted", dir.path());
+    create_topics(&settings).await;
+    compact_eagerly(&settings).await;
+    let gone = unique("gone");
+    let kept = unique("kept");
+    produce(
+        &settings,
+        &[request(&gone, "create"), request(&kept, "create")],
+    )
+    .await;
+    run_until(&settings, 2).await;
+
+    // While the instance is down, the order is forgotten (as another owner's retention would)
+    // and the cleaner removes its tombstone: a catch-up from the old checkpoint cannot see it.
+    let partition = partition_for(gone.as_bytes(), 3);
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    let send = |key: String| {
+        let producer = producer.clone();
+        let topic = settings.topics.state.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::<String, [u8]>::to(&topic)
+                        .partition(partition)
+                        .key(&key),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    send(gone.clone()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        // Fresh records roll segments, so the ones holding the order become cleanable.
+        send(unique("filler")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let settings = settings.clone();
+        let keys =
+            tokio::task::spawn_blocking(move || keys_in_state_partition(&settings, partition))
+                .await
+                .unwrap();
+        if !keys.iter().any(|k| k == gone.as_bytes()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cleaner did not remove the order's records in time"
+        );
+    }
+
+    produce(
+        &settings,
+        &[request(&gone, "confirm"), request(&kept, "confirm")],
+    )
+    .await;
+    let outcomes = run_until(&settings, 4).await;
+    let rejected: Vec<_> = outcomes
+        .rejected
+        .iter()
+        .map(|r| (r.order_id.as_str(), r.reason))
+        .collect();
+    assert_eq!(rejected, vec![(gone.as_str(), RejectCode::UnknownOrder)]);
+    assert!(outcomes
+        .accepted
+        .iter()
+        .any(|a| a.order_id == kept && a.version == 2));
+}
