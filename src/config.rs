@@ -104,7 +104,7 @@ pub enum StateBackend {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateSettings {
-    /// `memory` or `disk`. Default: `memory`.
+    /// `disk` or `memory`. Default: `disk`.
     pub backend: StateBackend,
     /// The disk backend's directory; each instance id gets its own subdirectory, locked while
     /// the process runs. A cache of the state topic: it may be deleted at any time. Default:
@@ -117,7 +117,7 @@ pub struct StateSettings {
 impl Default for StateSettings {
     fn default() -> StateSettings {
         StateSettings {
-            backend: StateBackend::Memory,
+            backend: StateBackend::Disk,
             dir: PathBuf::from("orderflow-state"),
             cache_mb: 64,
         }

@@ -34,5 +34,8 @@ stop() {
 }
 trap stop EXIT INT TERM
 
+# The tests' local stores (state.backend = disk): one directory per test, emptied per run.
+rm -rf "${TMPDIR:-/tmp}/orderflow-test-state"
+
 # The failpoints (crash, zombie, watchdog tests) exist only with this feature.
 cargo test --all-targets --features failpoints "$@"

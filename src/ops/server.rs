@@ -171,12 +171,12 @@ async fn states(State(state): State<OpsState>) -> impl IntoResponse {
     partitions.sort_unstable();
     let mut orders = 0u64;
     for cache in caches.values() {
-        for order_state in cache.states() {
+        cache.each_state(|order_state| {
             *counts
                 .entry(state.definition.state(order_state).name.as_str())
                 .or_default() += 1;
             orders += 1;
-        }
+        });
     }
     (
         StatusCode::OK,

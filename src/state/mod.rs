@@ -186,9 +186,33 @@ impl PartitionCache {
             .map(|packed| (packed.order_id(), packed.unpack()))
     }
 
-    /// The state every cached order is in.
+    /// The state every cached order is in (in memory only; see [`PartitionCache::each_state`]).
     pub fn states(&self) -> impl Iterator<Item = StateId> + '_ {
         self.orders.iter().map(PackedOrder::state_id)
+    }
+
+    /// Calls `f` with the state of every order of the partition: from memory, or with a local
+    /// store behind, from the store (which holds them all; O(orders), read from disk).
+    pub fn each_state(&self, mut f: impl FnMut(StateId)) {
+        let Some(backing) = &self.backing else {
+            self.states().for_each(f);
+            return;
+        };
+        let orders = match backing.disk.store.orders(backing.partition) {
+            Ok(orders) => orders,
+            Err(e) => {
+                tracing::warn!(partition = backing.partition, error = %e, "cannot list the local store's orders");
+                return;
+            }
+        };
+        for item in orders {
+            let state = item.ok().and_then(|(_, bytes)| {
+                crate::codec::decode_order_state(&backing.definition, &bytes).ok()
+            });
+            if let Some((_, state)) = state {
+                f(state.state);
+            }
+        }
     }
 }
 

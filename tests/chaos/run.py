@@ -51,7 +51,13 @@ def env_for(prefix, instance=None):
         ORDERFLOW_PROCESSOR__SESSION_TIMEOUT_MS="6000",
         ORDERFLOW_PROCESSOR__BATCH_MAX_RECORDS="500",
         ORDERFLOW_PROCESSOR__STATIC_MEMBERSHIP=STATIC["value"],
+        ORDERFLOW_STATE__DIR=str(state_root(prefix)),
     )
+
+
+def state_root(prefix):
+    """The local stores of a scenario's processors (state.backend = disk, one directory each)."""
+    return root / ".kafka" / "chaos-state" / prefix.rstrip("-.")
 
 
 class Fleet:
@@ -398,6 +404,42 @@ def scenario_zombie(prefix, rng, rate):
     return result, recoveries, f"{woke} of {ZOMBIE_FREEZES} freezes after offsets (batches {batches}), {waits} restores waited"
 
 
+def garble_files(directory):
+    """Overwrites 16 bytes in the middle of every file under `directory` (a corrupted disk)."""
+    for path in pathlib.Path(directory).rglob("*"):
+        if path.is_file() and path.name != "LOCK":
+            data = bytearray(path.read_bytes())
+            middle = len(data) // 2
+            for i in range(max(0, middle - 8), min(len(data), middle + 8)):
+                data[i] ^= 0x5A
+            path.write_bytes(bytes(data) if data else b"junk")
+
+
+def scenario_store_loss(prefix, rng, rate):
+    import shutil
+    fleet, tail = Fleet(prefix), Tail(prefix)
+    fleet.add("p0")
+    fleet.add("p1")
+    time.sleep(4)
+    load = loadgen(prefix, 60, rate)
+    recoveries = []
+    for round_number in range(4):
+        time.sleep(rng.uniform(3.0, 6.0))
+        t = time.time()
+        fleet.remove("p0", signal.SIGKILL)
+        store = state_root(prefix) / "p0"
+        if round_number % 2 == 0:
+            shutil.rmtree(store, ignore_errors=True)
+        else:
+            garble_files(store)
+        fleet.add("p0")
+        recoveries.append(tail.recovery(t))
+    result = finish(prefix, fleet, tail, load)
+    discarded = fleet.log_count("p0", "the local store")
+    from_checkpoint = sum(fleet.log_count(p, "restoring from the local store's checkpoint") for p in ("p0", "p1"))
+    return result, recoveries, f"{discarded} store discards logged by p0, {from_checkpoint} partition restores from a checkpoint"
+
+
 SCENARIOS = {
     "kill": ("SIGKILL the processor at 5 random moments, restarted each time", scenario_kill),
     "kill-static": ("the same with static group membership (processor.static_membership)", scenario_kill_static),
@@ -405,6 +447,7 @@ SCENARIOS = {
     "broker-restart": ("stop the broker under load, start it 5 s later; processors recover by themselves (recovery counts from the broker gone)", scenario_broker_restart),
     "poison": ("1% poison records (not Avro, unknown schema, no key, too many attributes)", scenario_poison),
     "zombie": ("a processor frozen 3 times between sending its offsets and committing, past the session timeout but inside the transaction timeout (its late commit must be restored by the new owner), then SIGSTOPped past the transaction timeout (fenced, aborted)", scenario_zombie),
+    "store-loss": ("2 processors; p0 SIGKILLed 4 times, its local store deleted (1st, 3rd) or garbled (2nd, 4th) before it restarts", scenario_store_loss),
     "rolling": ("3 processors restarted one after another (SIGTERM, start again), dynamic membership", scenario_rolling),
     "rolling-static": ("the same rolling restart with static group membership", scenario_rolling_static),
     "leader-kill": ("3-node cluster, RF 3, min ISR 2: SIGKILL a broker leading requests partitions that coordinates nothing, restart it 15 s later", scenario_leader_kill),

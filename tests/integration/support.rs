@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use orderflow::config::{KafkaSettings, Settings, TopicSettings};
+use orderflow::config::{KafkaSettings, Settings, StateSettings, TopicSettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::TopicPartitionList;
@@ -31,8 +31,19 @@ pub fn settings(partitions: i32) -> Settings {
             ..TopicSettings::default()
         }
         .with_prefix(&format!("{}-", unique("t"))),
+        // Each test's own store directory (the default backend is disk): instances restarted
+        // within a test find their stores again, tests never share one.
+        state: StateSettings {
+            dir: test_state_root().join(unique("s")),
+            ..StateSettings::default()
+        },
         ..Settings::default()
     }
+}
+
+/// Where the tests' local stores live (`deploy/local/test.sh` empties it before a run).
+pub fn test_state_root() -> std::path::PathBuf {
+    std::env::temp_dir().join("orderflow-test-state")
 }
 
 /// Reads every record of `topic` (all `partitions`) from the start with read_committed,
