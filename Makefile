@@ -5,7 +5,7 @@ BIN := target/release/orderflow
 KAFKA := deploy/local/kafka.sh
 
 
-.PHONY: run serve test deploy-check bench bench-quick bench-core chaos chaos-cluster lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
+.PHONY: run serve test deploy-check bench bench-quick bench-core bench-engines chaos chaos-cluster lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
 
 ## run: local broker (127.0.0.1:9092), topics, the processor, and a demo load with its outcomes
 run: build
@@ -60,6 +60,10 @@ bench:
 ## bench-quick: the headline ratios (orderflow, the pipe, Kafka Streams at its best) in under 10 minutes
 bench-quick:
 	python3 bench/run.py --quick
+
+## bench-engines: the store's engine compared on its own workload (fjall, LMDB, RocksDB if libclang is installed), written to docs/benchmarks.md
+bench-engines:
+	python3 bench/store_engines.py
 
 ## chaos: kill, churn, broker restart, poison and zombie scenarios under load, judged by orderflow check (docs/reliability.md)
 chaos:

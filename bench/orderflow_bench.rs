@@ -95,6 +95,20 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Write `orders` states, then time restores of all partitions: the memory backend's (from
+    /// the topic's beginning) against the disk backend's from its checkpoint, alternated over
+    /// `rounds`, with `tail` more state records written before each round; prints JSON.
+    Restart {
+        #[arg(long, default_value_t = 2_000_000)]
+        orders: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, default_value_t = 10_000)]
+        tail: u64,
+        /// Where the disk backend's store goes.
+        #[arg(long, default_value = "target/bench-restart-state")]
+        dir: std::path::PathBuf,
+    },
     /// Write `orders` states and time restoring them.
     Restore {
         #[arg(long, default_value_t = 1_000_000)]
@@ -520,6 +534,180 @@ fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// Restores every partition as the processor does (its partitions split over its restore
+/// consumers), with the local store `disk` or in memory; returns (seconds, state records read).
+fn restore_all(
+    settings: &Settings,
+    definition: &orderflow::machine::Definition,
+    disk: Option<&Arc<orderflow::state::store::DiskState>>,
+) -> anyhow::Result<(f64, u64)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let partitions: Vec<i32> = (0..settings.topics.partitions).collect();
+    let groups = orderflow::state::restore::split_partitions(
+        &partitions,
+        orderflow::state::restore::restore_threads(settings),
+    );
+    let cancel = AtomicBool::new(false);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|group| {
+                let (tx, cancel) = (tx.clone(), &cancel);
+                scope.spawn(move || {
+                    orderflow::state::restore::restore_partitions(
+                        1, settings, definition, group, &tx, cancel, disk,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut records = 0;
+    while let Ok(orderflow::state::restore::RestoreEvent::Done(done)) = rx.try_recv() {
+        records += done.records;
+    }
+    Ok((elapsed, records))
+}
+
+/// The restart benchmark (see [`Command::Restart`]).
+async fn restart(
+    settings: &Settings,
+    orders: u64,
+    rounds: u32,
+    tail: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use orderflow::state::store::{DiskState, LocalStore, StoreIdentity, FORMAT_VERSION};
+    let topics = Topics::connect(&settings.kafka)?;
+    topics.ensure(&settings.topics).await?;
+    let definition = definition()?;
+    let producer = producer(settings)?;
+    let written = tokio::task::block_in_place(|| {
+        send_all(&producer, &settings.topics.state, state_records(&definition, 0..orders))
+    })?;
+    let identity = StoreIdentity {
+        format: FORMAT_VERSION,
+        cluster_id: topics.cluster_id().unwrap_or_default(),
+        state_topic: settings.topics.state.clone(),
+        topic_id: None,
+        definition_hash: definition.hash().to_string(),
+    };
+    let delete_retention_ms = topics.delete_retention_ms(&settings.topics.state).await?;
+    let _ = std::fs::remove_dir_all(dir);
+    let open = || -> anyhow::Result<Arc<DiskState>> {
+        let opened = LocalStore::open(dir, "bench", &identity, 64 << 20)?;
+        Ok(Arc::new(DiskState {
+            store: opened.store,
+            delete_retention_ms,
+        }))
+    };
+    // The first start of the disk backend: a full restore that also fills the store.
+    let (first_secs, first_records) = tokio::task::block_in_place(|| {
+        let disk = open()?;
+        let result = restore_all(settings, &definition, Some(&disk));
+        disk.store.persist()?;
+        result
+    })?;
+    let mut runs = Vec::new();
+    let mut next_order = orders;
+    for round in 0..rounds {
+        // Requests decided elsewhere while this pod was down: new state records after the checkpoint.
+        tokio::task::block_in_place(|| {
+            send_all(
+                &producer,
+                &settings.topics.state,
+                state_records(&definition, next_order..next_order + tail),
+            )
+        })?;
+        next_order += tail;
+        let mut order = ["memory", "disk"];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for backend in order {
+            let (secs, records, open_secs) = tokio::task::block_in_place(|| {
+                if backend == "memory" {
+                    restore_all(settings, &definition, None).map(|(s, r)| (s, r, 0.0))
+                } else {
+                    let opened = Instant::now();
+                    let disk = open()?;
+                    let open_secs = opened.elapsed().as_secs_f64();
+                    let (s, r) = restore_all(settings, &definition, Some(&disk))?;
+                    disk.store.persist()?;
+                    Ok::<_, anyhow::Error>((s, r, open_secs))
+                }
+            })?;
+            runs.push(json!({"round": round, "backend": backend, "seconds": secs, "records": records, "open_seconds": open_secs}));
+            eprintln!("restart round {round} {backend}: {secs:.3} s, {records} records read, store opened in {open_secs:.3} s");
+        }
+    }
+    println!(
+        "{}",
+        json!({
+            "orders": written,
+            "tail": tail,
+            "partitions": settings.topics.partitions,
+            "first_disk_start_seconds": first_secs,
+            "first_disk_start_records": first_records,
+            "store_disk_bytes": dir_bytes(dir),
+            "runs": runs,
+        })
+    );
+    Ok(())
+}
+
+/// Bytes allocated under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// State records of typical live orders `range` (confirmed, two requests remembered).
+fn state_records(
+    definition: &orderflow::machine::Definition,
+    range: std::ops::Range<u64>,
+) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+    let confirmed = definition.state_id("Confirmed").expect("Confirmed state");
+    let pending = definition.state_id("Pending").expect("Pending state");
+    range.map(move |n| {
+        let order_id = format!("order-{n:010}");
+        let recent = |k: u64, from, to, version| RecentRequest {
+            request_id: uuid::Uuid::from_u64_pair(n, k),
+            outcome: RecordedOutcome::Accepted,
+            from,
+            to,
+            version,
+        };
+        let state = OrderState {
+            state: confirmed,
+            version: 2,
+            created_at_ms: 1_764_000_000_000,
+            updated_at_ms: 1_764_000_060_000,
+            recent: vec![
+                recent(1, pending, pending, 1),
+                recent(2, pending, confirmed, 2),
+            ],
+            parked: Vec::new(),
+        };
+        let mut value = Vec::with_capacity(160);
+        encode_order_state(definition, &order_id, &state, &mut value);
+        (order_id.into_bytes(), value)
+    })
+}
+
 async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
     Topics::connect(&settings.kafka)?
         .ensure(&settings.topics)
@@ -751,6 +939,12 @@ async fn main() -> anyhow::Result<()> {
         } => tokio::task::block_in_place(|| {
             await_outcomes(&settings, *count, Duration::from_secs(*timeout_secs))
         }),
+        Command::Restart {
+            orders,
+            rounds,
+            tail,
+            dir,
+        } => restart(&settings, *orders, *rounds, *tail, dir).await,
         Command::Restore { orders, threads } => {
             let mut settings = settings;
             settings.processor.restore_threads = *threads;

@@ -50,7 +50,9 @@ KAFKA_VERSION = "4.4.0"
 LADDER = [5800, 8700, 11600, 14500, 17400, 23000]
 log = driver.logger("bench")
 # The orderflow binary of each orderflow-like system (the baseline is added by --baseline).
-BINARIES = {"orderflow": ORDERFLOW}
+BINARIES = {"orderflow": ORDERFLOW, "orderflow-memory": ORDERFLOW}
+# The state backend of each orderflow system (the baseline's binary may predate the setting).
+BACKENDS = {"orderflow": "disk", "orderflow-memory": "memory"}
 
 
 def run(cmd, **kw):
@@ -101,6 +103,9 @@ def start(system, prefix, count, config):
     elif system in BINARIES:
         binary = BINARIES[system]
         cmd, env = [binary, "run"], dict(topic_env(prefix, binary), ORDERFLOW_PROCESSOR__BATCH_MAX_WAIT_MS="20")
+        if system in BACKENDS:
+            env["ORDERFLOW_STATE__BACKEND"] = BACKENDS[system]
+            env["ORDERFLOW_STATE__DIR"] = str(root / "target" / "bench-state" / prefix.rstrip("-."))
     elif system == "streams-default":
         cmd, env = streams_command(prefix, 100, "rocksdb"), dict(os.environ)
     elif system == "streams-best":
@@ -232,7 +237,10 @@ def orderflow_latency(rate, seconds, warmup, binary=ORDERFLOW):
     env = topic_env(prefix, binary)
     run([binary, "topics", "create"], env=env)
     port = driver.free_port()
-    process = driver.start([binary, "run"], dict(env, ORDERFLOW_OPS__LISTEN=f"127.0.0.1:{port}"))
+    run_env = dict(env, ORDERFLOW_OPS__LISTEN=f"127.0.0.1:{port}")
+    if binary == ORDERFLOW:
+        run_env["ORDERFLOW_STATE__DIR"] = str(root / "target" / "bench-state" / prefix.rstrip("-."))
+    process = driver.start([binary, "run"], run_env)
     try:
         driver.wait_ready(port)
         orders = max(1000, int(rate * (seconds + warmup) / 4.85))
@@ -401,7 +409,8 @@ def markdown(context, passes, config, latencies, restore):
 
 
 LABELS = {
-    "orderflow": "orderflow",
+    "orderflow": "orderflow (state.backend = disk, the default)",
+    "orderflow-memory": "orderflow, state.backend = memory",
     "pipe": "pipe (orderflow's batch window and transaction runner, librdkafka)",
     "java-pipe": "Java pipe (Kafka 4.4 clients)",
     "streams-default": "Kafka Streams, commit.interval.ms=100, RocksDB",
@@ -410,6 +419,8 @@ LABELS = {
     "baseline": "orderflow at the baseline commit",
 }
 RATIO_LINES = [
+    ("orderflow", "orderflow-memory", "rate", "orderflow disk backend / memory backend, throughput", " (goal ≥ 0.9)"),
+    ("orderflow", "orderflow-memory", "cpu_per_request_us", "orderflow disk backend / memory backend, CPU per request", ""),
     ("orderflow", "pipe", "rate", "orderflow / pipe, throughput", ""),
     ("orderflow", "pipe", "cpu_per_request_us", "orderflow / pipe, CPU per request", " (goal ≤ 1.25)"),
     ("pipe", "java-pipe", "rate", "pipe (librdkafka) / Java pipe, throughput", ""),
@@ -457,9 +468,9 @@ def main():
     last = json.loads(last_path.read_text()) if last_path.exists() else {}
     config = {"streams_best_ms": (last.get("streams_best_commit_ms") or 1000)}
     if quick:
-        systems = ["orderflow", "pipe", "streams-best"]
+        systems = ["orderflow", "orderflow-memory", "pipe", "streams-best"]
     else:
-        systems = ["orderflow", "pipe", "java-pipe", "streams-default", "streams-best", "streams-memory"]
+        systems = ["orderflow", "orderflow-memory", "pipe", "java-pipe", "streams-default", "streams-best", "streams-memory"]
     if args.baseline:
         systems.append("baseline")
     log(f"starting a fresh broker on {BOOTSTRAP}")

@@ -20,6 +20,8 @@ stop() {
 }
 trap stop EXIT
 echo "processor running (pid $processor, log $log)"
+echo "its orders are kept in a local store under $repo/${ORDERFLOW_STATE__DIR:-orderflow-state}/ (state.backend = disk): a cache of the"
+echo "compacted state topic, so the next start reads only what changed since; delete it any time the processor is stopped"
 "$bin" demo
 if [ "${KEEP_RUNNING:-0}" = 1 ]; then
   echo "processor keeps running; Ctrl-C stops it"
