@@ -477,3 +477,49 @@ async fn a_checkpoint_older_than_delete_retention_is_not_trusted_after_a_tombsto
         .iter()
         .any(|a| a.order_id == kept && a.version == 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_from_the_checkpoint_applies_a_tombstone_written_after_it() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let settings = disk_settings("store-tombstone", dir.path());
+    let orders = sixty_orders_created(&settings).await;
+
+    // While the instance is down, another owner forgets one order: a tombstone after the
+    // checkpoint, which the catch-up must apply to the store.
+    let forgotten = &orders[0];
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::<String, [u8]>::to(&settings.topics.state)
+                .partition(partition_for(forgotten.as_bytes(), 3))
+                .key(forgotten),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let confirms: Vec<_> = orders.iter().map(|o| request(o, "confirm")).collect();
+    produce(&settings, &confirms).await;
+    let outcomes = run_until(&settings, 2 * orders.len()).await;
+
+    let rejected: Vec<_> = outcomes
+        .rejected
+        .iter()
+        .map(|r| (r.order_id.as_str(), r.reason))
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![(forgotten.as_str(), RejectCode::UnknownOrder)]
+    );
+    let store = open_store(&settings);
+    assert_eq!(
+        store
+            .get(partition_for(forgotten.as_bytes(), 3), forgotten)
+            .unwrap(),
+        None,
+        "gone from the store too"
+    );
+}
