@@ -587,7 +587,11 @@ async fn restart(
     let definition = definition()?;
     let producer = producer(settings)?;
     let written = tokio::task::block_in_place(|| {
-        send_all(&producer, &settings.topics.state, state_records(&definition, 0..orders))
+        send_all(
+            &producer,
+            &settings.topics.state,
+            state_records(&definition, 0..orders),
+        )
     })?;
     let identity = StoreIdentity {
         format: FORMAT_VERSION,
