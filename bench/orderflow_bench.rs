@@ -535,12 +535,13 @@ fn resident_bytes() -> u64 {
 }
 
 /// Restores every partition as the processor does (its partitions split over its restore
-/// consumers), with the local store `disk` or in memory; returns (seconds, state records read).
+/// consumers), with the local store `disk` or in memory; returns the seconds taken and each
+/// partition's result.
 fn restore_all(
     settings: &Settings,
     definition: &orderflow::machine::Definition,
     disk: Option<&Arc<orderflow::state::store::DiskState>>,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<(f64, Vec<orderflow::state::restore::Restored>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let partitions: Vec<i32> = (0..settings.topics.partitions).collect();
     let groups = orderflow::state::restore::split_partitions(
@@ -566,11 +567,16 @@ fn restore_all(
             .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     })?;
     let elapsed = started.elapsed().as_secs_f64();
-    let mut records = 0;
+    let mut restored = Vec::new();
     while let Ok(orderflow::state::restore::RestoreEvent::Done(done)) = rx.try_recv() {
-        records += done.records;
+        restored.push(done);
     }
-    Ok((elapsed, records))
+    Ok((elapsed, restored))
+}
+
+/// State records read by a restore's partitions.
+fn records_read(restored: &[orderflow::state::restore::Restored]) -> u64 {
+    restored.iter().map(|r| r.records).sum()
 }
 
 /// The restart benchmark (see [`Command::Restart`]).
@@ -590,7 +596,7 @@ async fn restart(
         send_all(
             &producer,
             &settings.topics.state,
-            state_records(&definition, 0..orders),
+            state_records(&definition, 0..orders)?,
         )
     })?;
     let identity = StoreIdentity {
@@ -612,9 +618,9 @@ async fn restart(
     // The first start of the disk backend: a full restore that also fills the store.
     let (first_secs, first_records) = tokio::task::block_in_place(|| {
         let disk = open()?;
-        let result = restore_all(settings, &definition, Some(&disk));
+        let (secs, restored) = restore_all(settings, &definition, Some(&disk))?;
         disk.store.persist()?;
-        result
+        Ok::<_, anyhow::Error>((secs, records_read(&restored)))
     })?;
     let mut runs = Vec::new();
     let mut next_order = orders;
@@ -624,7 +630,7 @@ async fn restart(
             send_all(
                 &producer,
                 &settings.topics.state,
-                state_records(&definition, next_order..next_order + tail),
+                state_records(&definition, next_order..next_order + tail)?,
             )
         })?;
         next_order += tail;
@@ -635,12 +641,14 @@ async fn restart(
         for backend in order {
             let (secs, records, open_secs) = tokio::task::block_in_place(|| {
                 if backend == "memory" {
-                    restore_all(settings, &definition, None).map(|(s, r)| (s, r, 0.0))
+                    restore_all(settings, &definition, None)
+                        .map(|(s, r)| (s, records_read(&r), 0.0))
                 } else {
                     let opened = Instant::now();
                     let disk = open()?;
                     let open_secs = opened.elapsed().as_secs_f64();
                     let (s, r) = restore_all(settings, &definition, Some(&disk))?;
+                    let r = records_read(&r);
                     disk.store.persist()?;
                     Ok::<_, anyhow::Error>((s, r, open_secs))
                 }
@@ -679,14 +687,17 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// State records of typical live orders `range` (confirmed, two requests remembered).
+/// State records of typical live orders `range` (confirmed, two requests remembered: create and
+/// confirm).
 fn state_records(
     definition: &orderflow::machine::Definition,
     range: std::ops::Range<u64>,
-) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
-    let confirmed = definition.state_id("Confirmed").expect("Confirmed state");
-    let pending = definition.state_id("Pending").expect("Pending state");
-    range.map(move |n| {
+) -> anyhow::Result<impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_> {
+    let confirmed = definition
+        .state_id("Confirmed")
+        .context("no Confirmed state")?;
+    let pending = definition.state_id("Pending").context("no Pending state")?;
+    Ok(range.map(move |n| {
         let order_id = format!("order-{n:010}");
         let recent = |k: u64, from, to, version| RecentRequest {
             request_id: uuid::Uuid::from_u64_pair(n, k),
@@ -709,7 +720,7 @@ fn state_records(
         let mut value = Vec::with_capacity(160);
         encode_order_state(definition, &order_id, &state, &mut value);
         (order_id.into_bytes(), value)
-    })
+    }))
 }
 
 async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
@@ -717,72 +728,19 @@ async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
         .ensure(&settings.topics)
         .await?;
     let definition = definition()?;
-    let confirmed = definition
-        .state_id("Confirmed")
-        .context("no Confirmed state")?;
-    let pending = definition.state_id("Pending").context("no Pending state")?;
-    // A typical live order: confirmed, two requests remembered (create, confirm).
-    let records = (0..orders).map(|n| {
-        let order_id = format!("order-{n:010}");
-        let recent = |k: u64, from, to, version| RecentRequest {
-            request_id: uuid::Uuid::from_u64_pair(n, k),
-            outcome: RecordedOutcome::Accepted,
-            from,
-            to,
-            version,
-        };
-        let state = OrderState {
-            state: confirmed,
-            version: 2,
-            created_at_ms: 1_764_000_000_000,
-            updated_at_ms: 1_764_000_060_000,
-            recent: vec![
-                recent(1, pending, pending, 1),
-                recent(2, pending, confirmed, 2),
-            ],
-            parked: Vec::new(),
-        };
-        let mut value = Vec::with_capacity(160);
-        encode_order_state(&definition, &order_id, &state, &mut value);
-        (order_id.into_bytes(), value)
-    });
+    let records = state_records(&definition, 0..orders)?;
     let producer = producer(settings)?;
     let written =
         tokio::task::block_in_place(|| send_all(&producer, &settings.topics.state, records))?;
     drop(producer);
 
     let before = resident_bytes();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let partitions: Vec<i32> = (0..settings.topics.partitions).collect();
-    let started = Instant::now();
-    let cancel = AtomicBool::new(false);
     // As the processor restores: its partitions split over `restore_threads` consumers.
-    let groups = orderflow::state::restore::split_partitions(
-        &partitions,
-        orderflow::state::restore::restore_threads(settings),
-    );
-    tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = groups
-                .iter()
-                .map(|group| {
-                    let (tx, definition, cancel) = (tx.clone(), &definition, &cancel);
-                    scope.spawn(move || {
-                        orderflow::state::restore::restore_partitions(
-                            1, settings, definition, group, &tx, cancel, None,
-                        )
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
-    })?;
-    let elapsed = started.elapsed().as_secs_f64();
+    let (elapsed, restored_partitions) =
+        tokio::task::block_in_place(|| restore_all(settings, &definition, None))?;
     let mut caches = Vec::new();
     let mut restored = 0;
-    while let Ok(orderflow::state::restore::RestoreEvent::Done(done)) = rx.try_recv() {
+    for done in restored_partitions {
         restored += done.cache.len() as u64;
         caches.push((done.partition, done.cache));
     }
