@@ -308,16 +308,19 @@ impl LocalStore {
                 .open_partition(META_PARTITION, PartitionCreateOptions::default())
                 .map_err(engine)?;
         }
-        Ok(Opened {
-            store: LocalStore {
-                path: engine_dir,
-                keyspace,
-                meta,
-                partitions: std::sync::Mutex::new(BTreeMap::new()),
-                _lock: lock,
-            },
-            discarded,
-        })
+        let store = LocalStore {
+            path: engine_dir,
+            keyspace,
+            meta,
+            partitions: std::sync::Mutex::new(BTreeMap::new()),
+            _lock: lock,
+        };
+        // Opening a partition recovers its segments' metadata from disk: done here, at process
+        // start, rather than on the partition's assignment.
+        for partition in store.stored_partitions() {
+            store.handle(partition)?;
+        }
+        Ok(Opened { store, discarded })
     }
 
     fn engine(&self) -> impl Fn(fjall::Error) -> StoreError + '_ {
