@@ -48,6 +48,40 @@ fn open_store(settings: &Settings) -> LocalStore {
     opened.store
 }
 
+/// The store of a cleanly stopped instance holds exactly the orders a restore from the state
+/// topic alone finds, each in the same state: the differential check of the disk backend.
+fn assert_store_equals_topic(settings: &Settings) {
+    use orderflow::machine::OrderState;
+    use orderflow::state::restore::{restore_partitions, RestoreEvent};
+    let store = open_store(settings);
+    let definition = definition();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let partitions: Vec<i32> = (0..settings.topics.partitions).collect();
+    let no_cancel = std::sync::atomic::AtomicBool::new(false);
+    restore_partitions(1, settings, &definition, &partitions, &tx, &no_cancel, None)
+        .expect("a restore from the topic alone");
+    let mut compared = 0;
+    while let Ok(RestoreEvent::Done(done)) = rx.try_recv() {
+        let from_topic: BTreeMap<String, OrderState> = done
+            .cache
+            .iter()
+            .map(|(id, state)| (id.to_string(), state))
+            .collect();
+        let from_store: BTreeMap<String, OrderState> = store
+            .orders(done.partition)
+            .unwrap()
+            .map(|item| {
+                let (id, bytes) = item.unwrap();
+                let (_, state) = orderflow::codec::decode_order_state(&definition, &bytes).unwrap();
+                (id, state)
+            })
+            .collect();
+        assert_eq!(from_store, from_topic, "partition {}", done.partition);
+        compared += 1;
+    }
+    assert_eq!(compared, partitions.len(), "every partition compared");
+}
+
 /// Runs the service until `expected` outcomes are in, then stops it.
 async fn run_until(settings: &Settings, expected: usize) -> Outcomes {
     let processor = RunningProcessor::start(settings);
@@ -346,6 +380,10 @@ async fn a_partition_that_moves_away_and_back_catches_up_with_the_other_owners_c
         moved_orders,
         "A's catch-up read only the tail"
     );
+    let settings_a = settings_a.clone();
+    tokio::task::spawn_blocking(move || assert_store_equals_topic(&settings_a))
+        .await
+        .unwrap();
 }
 
 /// Makes the state topic's cleaner remove tombstones within seconds.
@@ -522,4 +560,8 @@ async fn a_catch_up_from_the_checkpoint_applies_a_tombstone_written_after_it() {
         None,
         "gone from the store too"
     );
+    drop(store);
+    tokio::task::spawn_blocking(move || assert_store_equals_topic(&settings))
+        .await
+        .unwrap();
 }
