@@ -539,7 +539,7 @@ fn resident_bytes() -> u64 {
 /// partition's result.
 fn restore_all(
     settings: &Settings,
-    definition: &orderflow::machine::Definition,
+    definition: &Arc<orderflow::machine::Definition>,
     disk: Option<&Arc<orderflow::state::store::DiskState>>,
 ) -> anyhow::Result<(f64, Vec<orderflow::state::restore::Restored>)> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -590,7 +590,7 @@ async fn restart(
     use orderflow::state::store::{DiskState, LocalStore, StoreIdentity, FORMAT_VERSION};
     let topics = Topics::connect(&settings.kafka)?;
     topics.ensure(&settings.topics).await?;
-    let definition = definition()?;
+    let definition = Arc::new(definition()?);
     let producer = producer(settings)?;
     let written = tokio::task::block_in_place(|| {
         send_all(
@@ -727,7 +727,7 @@ async fn restore(settings: &Settings, orders: u64) -> anyhow::Result<()> {
     Topics::connect(&settings.kafka)?
         .ensure(&settings.topics)
         .await?;
-    let definition = definition()?;
+    let definition = Arc::new(definition()?);
     let records = state_records(&definition, 0..orders)?;
     let producer = producer(settings)?;
     let written =

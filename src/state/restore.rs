@@ -84,8 +84,6 @@ pub struct Restored {
     pub records: u64,
     /// How long it took.
     pub elapsed: Duration,
-    /// The local store's checkpoint it started from (`None`: from the topic's beginning).
-    pub from_checkpoint: Option<i64>,
 }
 
 /// What a restore worker reports to the processor.
@@ -105,34 +103,24 @@ pub fn end_offset<C: rdkafka::consumer::ConsumerContext>(
     topic: &str,
     partition: i32,
 ) -> Result<i64, KafkaError> {
+    watermarks(consumer, topic, partition).map(|(_, end)| end)
+}
+
+/// The earliest and end offsets of a partition, retried as [`end_offset`] says.
+pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), KafkaError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut backoff = Duration::from_millis(100);
     loop {
         match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
-            Ok((_, high)) => return Ok(high),
+            Ok(offsets) => return Ok(offsets),
             Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, topic, partition, "end offset not known yet; retrying");
+                tracing::debug!(error = %e, topic, partition, "offsets not known yet; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The earliest offset of a partition (its log start), retried like [`end_offset`].
-pub fn earliest_offset<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partition: i32,
-) -> Result<i64, KafkaError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
-            Ok((low, _)) => return Ok(low),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, topic, partition, "earliest offset not known yet; retrying");
-                std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => return Err(e),
         }
@@ -262,7 +250,7 @@ fn starting_point(
 pub fn restore_partitions(
     job: u64,
     settings: &Settings,
-    definition: &Definition,
+    definition: &Arc<Definition>,
     partitions: &[i32],
     events: &Sender<RestoreEvent>,
     cancel: &AtomicBool,
@@ -270,15 +258,10 @@ pub fn restore_partitions(
 ) -> Result<(), RestoreError> {
     let topic = settings.topics.state.as_str();
     // Only a store needs deadlines at restore (the processor's in-memory index computes its own).
-    let shared_definition = Arc::new(definition.clone());
-    let decider = disk.map(|_| {
-        Decider::new(
-            Arc::clone(&shared_definition),
-            settings.processor.recent_requests,
-        )
-    });
+    let decider =
+        disk.map(|_| Decider::new(Arc::clone(definition), settings.processor.recent_requests));
     let backed = |disk: &Arc<DiskState>, partition| {
-        PartitionCache::backed(Arc::clone(disk), partition, Arc::clone(&shared_definition))
+        PartitionCache::backed(Arc::clone(disk), partition, Arc::clone(definition))
     };
     let kafka = |partition: i32| {
         move |source: KafkaError| RestoreError::Kafka {
@@ -303,12 +286,11 @@ pub fn restore_partitions(
     let mut tpl = TopicPartitionList::new();
     for &partition in partitions {
         let target = end_offset(&uncommitted, topic, partition).map_err(kafka(partition))?;
-        let stable = end_offset(&consumer, topic, partition).map_err(kafka(partition))?;
+        let (earliest, stable) =
+            watermarks(&consumer, topic, partition).map_err(kafka(partition))?;
         let (start, cache, from_checkpoint) = match disk {
             None => (Offset::Beginning, PartitionCache::new(), None),
             Some(disk) => {
-                let earliest =
-                    earliest_offset(&consumer, topic, partition).map_err(kafka(partition))?;
                 let bounds = PartitionBounds {
                     earliest,
                     end: target,
@@ -329,12 +311,6 @@ pub fn restore_partitions(
             pending: Vec::new(),
         };
         restore.stable_offset_is(stable, started, settings);
-        // Caught up already: nothing to read after the checkpoint.
-        if let (Some(checkpoint), Some(end)) = (from_checkpoint, restore.end) {
-            if checkpoint >= end {
-                restore.end = Some(0);
-            }
-        }
         restores.insert(partition, restore);
         tpl.add_partition_offset(topic, partition, start)
             .map_err(kafka(partition))?;
@@ -344,9 +320,9 @@ pub fn restore_partitions(
      -> Result<(), RestoreError> {
         if let Some(mut restore) = restores.remove(&partition) {
             if let (Some(disk), Some(end)) = (disk, restore.end) {
-                // Everything below the end is applied; an end of 0 marks a store caught up
-                // already, whose checkpoint stays.
-                if end > 0 {
+                // Everything below the end is applied; a store caught up already keeps its
+                // checkpoint.
+                if end > restore.start() {
                     flush_to_store(disk, partition, &mut restore.pending, end)?;
                 }
                 // The store holds every order now: memory starts empty in front of it.
@@ -365,14 +341,13 @@ pub fn restore_partitions(
                 cache: restore.cache,
                 records: restore.records,
                 elapsed: started.elapsed(),
-                from_checkpoint: restore.from_checkpoint,
             }));
         }
         Ok(())
     };
     let empty: Vec<i32> = restores
         .iter()
-        .filter(|(_, r)| r.end.is_some_and(|end| end <= 0))
+        .filter(|(_, r)| r.end.is_some_and(|end| end <= r.start()))
         .map(|(p, _)| *p)
         .collect();
     for partition in empty {
@@ -505,6 +480,11 @@ pub fn restore_partitions(
 }
 
 impl PartitionRestore {
+    /// The offset it reads from: its store's checkpoint, or the partition's beginning.
+    fn start(&self) -> i64 {
+        self.from_checkpoint.unwrap_or(0)
+    }
+
     /// Takes note of the partition's last stable offset; true when it has just reached the
     /// target, so the restore now knows where it ends.
     fn stable_offset_is(&mut self, stable: i64, started: Instant, settings: &Settings) -> bool {
