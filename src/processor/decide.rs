@@ -89,6 +89,8 @@ pub struct OrderChange {
     /// The next deadline of its committed state before the batch: the entry the processor's
     /// deadline index holds for it, to be moved.
     pub deadline_before: Option<i64>,
+    /// Where its last state record is in the batch's `records` (what the local store keeps).
+    pub record: usize,
 }
 
 /// The decided batch.
@@ -215,9 +217,11 @@ impl Overlay {
         order_id: &str,
         state: Option<OrderState>,
         deadline_before: Option<i64>,
+        record: usize,
     ) {
         if let Some(i) = self.position(partition, order_id) {
             self.changes[i].state = state;
+            self.changes[i].record = record;
             return;
         }
         let changes = &mut self.changes;
@@ -230,6 +234,7 @@ impl Overlay {
             order_id: order_id.to_string(),
             state,
             deadline_before,
+            record,
         });
     }
 
@@ -337,7 +342,8 @@ fn emit_step(
         output
             .records
             .push(state_record(context.topics, partition, order_id, value));
-        overlay.set(partition, order_id, state, deadline_before);
+        let record = output.records.len() - 1;
+        overlay.set(partition, order_id, state, deadline_before, record);
     }
     for answer in step.answers {
         match &answer.outcome {
@@ -516,5 +522,15 @@ mod tests {
         );
         let returned = output.changes[0].state.as_ref().unwrap();
         assert_ne!(decider.next_deadline(returned), committed_deadline);
+        // Each change points at its order's last state record, which holds its last state.
+        for change in &output.changes {
+            let record = &output.records[change.record];
+            assert_eq!(record.topic, topics.state);
+            assert_eq!(record.key.as_deref(), Some(change.order_id.as_bytes()));
+            let (_, stored) =
+                crate::codec::decode_order_state(&definition, record.value.as_deref().unwrap())
+                    .unwrap();
+            assert_eq!(Some(&stored), change.state.as_ref(), "{}", change.order_id);
+        }
     }
 }

@@ -54,7 +54,6 @@ use self::ownership::Ownership;
 use self::poll::{to_input, BatchWindow, ProcessorContext, RebalanceEvent};
 use self::transaction::{Attempt, RunnerError, TransactionRunner};
 use crate::clock::{Clock, SystemClock};
-use crate::codec::encode_order_state;
 use crate::config::Settings;
 use crate::kafka::group::describe_group;
 use crate::kafka::{
@@ -684,26 +683,14 @@ impl Processor {
         if output.changes.is_empty() {
             return Ok(());
         }
-        let definition = self.decider.definition();
-        let values: Vec<Option<Vec<u8>>> = output
-            .changes
-            .iter()
-            .map(|change| {
-                change.state.as_ref().map(|state| {
-                    let mut bytes = Vec::new();
-                    encode_order_state(definition, &change.order_id, state, &mut bytes);
-                    bytes
-                })
-            })
-            .collect();
+        // The store keeps the state record the transaction wrote, byte for byte.
         let changes: Vec<StoreChange<'_>> = output
             .changes
             .iter()
-            .zip(&values)
-            .map(|(change, value)| StoreChange {
+            .map(|change| StoreChange {
                 partition: change.partition,
                 order_id: &change.order_id,
-                value: value.as_deref(),
+                value: output.records[change.record].value.as_deref(),
                 deadline_before: change.deadline_before,
                 deadline_after: change
                     .state
