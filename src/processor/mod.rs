@@ -658,13 +658,12 @@ impl Processor {
         let Some(disk) = &self.disk else {
             return Ok(());
         };
-        let failed: Vec<(i32, String)> = self
+        let failed = self
             .caches
             .read()
             .iter()
-            .filter_map(|(p, cache)| cache.store_failure().map(|why| (*p, why)))
-            .collect();
-        let Some((partition, why)) = failed.into_iter().next() else {
+            .find_map(|(p, cache)| cache.store_failure().map(|why| (*p, why)));
+        let Some((partition, why)) = failed else {
             return Ok(());
         };
         if let Err(e) = disk.store.discard(partition) {

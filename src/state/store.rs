@@ -201,7 +201,6 @@ pub struct StoreChange<'a> {
 pub struct LocalStore {
     path: PathBuf,
     keyspace: Keyspace,
-    meta: PartitionHandle,
     partitions: std::sync::Mutex<BTreeMap<i32, PartitionHandle>>,
     /// Held for the life of the store: a second process with the same instance id fails.
     _lock: File,
@@ -258,7 +257,7 @@ impl LocalStore {
             path: engine_dir.clone(),
             source,
         };
-        let mut meta = keyspace
+        let meta = keyspace
             .open_partition(META_PARTITION, PartitionCreateOptions::default())
             .map_err(engine)?;
         let stored: Option<StoreIdentity> = meta
@@ -304,14 +303,10 @@ impl LocalStore {
             let bytes = serde_json::to_vec(identity).unwrap_or_default();
             meta.insert(IDENTITY_KEY, bytes).map_err(engine)?;
             keyspace.persist(PersistMode::SyncAll).map_err(engine)?;
-            meta = keyspace
-                .open_partition(META_PARTITION, PartitionCreateOptions::default())
-                .map_err(engine)?;
         }
         let store = LocalStore {
             path: engine_dir,
             keyspace,
-            meta,
             partitions: std::sync::Mutex::new(BTreeMap::new()),
             _lock: lock,
         };
@@ -498,11 +493,6 @@ impl LocalStore {
             .persist(PersistMode::SyncAll)
             .map_err(self.engine())
     }
-
-    /// Bytes the store takes on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        self.keyspace.disk_space() + self.meta.disk_space()
-    }
 }
 
 fn open_keyspace(dir: &Path, cache_bytes: u64) -> Result<Keyspace, fjall::Error> {
@@ -678,19 +668,21 @@ mod tests {
         assert_eq!(store.due(3, 250, 10).unwrap().len(), 2);
     }
 
+    /// Writes order "a" to partition 3 with checkpoint 1.
+    fn write_order_a(store: &LocalStore) {
+        store
+            .write(
+                &[change("a", Some(b"x"), None, None)],
+                &BTreeMap::from([(3, 1)]),
+                0,
+            )
+            .unwrap();
+    }
+
     #[test]
     fn a_store_of_another_identity_or_format_is_discarded_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = open(dir.path(), &identity()).store;
-            store
-                .write(
-                    &[change("a", Some(b"x"), None, None)],
-                    &BTreeMap::from([(3, 1)]),
-                    0,
-                )
-                .unwrap();
-        }
+        write_order_a(&open(dir.path(), &identity()).store);
         let mut other = identity();
         other.definition_hash = "def".into();
         let opened = open(dir.path(), &other);
@@ -723,13 +715,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = open(dir.path(), &identity()).store;
-            store
-                .write(
-                    &[change("a", Some(b"x"), None, None)],
-                    &BTreeMap::from([(3, 1)]),
-                    0,
-                )
-                .unwrap();
+            write_order_a(&store);
             store.persist().unwrap();
         }
         garble(&dir.path().join("orderflow-0").join(ENGINE_DIR));
