@@ -82,6 +82,17 @@ fn assert_store_equals_topic(settings: &Settings) {
     assert_eq!(compared, partitions.len(), "every partition compared");
 }
 
+/// A store write that forgets `order_id` (of a three-partition topic set), as a tombstone would.
+fn forgotten_in_store(order_id: &str) -> StoreChange<'_> {
+    StoreChange {
+        partition: partition_for(order_id.as_bytes(), 3),
+        order_id,
+        value: None,
+        deadline_before: None,
+        deadline_after: None,
+    }
+}
+
 /// Runs the service until `expected` outcomes are in, then stops it.
 async fn run_until(settings: &Settings, expected: usize) -> Outcomes {
     let processor = RunningProcessor::start(settings);
@@ -147,13 +158,7 @@ async fn a_restart_takes_its_orders_from_the_local_store_and_only_the_tail_from_
         let checkpoint = store.checkpoint(partition).unwrap().unwrap();
         store
             .write(
-                &[StoreChange {
-                    partition,
-                    order_id: forgotten,
-                    value: None,
-                    deadline_before: None,
-                    deadline_after: None,
-                }],
+                &[forgotten_in_store(forgotten)],
                 &BTreeMap::from([(partition, checkpoint.next_offset)]),
                 checkpoint.written_at_ms,
             )
@@ -185,16 +190,7 @@ async fn a_store_whose_checkpoint_is_beyond_the_topic_is_discarded_and_rebuilt_f
     // after the topic was recreated): it must not be trusted.
     {
         let store = open_store(&settings);
-        let changes: Vec<StoreChange<'_>> = orders
-            .iter()
-            .map(|o| StoreChange {
-                partition: partition_for(o.as_bytes(), 3),
-                order_id: o,
-                value: None,
-                deadline_before: None,
-                deadline_after: None,
-            })
-            .collect();
+        let changes: Vec<StoreChange<'_>> = orders.iter().map(|o| forgotten_in_store(o)).collect();
         let far = (0..3).map(|p| (p, 1_000_000)).collect();
         store.write(&changes, &far, 0).unwrap();
     }
