@@ -51,6 +51,8 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     /// Records the consumer delivered again below an offset this instance had committed (skipped).
     pub redelivered_records: IntCounter,
+    /// Committed transactions the local store could not take (their partitions caught up).
+    pub store_write_failures: IntCounter,
     /// Requests not yet consumed, per owned partition of the requests topic.
     pub consumer_lag: IntGaugeVec,
     /// Average round-trip time to each broker, per client (`consumer`, `producer`).
@@ -220,6 +222,11 @@ impl Metrics {
                 &r,
                 "orderflow_redelivered_records_total",
                 "Records delivered again below an offset this instance had committed; skipped.",
+            )?,
+            store_write_failures: counter(
+                &r,
+                "orderflow_store_write_failures_total",
+                "Committed transactions the local store could not take; their partitions caught up from the store's checkpoint.",
             )?,
             restore_seconds: histogram(
                 &r,

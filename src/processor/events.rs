@@ -142,6 +142,31 @@ impl RecordRedelivered {
     }
 }
 
+/// A committed transaction's changes could not be written to the local store (a full or failing
+/// disk): the partitions it touched catch up from their store's checkpoint before they decide again.
+#[derive(Debug)]
+pub struct StoreFellBehind<'a> {
+    /// The partitions whose store is behind their committed state.
+    pub partitions: &'a [i32],
+    /// The store's error.
+    pub error: &'a crate::state::store::StoreError,
+}
+
+impl StoreFellBehind<'_> {
+    /// Counts it and says what happens next.
+    pub fn emit(&self, metrics: &Metrics) {
+        metrics.store_write_failures.inc();
+        tracing::error!(
+            partitions = ?self.partitions,
+            error = %self.error,
+            "a committed transaction could not be written to the local store; its partitions are \
+             paused and catch up from their checkpoint (if the disk stays unwritable, that \
+             restore fails and the process exits: free space under state.dir or set \
+             state.backend = \"memory\")"
+        );
+    }
+}
+
 /// A partition's state is restored: it is resumed and its requests are decided from now on.
 #[derive(Debug)]
 pub struct PartitionRestored {

@@ -16,6 +16,8 @@
 //!   delivers records this instance decided already);
 //! - `kill-before-store:N` sends SIGKILL to this process after the N-th batch committed, before
 //!   its changes reach the local store (disk backend);
+//! - `fail-store-write:N` makes the local store's write of the N-th batch fail, as a full disk
+//!   would, after the batch committed;
 //! - `hang-in-commit:N:MS` makes the N-th batch's commit a transactional call that does not return
 //!   for MS milliseconds (as librdkafka's calls can when a coordinator's broker dies), for the
 //!   watchdog to find.
@@ -45,6 +47,7 @@ enum FailAction {
     Hang(Duration),
     Redeliver,
     KillBeforeStore,
+    FailStoreWrite,
 }
 
 impl Failpoints {
@@ -84,9 +87,12 @@ impl Failpoints {
         false
     }
 
-    /// Runs after the batch committed, before its changes are written to the local store.
+    /// Runs after the batch committed, before its changes are written to the local store:
+    /// true when that write is to fail.
     #[cfg(not(feature = "failpoints"))]
-    pub fn before_store_write(&self, _batch_number: u64) {}
+    pub fn before_store_write(&self, _batch_number: u64) -> bool {
+        false
+    }
 
     /// Failpoints from their text (see the module documentation); unknown ones are ignored.
     #[cfg(feature = "failpoints")]
@@ -104,6 +110,7 @@ impl Failpoints {
                 ("hang-in-commit", Some(ms)) => FailAction::Hang(millis(ms)?),
                 ("redeliver-after-commit", None) => FailAction::Redeliver,
                 ("kill-before-store", None) => FailAction::KillBeforeStore,
+                ("fail-store-write", None) => FailAction::FailStoreWrite,
                 _ => return None,
             };
             parts.next().is_none().then_some((action, batch))
@@ -245,9 +252,20 @@ impl Failpoints {
         fire
     }
 
-    /// Runs after the batch committed, before its changes are written to the local store.
+    /// Runs after the batch committed, before its changes are written to the local store:
+    /// true when that write is to fail.
     #[cfg(feature = "failpoints")]
-    pub fn before_store_write(&self, batch_number: u64) {
+    pub fn before_store_write(&self, batch_number: u64) -> bool {
+        if self
+            .action(batch_number, |a| *a == FailAction::FailStoreWrite)
+            .is_some()
+        {
+            tracing::warn!(
+                batch_number,
+                "failpoint fail-store-write: the store write fails"
+            );
+            return true;
+        }
         if self
             .action(batch_number, |a| *a == FailAction::KillBeforeStore)
             .is_some()
@@ -258,6 +276,7 @@ impl Failpoints {
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
         }
+        false
     }
 }
 
@@ -289,6 +308,10 @@ mod tests {
         assert_eq!(
             actions("redeliver-after-commit:5"),
             vec![(FailAction::Redeliver, 5)]
+        );
+        assert_eq!(
+            actions("fail-store-write:3"),
+            vec![(FailAction::FailStoreWrite, 3)]
         );
         assert_eq!(
             actions("freeze-after-offsets:4:7500,hang-in-commit:9:100"),

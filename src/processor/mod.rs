@@ -47,7 +47,7 @@ use self::decide::{
     decide_batch, expire_orders, BatchContext, BatchOutput, BatchStats, InputRecord,
 };
 use self::events::{
-    PartitionRestored, RecordRedelivered, TransactionAborted, TransactionCommitted,
+    PartitionRestored, RecordRedelivered, StoreFellBehind, TransactionAborted, TransactionCommitted,
 };
 pub use self::failpoint::Failpoints;
 use self::ownership::Ownership;
@@ -364,22 +364,73 @@ impl Processor {
                     let Some((job, partitions)) = self.ownership.assigned(&partitions) else {
                         continue;
                     };
-                    // Side by side: one consumer's poll loop, not decoding, bounds a restore.
-                    for group in split_partitions(&partitions, restore_threads(&self.settings)) {
-                        spawn_restore(
-                            job,
-                            Arc::clone(&self.settings),
-                            Arc::clone(self.decider.definition()),
-                            group,
-                            self.restore_tx.clone(),
-                            Arc::clone(&self.restore_cancel),
-                            self.disk.clone(),
-                        )?;
-                    }
+                    self.start_restore(job, &partitions)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Starts restore job `job` for `partitions` (paused meanwhile).
+    fn start_restore(&self, job: u64, partitions: &[i32]) -> Result<(), ProcessorError> {
+        // Side by side: one consumer's poll loop, not decoding, bounds a restore.
+        for group in split_partitions(partitions, restore_threads(&self.settings)) {
+            spawn_restore(
+                job,
+                Arc::clone(&self.settings),
+                Arc::clone(self.decider.definition()),
+                group,
+                self.restore_tx.clone(),
+                Arc::clone(&self.restore_cancel),
+                self.disk.clone(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The local store of `partitions` fell behind their committed state (a store write failed
+    /// after the commit): they stop deciding, forget their cache, and restore from their store's
+    /// checkpoint — reading the state topic's tail, the failed write's records included — before
+    /// the consumer resumes them where this instance's commits left them. The processor never
+    /// decides with a cache ahead of its store, nor writes on top of a store that missed a write.
+    fn catch_up(&mut self, partitions: &[i32], error: &StoreError) -> Result<(), ProcessorError> {
+        StoreFellBehind { partitions, error }.emit(&self.metrics);
+        let Some((job, partitions)) = self.ownership.catch_up(partitions) else {
+            return Ok(());
+        };
+        let positions = self.consumer.position().ok();
+        let mut resume_at = BTreeMap::new();
+        for &partition in &partitions {
+            let first_in_batch = self
+                .batch
+                .iter()
+                .find(|r| r.partition == partition)
+                .map(|r| r.offset);
+            let position = || {
+                positions
+                    .as_ref()?
+                    .find_partition(&self.settings.topics.requests, partition)?
+                    .offset()
+                    .to_raw()
+                    .filter(|o| *o >= 0)
+            };
+            if let Some(offset) = self
+                .ownership
+                .committed_offset(partition)
+                .or(first_in_batch)
+                .or_else(position)
+            {
+                resume_at.insert(partition, offset);
+            }
+            self.caches.write().remove(&partition);
+            self.deadlines.drop_partition(partition);
+        }
+        self.batch.retain(|r| !partitions.contains(&r.partition));
+        self.rewind(&resume_at);
+        for &partition in &partitions {
+            self.pause(partition);
+        }
+        self.start_restore(job, &partitions)
     }
 
     fn handle_restore_events(&mut self) -> Result<(), ProcessorError> {
@@ -675,7 +726,7 @@ impl Processor {
     /// Writes a committed transaction's changes to the local store (disk backend), with each
     /// touched state partition's checkpoint one above the last state record the transaction
     /// wrote there, in one atomic batch.
-    fn write_to_store(&self, output: &BatchOutput) -> Result<(), ProcessorError> {
+    fn write_to_store(&self, output: &BatchOutput) -> Result<(), StoreError> {
         let Some(disk) = &self.disk else {
             return Ok(());
         };
@@ -705,7 +756,6 @@ impl Processor {
             .collect();
         disk.store
             .write(&changes, &checkpoints, crate::clock::wall_clock_ms())
-            .map_err(ProcessorError::Store)
     }
 
     /// Writes an output in one transaction and, once committed, applies its state changes.
@@ -749,8 +799,29 @@ impl Processor {
                     steps,
                 }
                 .emit(&self.metrics);
-                self.transactions.failpoints().before_store_write(number);
-                self.write_to_store(&output)?;
+                let written = if self.transactions.failpoints().before_store_write(number) {
+                    Err(StoreError::Io {
+                        path: "failpoint fail-store-write".into(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::StorageFull,
+                            "no space left on device",
+                        ),
+                    })
+                } else {
+                    self.write_to_store(&output)
+                };
+                if let Err(error) = written {
+                    // Its outcomes stand; the caches must not run ahead of the store.
+                    self.ownership.committed(&output.next_offsets);
+                    let mut touched: Vec<i32> =
+                        output.changes.iter().map(|c| c.partition).collect();
+                    touched.sort_unstable();
+                    touched.dedup();
+                    self.catch_up(&touched, &error)?;
+                    self.totals.batches += 1;
+                    self.totals.stats += output.stats;
+                    return Ok(true);
+                }
                 let mut caches = self.caches.write();
                 for change in output.changes {
                     let Some(cache) = caches.get_mut(&change.partition) else {

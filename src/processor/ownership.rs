@@ -16,6 +16,9 @@ pub enum PartitionState {
     Restoring {
         /// The restore job; a result of any other job is stale.
         job: u64,
+        /// The next offset this instance committed for it, when it is catching up a partition
+        /// it owned (its local store fell behind); `None` for a new assignment.
+        committed: Option<i64>,
     },
     /// Restored and resumed: its requests are decided.
     Owned {
@@ -55,10 +58,44 @@ impl Ownership {
         }
         self.jobs += 1;
         for p in &new {
-            self.partitions
-                .insert(*p, PartitionState::Restoring { job: self.jobs });
+            self.partitions.insert(
+                *p,
+                PartitionState::Restoring {
+                    job: self.jobs,
+                    committed: None,
+                },
+            );
         }
         Some((self.jobs, new))
+    }
+
+    /// Owned partitions whose local store fell behind their committed state (a store write
+    /// failed): they restore again, from their store's checkpoint, under a new job returned with
+    /// them (`None` when none of them is owned). What this instance committed is remembered.
+    pub fn catch_up(&mut self, partitions: &[i32]) -> Option<(u64, Vec<i32>)> {
+        let job = self.jobs + 1;
+        let mut caught = Vec::new();
+        for p in partitions {
+            if let Some(state) = self.partitions.get_mut(p) {
+                if let PartitionState::Owned { committed, .. } = *state {
+                    *state = PartitionState::Restoring { job, committed };
+                    caught.push(*p);
+                }
+            }
+        }
+        if caught.is_empty() {
+            return None;
+        }
+        self.jobs = job;
+        Some((job, caught))
+    }
+
+    /// The next offset this instance committed for the partition since it was assigned.
+    pub fn committed_offset(&self, partition: i32) -> Option<i64> {
+        match self.partitions.get(&partition)? {
+            PartitionState::Restoring { committed, .. }
+            | PartitionState::Owned { committed, .. } => *committed,
+        }
     }
 
     /// Partitions were revoked or lost: they are forgotten, whatever they were doing (a restore
@@ -74,14 +111,20 @@ impl Ownership {
     /// assigned again to a newer job, and another instance may have written to it since).
     pub fn restored(&mut self, partition: i32, job: u64, now: Instant) -> bool {
         match self.partitions.get_mut(&partition) {
-            Some(state) if *state == (PartitionState::Restoring { job }) => {
-                *state = PartitionState::Owned {
-                    unfetched_since: Some(now),
-                    committed: None,
-                };
-                true
-            }
-            _ => false,
+            Some(state) => match *state {
+                PartitionState::Restoring {
+                    job: current,
+                    committed,
+                } if current == job => {
+                    *state = PartitionState::Owned {
+                        unfetched_since: Some(now),
+                        committed,
+                    };
+                    true
+                }
+                _ => false,
+            },
+            None => false,
         }
     }
 
@@ -267,6 +310,33 @@ mod tests {
             !ownership.already_decided(0, 0),
             "owned anew: its committed offset is where the consumer starts"
         );
+    }
+
+    #[test]
+    fn a_partition_caught_up_restores_under_a_new_job_and_keeps_what_it_committed() {
+        let mut ownership = Ownership::new();
+        let (job, _) = ownership.assigned(&[0, 1, 2]).unwrap();
+        ownership.restored(0, job, Instant::now());
+        ownership.restored(1, job, Instant::now());
+        ownership.committed(&BTreeMap::from([(0, 40)]));
+        assert_eq!(
+            ownership.catch_up(&[0, 2, 7]),
+            Some((job + 1, vec![0])),
+            "only owned partitions catch up (2 restores already, 7 is not assigned)"
+        );
+        assert!(!ownership.owns(0));
+        assert!(!ownership.is_ready());
+        assert_eq!(ownership.committed_offset(0), Some(40));
+        assert!(
+            !ownership.restored(0, job, Instant::now()),
+            "the old job is stale"
+        );
+        assert!(ownership.restored(0, job + 1, Instant::now()));
+        assert!(
+            ownership.already_decided(0, 39),
+            "what it committed before the catch-up stays decided"
+        );
+        assert_eq!(ownership.catch_up(&[2]), None);
     }
 
     #[test]
