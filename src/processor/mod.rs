@@ -65,7 +65,7 @@ use crate::ops::{Health, Metrics};
 use crate::state::restore::{
     restore_threads, spawn_restore, split_partitions, RestoreError, RestoreEvent,
 };
-use crate::state::store::{DiskState, StoreChange, StoreError};
+use crate::state::store::{DiskState, StoreChange, StoreError, RETENTION_MARGIN_MS};
 use crate::state::SharedCaches;
 
 /// Why the processor stopped.
@@ -332,6 +332,7 @@ impl Processor {
                 );
                 last_report = Instant::now();
                 self.check_unfetched_partitions()?;
+                self.remove_unowned_stores();
             }
         }
         tracing::info!("shutting down: no transaction is open; leaving the group");
@@ -678,6 +679,38 @@ impl Processor {
         // If the transaction aborts, the orders stay due and are tried again on the next pass.
         self.run_transaction(output, 0)?;
         Ok(())
+    }
+
+    /// Removes the local stores of partitions this instance no longer owns once their checkpoint
+    /// is too old to be trusted if they came back (the state topic's `delete.retention.ms` less
+    /// the clock-skew margin); younger ones are kept, for a partition that comes back reads only
+    /// its tail. Only while nothing restores, so no restore of this instance still writes to one.
+    fn remove_unowned_stores(&self) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        if !self.ownership.is_ready() {
+            return;
+        }
+        let max_age_ms = disk.delete_retention_ms.saturating_sub(RETENTION_MARGIN_MS);
+        let owned = |p: i32| self.ownership.state(p).is_some();
+        match disk
+            .store
+            .remove_unowned(owned, max_age_ms, crate::clock::wall_clock_ms())
+        {
+            Ok(removed) if !removed.is_empty() => tracing::info!(
+                partitions = ?removed,
+                max_age_s = max_age_ms / 1000,
+                "removed the local stores of partitions not owned here: their checkpoint is older \
+                 than the state topic's delete.retention.ms less the clock-skew margin, so they \
+                 could not be trusted if the partitions came back"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot remove the local stores of partitions not owned here; trying again later"
+            ),
+        }
     }
 
     /// Decides the batch and writes it in one transaction; on an abortable failure, aborts and

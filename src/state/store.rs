@@ -341,13 +341,16 @@ impl LocalStore {
         Ok(handle)
     }
 
-    /// The partitions that have a store here.
+    /// The partitions that have a store here, in order.
     pub fn stored_partitions(&self) -> Vec<i32> {
-        self.keyspace
+        let mut partitions: Vec<i32> = self
+            .keyspace
             .list_partitions()
             .iter()
             .filter_map(|name| name.strip_prefix('p')?.parse().ok())
-            .collect()
+            .collect();
+        partitions.sort_unstable();
+        partitions
     }
 
     /// The partition's checkpoint, if it has one. A checkpoint that is not what this code writes
@@ -485,6 +488,34 @@ impl LocalStore {
         self.keyspace
             .delete_partition(handle)
             .map_err(self.engine())
+    }
+
+    /// Removes the stores of partitions not `owned` here whose checkpoint is older than
+    /// `max_age_ms` at `now_ms`, or missing: were the partition assigned here again, the store
+    /// could not be trusted (see [`distrust`]). Younger ones are kept: the partition may come back,
+    /// and then only the tail is read. Returns the partitions removed.
+    pub fn remove_unowned(
+        &self,
+        owned: impl Fn(i32) -> bool,
+        max_age_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<i32>, StoreError> {
+        let mut removed = Vec::new();
+        for partition in self.stored_partitions() {
+            if owned(partition) {
+                continue;
+            }
+            let stale = match self.checkpoint(partition) {
+                Ok(Some(c)) => now_ms.saturating_sub(c.written_at_ms) > max_age_ms,
+                Ok(None) | Err(StoreError::Corrupt { .. }) => true,
+                Err(e) => return Err(e),
+            };
+            if stale {
+                self.discard(partition)?;
+                removed.push(partition);
+            }
+        }
+        Ok(removed)
     }
 
     /// Makes everything written so far durable (on shutdown: a clean stop replays nothing).
@@ -677,6 +708,40 @@ mod tests {
                 0,
             )
             .unwrap();
+    }
+
+    #[test]
+    fn stores_of_partitions_not_owned_are_removed_once_their_checkpoint_is_too_old_to_trust() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), &identity()).store;
+        let day = 86_400_000;
+        for (partition, written_at) in [(1, 0), (2, day), (3, 0)] {
+            store
+                .write(
+                    &[StoreChange {
+                        partition,
+                        ..change("a", Some(b"x"), None, None)
+                    }],
+                    &BTreeMap::from([(partition, 1)]),
+                    written_at,
+                )
+                .unwrap();
+        }
+        let owned = |p: i32| p == 3;
+        assert_eq!(
+            store.remove_unowned(owned, day, day).unwrap(),
+            Vec::<i32>::new(),
+            "exactly max_age old: kept"
+        );
+        assert_eq!(
+            store.remove_unowned(owned, day, day + 1).unwrap(),
+            vec![1],
+            "2 is younger, 3 is owned"
+        );
+        assert_eq!(store.stored_partitions(), vec![2, 3]);
+        assert_eq!(store.remove_unowned(owned, day, 3 * day).unwrap(), vec![2]);
+        assert_eq!(store.stored_partitions(), vec![3]);
+        assert_eq!(store.get(3, "a").unwrap().as_deref(), Some(&b"x"[..]));
     }
 
     #[test]

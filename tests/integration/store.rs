@@ -196,6 +196,40 @@ async fn a_restart_takes_its_orders_from_the_local_store_and_only_the_tail_from_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_of_partitions_gone_longer_than_delete_retention_are_removed_and_recent_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = disk_settings("store-gone", dir.path());
+    sixty_orders_created(&settings).await;
+    // Stores of partitions 7 and 8 (the topic has 3), as partitions that moved away leave them:
+    // 7's checkpoint is two days old (the topic's delete.retention.ms is one day), 8's is fresh.
+    {
+        let store = open_store(&settings);
+        let now = orderflow::clock::wall_clock_ms();
+        for (partition, written_at) in [(7, now - 2 * 86_400_000), (8, now)] {
+            let order = StoreChange {
+                partition,
+                order_id: "moved-away",
+                value: Some(b"x"),
+                deadline_before: None,
+                deadline_after: None,
+            };
+            store
+                .write(&[order], &BTreeMap::from([(partition, 1)]), written_at)
+                .unwrap();
+        }
+    }
+    let processor = RunningProcessor::start(&settings);
+    // The sweep runs with the progress report, every 10 s, once nothing restores.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    processor.stop();
+    assert_eq!(
+        open_store(&settings).stored_partitions(),
+        vec![0, 1, 2, 8],
+        "7 removed; the owned partitions and the recent 8 kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_whose_checkpoint_is_beyond_the_topic_is_discarded_and_rebuilt_from_the_topic() {
     let dir = tempfile::tempdir().unwrap();
     let settings = disk_settings("store-distrust", dir.path());
