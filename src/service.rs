@@ -100,12 +100,20 @@ async fn open_disk_state(
     topics: &Topics,
 ) -> Result<DiskState, ServiceError> {
     let delete_retention_ms = topics.delete_retention_ms(&settings.topics.state).await?;
+    // Either may be unknown after a transient failure: the store then keeps what it recorded.
     let cluster_id = topics.cluster_id().unwrap_or_default();
+    let topic_id = match topics.topic_id(&settings.topics.state).await {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the state topic's id; the local store's topic-id check is skipped at this start");
+            None
+        }
+    };
     let identity = StoreIdentity {
         format: FORMAT_VERSION,
         cluster_id,
         state_topic: settings.topics.state.clone(),
-        topic_id: None,
+        topic_id,
         definition_hash: definition.hash().to_string(),
     };
     let opened = LocalStore::open(

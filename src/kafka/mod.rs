@@ -4,6 +4,7 @@
 pub mod client;
 pub(crate) mod group;
 pub mod partitioner;
+pub mod topic_id;
 pub(crate) mod topics;
 pub(crate) mod transactions;
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::topic_id::{topic_id, TopicIdError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -177,6 +178,20 @@ impl Topics {
             .await?
             .and_then(|v| v.parse().ok())
             .unwrap_or(86_400_000))
+    }
+
+    /// A topic's id (KIP-516): it changes when the topic is deleted and created again.
+    pub async fn topic_id(&self, topic: &str) -> Result<String, TopicIdError> {
+        let admin = Arc::clone(&self.admin);
+        let name = topic.to_string();
+        tokio::task::spawn_blocking(move || topic_id(admin.inner(), &name, ADMIN_TIMEOUT))
+            .await
+            .unwrap_or_else(|e| {
+                Err(TopicIdError::Refused {
+                    topic: topic.to_string(),
+                    message: e.to_string(),
+                })
+            })
     }
 
     /// The cluster's id.

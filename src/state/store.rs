@@ -49,6 +49,35 @@ pub struct StoreIdentity {
     pub definition_hash: String,
 }
 
+impl StoreIdentity {
+    /// Whether a store written for `stored` may serve `self`: the same format, state topic and
+    /// definition, and the same cluster and topic id where both are known (a transient failure
+    /// to read them at start must not throw a good store away).
+    fn admits(&self, stored: &StoreIdentity) -> bool {
+        let same_if_known = |a: &str, b: &str| a.is_empty() || b.is_empty() || a == b;
+        self.format == stored.format
+            && self.state_topic == stored.state_topic
+            && self.definition_hash == stored.definition_hash
+            && same_if_known(&self.cluster_id, &stored.cluster_id)
+            && same_if_known(
+                self.topic_id.as_deref().unwrap_or_default(),
+                stored.topic_id.as_deref().unwrap_or_default(),
+            )
+    }
+
+    /// `self`, with what it does not know taken from `stored`.
+    fn completed_from(&self, stored: &StoreIdentity) -> StoreIdentity {
+        let mut merged = self.clone();
+        if merged.cluster_id.is_empty() {
+            merged.cluster_id.clone_from(&stored.cluster_id);
+        }
+        if merged.topic_id.is_none() {
+            merged.topic_id.clone_from(&stored.topic_id);
+        }
+        merged
+    }
+}
+
 /// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -270,7 +299,7 @@ impl LocalStore {
             .filter(|name| name.as_ref() != META_PARTITION)
             .collect();
         let reason = match &stored {
-            Some(s) if s == identity => None,
+            Some(s) if identity.admits(s) => None,
             Some(s) if s.format != identity.format => Some(format!(
                 "it is of store format {}, this build writes {}",
                 s.format, identity.format
@@ -290,6 +319,7 @@ impl LocalStore {
             None if partitions.is_empty() => None,
             None => Some("it has no identity record".into()),
         };
+        let kept = reason.is_none();
         if let Some(reason) = reason {
             for name in partitions {
                 let handle = keyspace
@@ -299,8 +329,12 @@ impl LocalStore {
             }
             discarded.get_or_insert(reason);
         }
-        if stored.as_ref() != Some(identity) {
-            let bytes = serde_json::to_vec(identity).unwrap_or_default();
+        let identity = match &stored {
+            Some(s) if kept => identity.completed_from(s),
+            _ => identity.clone(),
+        };
+        if stored.as_ref() != Some(&identity) {
+            let bytes = serde_json::to_vec(&identity).unwrap_or_default();
             meta.insert(IDENTITY_KEY, bytes).map_err(engine)?;
             keyspace.persist(PersistMode::SyncAll).map_err(engine)?;
         }
@@ -742,6 +776,32 @@ mod tests {
         assert_eq!(store.remove_unowned(owned, day, 3 * day).unwrap(), vec![2]);
         assert_eq!(store.stored_partitions(), vec![3]);
         assert_eq!(store.get(3, "a").unwrap().as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn a_store_of_another_topic_id_is_discarded_but_an_id_unknown_at_start_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_order_a(&open(dir.path(), &identity()).store);
+        let unknown = StoreIdentity {
+            topic_id: None,
+            cluster_id: String::new(),
+            ..identity()
+        };
+        let opened = open(dir.path(), &unknown);
+        assert_eq!(opened.discarded, None, "ids unknown at this start");
+        assert!(opened.store.get(3, "a").unwrap().is_some());
+        drop(opened);
+        let opened = open(dir.path(), &identity());
+        assert_eq!(opened.discarded, None, "the recorded ids were kept");
+        drop(opened);
+        let recreated = StoreIdentity {
+            topic_id: Some("topic-id-2".into()),
+            ..identity()
+        };
+        let opened = open(dir.path(), &recreated);
+        let reason = opened.discarded.expect("another topic id");
+        assert!(reason.contains("topic-id-1"), "{reason}");
+        assert_eq!(opened.store.get(3, "a").unwrap(), None);
     }
 
     #[test]

@@ -138,6 +138,25 @@ async fn committed_orders_reach_the_local_store_with_a_checkpoint_at_the_state_t
     let settings = disk_settings("store-write", dir.path());
     let orders = sixty_orders_created(&settings).await;
 
+    // The store records what it was written for, the state topic's id included.
+    let topics = orderflow::kafka::Topics::connect(&settings.kafka).unwrap();
+    let recorded = {
+        let keyspace =
+            fjall::Config::new(settings.state.dir.join(&settings.instance_id).join("fjall"))
+                .open()
+                .unwrap();
+        let meta = keyspace
+            .open_partition("meta", fjall::PartitionCreateOptions::default())
+            .unwrap();
+        let bytes = meta.get("identity").unwrap().expect("an identity record");
+        serde_json::from_slice::<StoreIdentity>(&bytes).unwrap()
+    };
+    assert_eq!(
+        recorded.topic_id,
+        Some(topics.topic_id(&settings.topics.state).await.unwrap())
+    );
+    assert_eq!(recorded.cluster_id, topics.cluster_id().unwrap());
+
     let store = open_store(&settings);
     for order in &orders {
         let partition = partition_for(order.as_bytes(), 3);

@@ -116,3 +116,44 @@ async fn checking_topics_that_do_not_exist_names_the_missing_one() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_and_created_again_under_its_name_has_a_new_id() {
+    let settings = settings(2);
+    let topics = Topics::connect(&settings.kafka).unwrap();
+    topics.ensure(&settings.topics).await.unwrap();
+    let state = &settings.topics.state;
+    let first = topics.topic_id(state).await.unwrap();
+    assert_eq!(first.len(), 22, "a UUID in base64 without padding: {first}");
+    assert_eq!(topics.topic_id(state).await.unwrap(), first, "stable");
+
+    let admin: AdminClient<DefaultClientContext> =
+        orderflow::kafka::base_config(&settings.kafka, "test-admin")
+            .unwrap()
+            .create()
+            .unwrap();
+    for result in admin
+        .delete_topics(&[state.as_str()], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    // Deletion is asynchronous on the broker: create again until the name is free.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match topics.ensure(&settings.topics).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "recreating: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        }
+    }
+    let second = topics.topic_id(state).await.unwrap();
+    assert_ne!(second, first, "the new topic has a new id");
+    assert!(
+        topics.topic_id("no-such-topic-here").await.is_err(),
+        "a missing topic has no id"
+    );
+}
