@@ -20,7 +20,8 @@ root = pathlib.Path(__file__).resolve().parents[1]
 
 
 def environment(args, backend):
-    env = dict(os.environ)
+    # Only orderflow's own settings: ORDERFLOW_BENCH_* (the bench driver's) is not one of them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERFLOW_BENCH_")}
     env.update({
         "ORDERFLOW_KAFKA__BOOTSTRAP_SERVERS": args.bootstrap, "ORDERFLOW_TOPICS__PREFIX": args.prefix,
         "ORDERFLOW_TOPICS__PARTITIONS": str(args.partitions), "ORDERFLOW_INSTANCE_ID": "bench",
@@ -33,8 +34,10 @@ def environment(args, backend):
 
 def start_until_ready(args, backend):
     started = time.time()
+    log_path = root / "target" / f"restart-readyz-{backend}.log"
+    log_file = open(log_path, "w")
     process = subprocess.Popen([str(root / "target" / "release" / "orderflow"), "run"], env=environment(args, backend),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=log_file)
     try:
         while True:
             try:
@@ -43,13 +46,16 @@ def start_until_ready(args, backend):
             except OSError:
                 pass
             if process.poll() is not None:
-                raise SystemExit(f"orderflow ({backend}) exited with {process.returncode} before it was ready")
+                tail = "".join(log_path.read_text().splitlines(keepends=True)[-5:])
+                raise SystemExit(f"orderflow ({backend}) exited with {process.returncode} before it was ready; "
+                                 f"the end of {log_path}:\n{tail}")
             if time.time() - started > 300:
                 raise SystemExit(f"orderflow ({backend}) not ready after 300 s")
             time.sleep(0.02)
     finally:
         process.terminate()
         process.wait(timeout=60)
+        log_file.close()
 
 
 def main():

@@ -334,6 +334,59 @@ def restore_medians(orders, runs):
     return medians
 
 
+def restart_bench(orders, rounds):
+    """A restart of a pod holding `orders` orders, memory backend against disk backend, alternating:
+    assignment → every partition resumed (`orderflow-bench restart`: the processor's restore code
+    in-process, a tail of state records written before each round) and process start → /readyz
+    (bench/restart_readyz.py: a fresh `orderflow run` per start, as a pod restart is)."""
+    prefix = f"rs{uuid.uuid4().hex[:6]}-"
+    state_dir = "target/bench-restart-state"
+    in_process = bench_json(prefix, "restart", "--orders", str(orders), "--rounds", str(rounds), "--dir", state_dir,
+                            timeout=3600)
+    log(f"restart, in-process: {in_process}")
+    out = subprocess.run([sys.executable, "bench/restart_readyz.py", "--bootstrap", BOOTSTRAP, "--prefix", prefix,
+                          "--partitions", str(PARTITIONS), "--dir", state_dir, "--rounds", str(rounds)],
+                         check=True, text=True, stdout=subprocess.PIPE, timeout=3600).stdout
+    readyz = json.loads(out.strip().splitlines()[-1])
+    log(f"restart, process start → /readyz: {readyz}")
+    delete_topics(prefix)
+    subprocess.run(["rm", "-rf", str(root / state_dir)], check=False)
+    return {"orders": orders, "rounds": rounds, "in_process": in_process, "readyz": readyz}
+
+
+def restart_markdown(context, restart):
+    runs = restart["in_process"]["runs"]
+    by_backend = {b: [r["seconds"] for r in runs if r["backend"] == b] for b in ("memory", "disk")}
+    opens = [r["open_seconds"] for r in runs if r["backend"] == "disk"]
+    readyz = restart["readyz"]
+
+    def cells(values):
+        return " / ".join(f"{v:.2f}" for v in values) + f" s (median {statistics.median(values):.2f})"
+
+    def ratio(memory, disk):
+        return f"{statistics.median(memory) / statistics.median(disk):.1f}×"
+
+    p = restart["in_process"]
+    disk_bytes = p["store_disk_bytes"]
+    return "\n".join([
+        f"Measured {context['date']} with `{context['command']}` on {context['machine']}: {p['orders']:,} orders held "
+        f"(typical live orders, confirmed, two requests remembered), {p['partitions']} partitions, "
+        f"{restart['rounds']} rounds alternating memory and disk backend (each round reverses the last), "
+        f"a tail of {p['tail']:,} state records written before each in-process round.",
+        "",
+        "| restart | memory backend: restore from the topic | disk backend: restore from the checkpoint | memory ÷ disk |",
+        "|---|---|---|---|",
+        f"| assignment → every partition resumed (`orderflow-bench restart`, in-process) | {cells(by_backend['memory'])} | "
+        f"{cells(by_backend['disk'])} | {ratio(by_backend['memory'], by_backend['disk'])} |",
+        f"| process start → `/readyz` (`bench/restart_readyz.py`, a fresh process per start) | {cells(readyz['memory'])} | "
+        f"{cells(readyz['disk'])} | {ratio(readyz['memory'], readyz['disk'])} |",
+        "",
+        f"First start of the disk backend (a full restore that builds the store): {p['first_disk_start_seconds']:.1f} s. "
+        f"Store reopened (every partition) in {min(opens):.2f}–{max(opens):.2f} s. Store on disk: "
+        f"{disk_bytes / 1e6:.0f} MB, {disk_bytes / p['orders']:.0f} B per order.",
+    ])
+
+
 def build_baseline(rev):
     """orderflow built from commit `rev` in a worktree of its own (its own target directory, kept
     under ~/.cache/orderflow so a second run reuses it): the path of its binary."""
@@ -445,6 +498,8 @@ def main():
     parser.add_argument("--latency-warmup-seconds", type=int, default=5)
     parser.add_argument("--latency-repeats", type=int, default=None, help="ABBA repeats at the first rate")
     parser.add_argument("--restore-orders", type=int, default=None)
+    parser.add_argument("--restart-orders", type=int, default=None,
+                        help="orders held by the restarted pod (default 10,000,000; 0 skips the restart benchmark)")
     parser.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
     args = parser.parse_args()
     quick = args.quick
@@ -453,6 +508,7 @@ def main():
     rates = [int(r) for r in (args.latency_rates or (str(LADDER[0]) if quick else ",".join(map(str, LADDER)))).split(",") if r]
     repeats = args.latency_repeats or (1 if quick else 3)
     restore_orders = args.restore_orders if args.restore_orders is not None else (0 if quick else 1_000_000)
+    restart_orders = args.restart_orders if args.restart_orders is not None else (0 if quick else 10_000_000)
     make_target = "bench-quick" if quick else "bench"
     command = f"make {make_target}" if os.environ.get("MAKELEVEL") else "python3 bench/run.py " + " ".join(sys.argv[1:])
     started = time.time()
@@ -488,6 +544,7 @@ def main():
         passes = throughput(systems, requests, rounds, config)
         latencies = ladder(rates, args.latency_seconds, args.latency_warmup_seconds, repeats)
         restore = restore_medians(restore_orders, 3) if restore_orders else None
+        restart = restart_bench(restart_orders, 3) if restart_orders else None
     finally:
         KAFKA.down()
 
@@ -509,7 +566,7 @@ def main():
               "ratios": {f"{a}/{b}/{key}": ratios(passes, a, b, key) for a, b, key, _, _ in RATIO_LINES
                          if a in passes and b in passes},
               "streams_best_commit_ms": config["streams_best_ms"], "streams_calibration": config.get("streams_calibration"),
-              "latency": latencies, "restore": restore,
+              "latency": latencies, "restore": restore, "restart": restart,
               "per_pod_rate": per_system["orderflow"]["rate"]["median"],
               "highest_rate_held": {s: max([row["rate"] for row in latencies if row[s]["held"]], default=None)
                                     for s in ("orderflow", "pipe", "floor")}}
@@ -520,6 +577,8 @@ def main():
         last_path.write_text(json.dumps(record, indent=2) + "\n")
         if not quick:
             driver.replace_between(root / "docs" / "benchmarks.md", "system-bench", text)
+        if restart:
+            driver.replace_between(root / "docs" / "benchmarks.md", "restart-run", restart_markdown(context, restart))
         else:
             driver.replace_between(root / "docs" / "benchmarks.md", "quick-bench", text)
         log(f"wrote docs/benchmarks.md and {last_path.relative_to(root)}")
