@@ -609,10 +609,11 @@ async fn restart(
     let delete_retention_ms = topics.delete_retention_ms(&settings.topics.state).await?;
     let _ = std::fs::remove_dir_all(dir);
     let open = || -> anyhow::Result<Arc<DiskState>> {
-        let opened = LocalStore::open(dir, "bench", &identity, 64 << 20)?;
+        let opened = LocalStore::open(dir, "bench", &identity, settings.state.engine_bytes())?;
         Ok(Arc::new(DiskState {
             store: opened.store,
             delete_retention_ms,
+            hot: orderflow::state::HotBudget::new(settings.state.hot_orders_bytes() as usize),
         }))
     };
     // The first start of the disk backend: a full restore that also fills the store.

@@ -230,9 +230,9 @@ def ratios(passes, numerator, denominator, key="rate"):
     return summary([a[key] / b[key] for a, b in pairs if a.get(key) and b.get(key)])
 
 
-def orderflow_latency(rate, seconds, warmup, binary=ORDERFLOW):
-    """Loadgen at `rate` against a fresh orderflow on fresh topics: loadgen's report, with
-    loadgen's own CPU-seconds per request."""
+def orderflow_latency(rate, seconds, warmup, binary=ORDERFLOW, backend="disk"):
+    """Loadgen at `rate` against a fresh orderflow (state.backend `backend`) on fresh topics:
+    loadgen's report, with loadgen's own CPU-seconds per request."""
     prefix = f"l{uuid.uuid4().hex[:6]}-"
     env = topic_env(prefix, binary)
     run([binary, "topics", "create"], env=env)
@@ -240,6 +240,7 @@ def orderflow_latency(rate, seconds, warmup, binary=ORDERFLOW):
     run_env = dict(env, ORDERFLOW_OPS__LISTEN=f"127.0.0.1:{port}")
     if binary == ORDERFLOW:
         run_env["ORDERFLOW_STATE__DIR"] = str(root / "target" / "bench-state" / prefix.rstrip("-."))
+        run_env["ORDERFLOW_STATE__BACKEND"] = backend
     process = driver.start([binary, "run"], run_env)
     try:
         driver.wait_ready(port)

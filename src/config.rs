@@ -110,8 +110,21 @@ pub struct StateSettings {
     /// the process runs. A cache of the state topic: it may be deleted at any time. Default:
     /// `orderflow-state` (under the working directory).
     pub dir: PathBuf,
-    /// The disk backend's block cache and write buffers, in MB. Default: `64`.
-    pub cache_mb: u64,
+    /// The disk backend's memory budget, in MB: the hot orders kept in memory (half) and the
+    /// store engine's block cache and write buffers (a quarter each). Default: `256`.
+    pub memory_budget_mb: u64,
+}
+
+impl StateSettings {
+    /// The budget's part for the store engine (block cache and write buffers), in bytes.
+    pub fn engine_bytes(&self) -> u64 {
+        (self.memory_budget_mb << 20) / 2
+    }
+
+    /// The budget's part for the hot orders kept in memory, in bytes.
+    pub fn hot_orders_bytes(&self) -> u64 {
+        (self.memory_budget_mb << 20) - self.engine_bytes()
+    }
 }
 
 impl Default for StateSettings {
@@ -119,7 +132,7 @@ impl Default for StateSettings {
         StateSettings {
             backend: StateBackend::Disk,
             dir: PathBuf::from("orderflow-state"),
-            cache_mb: 64,
+            memory_budget_mb: 256,
         }
     }
 }
@@ -573,10 +586,13 @@ impl Settings {
                 format!("{} is not between 1000 and 600000", p.shutdown_deadline_ms),
             ));
         }
-        if !(8..=1_048_576).contains(&self.state.cache_mb) {
+        if !(1..=1_048_576).contains(&self.state.memory_budget_mb) {
             return Err(invalid(
-                "state.cache_mb",
-                format!("{} is not between 8 and 1048576", self.state.cache_mb),
+                "state.memory_budget_mb",
+                format!(
+                    "{} is not between 1 and 1048576",
+                    self.state.memory_budget_mb
+                ),
             ));
         }
         if self.state.backend == StateBackend::Disk && self.state.dir.as_os_str().is_empty() {

@@ -18,7 +18,7 @@ use crate::ops::{Health, Metrics, OpsState, OwnerDirectory};
 use crate::processor::{Failpoints, Parts, Processor, ProcessorError};
 use crate::replica::ReplicaError;
 use crate::state::store::{DiskState, LocalStore, StoreError, StoreIdentity, FORMAT_VERSION};
-use crate::state::SharedCaches;
+use crate::state::{HotBudget, SharedCaches};
 
 /// How a service run ended, if not by a clean shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,7 @@ async fn open_disk_state(
         &settings.state.dir,
         &settings.instance_id,
         &identity,
-        settings.state.cache_mb << 20,
+        settings.state.engine_bytes(),
     )?;
     if let Some(reason) = &opened.discarded {
         tracing::warn!(
@@ -138,6 +138,9 @@ async fn open_disk_state(
     Ok(DiskState {
         store: opened.store,
         delete_retention_ms,
+        hot: HotBudget::new(
+            usize::try_from(settings.state.hot_orders_bytes()).unwrap_or(usize::MAX),
+        ),
     })
 }
 

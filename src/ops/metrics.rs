@@ -45,6 +45,10 @@ pub struct Metrics {
     pub restoring_partitions: IntGauge,
     /// Orders in the committed caches.
     pub cached_orders: IntGauge,
+    /// Memory the cached orders take (blocks and table slots).
+    pub cached_order_bytes: IntGauge,
+    /// Orders dropped from memory under the disk backend's budget (they stay in the local store).
+    pub evicted_orders: IntCounter,
     /// State records read by restores.
     pub restored_records: IntCounter,
     /// Time a partition's restore took.
@@ -212,6 +216,16 @@ impl Metrics {
                 &r,
                 "orderflow_cached_orders",
                 "Orders in the committed caches.",
+            )?,
+            cached_order_bytes: gauge(
+                &r,
+                "orderflow_cached_order_bytes",
+                "Memory the cached orders take (their blocks and table slots).",
+            )?,
+            evicted_orders: counter(
+                &r,
+                "orderflow_evicted_orders_total",
+                "Orders dropped from memory under state.memory_budget_mb; they stay in the local store.",
             )?,
             restored_records: counter(
                 &r,

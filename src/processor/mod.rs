@@ -307,6 +307,22 @@ impl Processor {
                 .restoring_partitions
                 .set(self.ownership.restoring() as i64);
             self.metrics.cached_orders.set(self.caches.orders() as i64);
+            self.metrics
+                .cached_order_bytes
+                .set(self.caches.memory_bytes() as i64);
+            if let Some(disk) = &self.disk {
+                // Restoring partitions count too: their orders arrive soon.
+                if disk.hot.set_partitions(self.ownership.assigned_count()) {
+                    for cache in self.caches.write().values_mut() {
+                        cache.fit_budget();
+                    }
+                }
+                let evicted = disk.hot.evicted();
+                let counted = self.metrics.evicted_orders.get();
+                self.metrics
+                    .evicted_orders
+                    .inc_by(evicted.saturating_sub(counted));
+            }
             self.handle_rebalance_events()?;
             self.handle_restore_events()?;
             self.fill_batch(shutdown)?;

@@ -8,6 +8,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
@@ -28,13 +29,72 @@ pub fn order_hash(order_id: &[u8]) -> u64 {
 
 /// The committed state of every known order of one partition, each order packed into one heap
 /// block that also holds its id (a table slot is one pointer; see [`packed`]). With the disk
-/// backend the cache holds the orders written since the partition was assigned, in front of the
-/// partition's local store, which holds them all: a read that misses memory reads the store.
+/// backend the cache holds only the hot orders, in front of the partition's local store, which
+/// holds them all: a read that misses memory reads the store. The hot orders are two
+/// generations: every write goes to the young one; when the young one has used half of the
+/// partition's share of the memory budget ([`HotBudget`]), the old generation is dropped (its
+/// orders are in the store: the store is written before the cache) and the young one becomes
+/// old. Memory stays within the share, an order written recently stays in memory, and nothing is
+/// tracked per order.
 #[derive(Debug, Default, Clone)]
 pub struct PartitionCache {
     orders: HashTable<PackedOrder>,
+    /// The old generation (backed caches only; empty otherwise).
+    older: HashTable<PackedOrder>,
+    /// Resident bytes of the blocks in `orders` and in `older`.
+    young_block_bytes: usize,
+    older_block_bytes: usize,
     scratch: Vec<u8>,
     backing: Option<Backing>,
+}
+
+/// Bytes a table slot costs: the block pointer and its control byte.
+const SLOT_BYTES: usize = std::mem::size_of::<PackedOrder>() + 1;
+
+/// What the allocator hands out for a block of `heap` bytes (glibc: an 8-byte header, 16-byte
+/// granules, 32 bytes at least).
+fn resident(packed: &PackedOrder) -> usize {
+    (packed.heap_bytes() + 8).next_multiple_of(16).max(32)
+}
+
+/// The memory the disk backend's hot orders may take in the whole process, shared by the owned
+/// partitions; and how many orders left memory for it.
+#[derive(Debug)]
+pub struct HotBudget {
+    limit_bytes: usize,
+    partitions: AtomicUsize,
+    evicted: AtomicU64,
+}
+
+impl HotBudget {
+    /// A budget of `limit_bytes` for every partition's hot orders together.
+    pub fn new(limit_bytes: usize) -> HotBudget {
+        HotBudget {
+            limit_bytes,
+            partitions: AtomicUsize::new(1),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn limit_bytes(&self) -> usize {
+        self.limit_bytes
+    }
+
+    /// How many partitions share the budget now (the assigned ones); true when that changed.
+    pub fn set_partitions(&self, partitions: usize) -> bool {
+        self.partitions.swap(partitions.max(1), Ordering::Relaxed) != partitions.max(1)
+    }
+
+    /// The bytes one partition's hot orders may take.
+    pub fn share(&self) -> usize {
+        self.limit_bytes / self.partitions.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Orders dropped from memory so far (they stay in the store).
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
 }
 
 /// The local store behind a partition's cache.
@@ -119,16 +179,55 @@ impl PartitionCache {
 
     fn find(&self, order_id: &str) -> Option<&PackedOrder> {
         let key = order_id.as_bytes();
+        let hash = order_hash(key);
         self.orders
-            .find(order_hash(key), |packed| packed.key_bytes() == key)
+            .find(hash, |packed| packed.key_bytes() == key)
+            .or_else(|| self.older.find(hash, |packed| packed.key_bytes() == key))
     }
 
     /// The cached orders whose id has this [`order_hash`] (one, but two ids may share a hash).
     pub fn ids_with_hash(&self, hash: u64) -> impl Iterator<Item = &str> {
         self.orders
             .iter_hash(hash)
+            .chain(self.older.iter_hash(hash))
             .filter(move |packed| order_hash(packed.key_bytes()) == hash)
             .map(PackedOrder::order_id)
+    }
+
+    /// The memory the cached orders take: their blocks and their tables' slots.
+    pub fn memory_bytes(&self) -> usize {
+        self.young_block_bytes
+            + self.older_block_bytes
+            + SLOT_BYTES * (self.orders.capacity() + self.older.capacity())
+    }
+
+    /// With a local store behind: once the young generation has used half the partition's share
+    /// of the budget, or both together more than the share (it shrank: more partitions share the
+    /// budget now), drops the old one (every order in it is in the store) and ages the young.
+    fn age_if_full(&mut self) {
+        let Some(backing) = &self.backing else {
+            return;
+        };
+        let share = backing.disk.hot.share();
+        let young = self.young_block_bytes + SLOT_BYTES * self.orders.capacity();
+        if young <= share / 2 && self.memory_bytes() <= share {
+            return;
+        }
+        let dropped = self.older.len() as u64;
+        self.older = std::mem::take(&mut self.orders);
+        self.older_block_bytes = std::mem::take(&mut self.young_block_bytes);
+        backing
+            .disk
+            .hot
+            .evicted
+            .fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    /// Brings the cache back within its share of the budget (after the share shrank): at most
+    /// two agings, the second dropping what the first aged if that is still too much.
+    pub fn fit_budget(&mut self) {
+        self.age_if_full();
+        self.age_if_full();
     }
 
     /// The committed state of an order (unpacked: a copy).
@@ -149,46 +248,67 @@ impl PartitionCache {
 
     /// Records a committed state (`Some`) or forgets the order (`None`, a tombstone).
     pub fn apply(&mut self, order_id: &str, state: Option<&OrderState>) {
+        use hashbrown::hash_table::Entry;
         let key = order_id.as_bytes();
+        let hash = order_hash(key);
+        // The newer write lives in the young generation only.
+        if let Ok(old) = self
+            .older
+            .find_entry(hash, |packed| packed.key_bytes() == key)
+        {
+            self.older_block_bytes -= resident(old.get());
+            old.remove();
+        }
         let entry = self.orders.entry(
-            order_hash(key),
+            hash,
             |packed| packed.key_bytes() == key,
             |packed| order_hash(packed.key_bytes()),
         );
         match (entry, state) {
-            (hashbrown::hash_table::Entry::Occupied(mut slot), Some(state)) => {
-                *slot.get_mut() = PackedOrder::pack(order_id, state, &mut self.scratch);
+            (Entry::Occupied(mut slot), Some(state)) => {
+                let packed = PackedOrder::pack(order_id, state, &mut self.scratch);
+                self.young_block_bytes += resident(&packed);
+                self.young_block_bytes -= resident(slot.get());
+                *slot.get_mut() = packed;
             }
-            (hashbrown::hash_table::Entry::Vacant(slot), Some(state)) => {
-                slot.insert(PackedOrder::pack(order_id, state, &mut self.scratch));
+            (Entry::Vacant(slot), Some(state)) => {
+                let packed = PackedOrder::pack(order_id, state, &mut self.scratch);
+                self.young_block_bytes += resident(&packed);
+                slot.insert(packed);
             }
-            (hashbrown::hash_table::Entry::Occupied(slot), None) => {
+            (Entry::Occupied(slot), None) => {
+                self.young_block_bytes -= resident(slot.get());
                 slot.remove();
             }
-            (hashbrown::hash_table::Entry::Vacant(_), None) => {}
+            (Entry::Vacant(_), None) => {}
         }
+        self.age_if_full();
     }
 
     /// How many orders are in memory (with a local store behind, not all the partition's).
     pub fn len(&self) -> usize {
-        self.orders.len()
+        self.orders.len() + self.older.len()
     }
 
     /// True when no order is cached.
     pub fn is_empty(&self) -> bool {
-        self.orders.is_empty()
+        self.orders.is_empty() && self.older.is_empty()
     }
 
     /// Every cached order, unpacked one at a time.
     pub fn iter(&self) -> impl Iterator<Item = (&str, OrderState)> {
         self.orders
             .iter()
+            .chain(self.older.iter())
             .map(|packed| (packed.order_id(), packed.unpack()))
     }
 
     /// The state every cached order is in (in memory only; see [`PartitionCache::each_state`]).
     pub fn states(&self) -> impl Iterator<Item = StateId> + '_ {
-        self.orders.iter().map(PackedOrder::state_id)
+        self.orders
+            .iter()
+            .chain(self.older.iter())
+            .map(PackedOrder::state_id)
     }
 
     /// Calls `f` with the state of every order of the partition: from memory, or with a local
@@ -246,12 +366,18 @@ impl SharedCaches {
     pub fn orders(&self) -> usize {
         self.read().values().map(PartitionCache::len).sum()
     }
+
+    /// The memory the cached orders of all partitions take.
+    pub fn memory_bytes(&self) -> usize {
+        self.read().values().map(PartitionCache::memory_bytes).sum()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn order(state: u16, version: u64) -> OrderState {
         OrderState {
@@ -262,6 +388,127 @@ mod tests {
             recent: Vec::new(),
             parked: Vec::new(),
         }
+    }
+
+    fn lifecycle() -> Arc<Definition> {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/machines/order-lifecycle.toml"
+        ))
+        .unwrap();
+        Arc::new(Definition::parse(&text, "order-lifecycle.toml").unwrap())
+    }
+
+    /// A disk backend in `dir` whose hot orders may take `hot_bytes` in all.
+    fn disk(dir: &std::path::Path, hot_bytes: usize) -> Arc<DiskState> {
+        let identity = store::StoreIdentity {
+            format: store::FORMAT_VERSION,
+            cluster_id: "c".into(),
+            state_topic: "orders.state".into(),
+            topic_id: None,
+            definition_hash: "h".into(),
+        };
+        let store = store::LocalStore::open(dir, "test", &identity, 8 << 20)
+            .unwrap()
+            .store;
+        Arc::new(DiskState {
+            store,
+            delete_retention_ms: 86_400_000,
+            hot: HotBudget::new(hot_bytes),
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Writes and tombstones through a backed cache whose budget holds a few dozen orders,
+        /// each written to the store first as the processor does: every order reads back as last
+        /// written (from memory or, once evicted, from the store), and memory stays within the
+        /// partition's share of the budget.
+        #[test]
+        fn a_backed_cache_stays_in_its_share_and_reads_evicted_orders_from_the_store(
+            writes in proptest::collection::vec((0u32..400, proptest::option::of((0u16..5, 1u64..9))), 1..1500)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let definition = lifecycle();
+            let disk = disk(dir.path(), 16 << 10);
+            let _ = disk.hot.set_partitions(2);
+            let mut cache = PartitionCache::backed(Arc::clone(&disk), 0, Arc::clone(&definition));
+            let mut model: std::collections::HashMap<String, OrderState> = Default::default();
+            let mut peak = 0;
+            for (n, (id, write)) in writes.into_iter().enumerate() {
+                let order_id = format!("order-{id}");
+                let state = write.map(|(s, v)| order(s, v));
+                let mut value = Vec::new();
+                if let Some(state) = &state {
+                    crate::codec::encode_order_state(&definition, &order_id, state, &mut value);
+                }
+                let change = store::StoreChange {
+                    partition: 0,
+                    order_id: &order_id,
+                    value: state.as_ref().map(|_| value.as_slice()),
+                    deadline_before: None,
+                    deadline_after: None,
+                };
+                disk.store.write(&[change], &BTreeMap::from([(0, n as i64 + 1)]), 0).unwrap();
+                cache.apply(&order_id, state.as_ref());
+                match state {
+                    Some(state) => { model.insert(order_id, state); }
+                    None => { model.remove(&order_id); }
+                }
+                peak = peak.max(cache.memory_bytes());
+            }
+            prop_assert!(peak <= disk.hot.share(), "peak {} over the share {}", peak, disk.hot.share());
+            for id in 0..400 {
+                let order_id = format!("order-{id}");
+                prop_assert_eq!(cache.get(&order_id), model.get(&order_id).cloned());
+                prop_assert_eq!(cache.state_of(&order_id), model.get(&order_id).map(|o| o.state));
+            }
+            prop_assert_eq!(cache.store_failure(), None);
+        }
+    }
+
+    #[test]
+    fn orders_leave_memory_once_the_young_generation_fills_half_the_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let definition = lifecycle();
+        let disk = disk(dir.path(), 32 << 10);
+        let mut cache = PartitionCache::backed(Arc::clone(&disk), 0, definition);
+        for id in 0..2_000 {
+            cache.apply(&format!("order-{id}"), Some(&order(1, 1)));
+        }
+        assert!(cache.memory_bytes() <= 32 << 10, "{}", cache.memory_bytes());
+        assert!(cache.len() < 2_000, "some orders left memory");
+        assert_eq!(
+            disk.hot.evicted() + cache.len() as u64,
+            2_000,
+            "each counted once"
+        );
+        assert!(
+            cache.find("order-1999").is_some(),
+            "the last written stays in memory"
+        );
+        assert!(cache.find("order-0").is_none(), "the first written left");
+        assert!(disk.hot.set_partitions(4), "a quarter of the budget each now");
+        assert!(!disk.hot.set_partitions(4));
+        cache.fit_budget();
+        assert!(
+            cache.memory_bytes() <= disk.hot.share(),
+            "{} over the smaller share {}",
+            cache.memory_bytes(),
+            disk.hot.share()
+        );
+        let unbacked = {
+            let mut c = PartitionCache::new();
+            for id in 0..2_000 {
+                c.apply(&format!("order-{id}"), Some(&order(1, 1)));
+            }
+            c
+        };
+        assert_eq!(
+            unbacked.len(),
+            2_000,
+            "the memory backend keeps every order"
+        );
     }
 
     proptest! {

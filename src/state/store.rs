@@ -209,6 +209,8 @@ pub struct DiskState {
     pub store: LocalStore,
     /// The state topic's `delete.retention.ms`, read from the broker.
     pub delete_retention_ms: i64,
+    /// The memory the partitions' hot orders may take.
+    pub hot: super::HotBudget,
 }
 
 /// One changed order of a committed transaction, as the store records it.
@@ -230,6 +232,8 @@ pub struct StoreChange<'a> {
 pub struct LocalStore {
     path: PathBuf,
     keyspace: Keyspace,
+    /// The memtable size of each partition.
+    memtable_bytes: u32,
     partitions: std::sync::Mutex<BTreeMap<i32, PartitionHandle>>,
     /// Held for the life of the store: a second process with the same instance id fails.
     _lock: File,
@@ -255,12 +259,13 @@ pub struct Opened {
 impl LocalStore {
     /// Opens (creating it if needed) the store of `instance_id` under `root` for `identity`.
     /// A store that cannot be opened (corrupt) or was written for another identity or format is
-    /// discarded and a new one created; a directory locked by another process is an error.
+    /// discarded and a new one created; a directory locked by another process is an error. The
+    /// engine's caches and write buffers take at most about `engine_bytes`.
     pub fn open(
         root: &Path,
         instance_id: &str,
         identity: &StoreIdentity,
-        cache_bytes: u64,
+        engine_bytes: u64,
     ) -> Result<Opened, StoreError> {
         let path = root.join(instance_id);
         let io = |path: &Path| {
@@ -271,12 +276,12 @@ impl LocalStore {
         let lock = lock_dir(&path, instance_id)?;
         let engine_dir = path.join(ENGINE_DIR);
         let mut discarded = None;
-        let keyspace = match open_keyspace(&engine_dir, cache_bytes) {
+        let keyspace = match open_keyspace(&engine_dir, engine_bytes) {
             Ok(keyspace) => keyspace,
             Err(e) => {
                 discarded = Some(format!("it cannot be opened ({e})"));
                 std::fs::remove_dir_all(&engine_dir).map_err(io(&engine_dir))?;
-                open_keyspace(&engine_dir, cache_bytes).map_err(|source| StoreError::Engine {
+                open_keyspace(&engine_dir, engine_bytes).map_err(|source| StoreError::Engine {
                     path: engine_dir.clone(),
                     source,
                 })?
@@ -340,6 +345,7 @@ impl LocalStore {
         }
         let store = LocalStore {
             path: engine_dir,
+            memtable_bytes: memtable_bytes(engine_bytes),
             keyspace,
             partitions: std::sync::Mutex::new(BTreeMap::new()),
             _lock: lock,
@@ -368,7 +374,7 @@ impl LocalStore {
             .keyspace
             .open_partition(
                 &partition_name(partition),
-                PartitionCreateOptions::default(),
+                PartitionCreateOptions::default().max_memtable_size(self.memtable_bytes),
             )
             .map_err(self.engine())?;
         handles.insert(partition, handle.clone());
@@ -560,11 +566,23 @@ impl LocalStore {
     }
 }
 
-fn open_keyspace(dir: &Path, cache_bytes: u64) -> Result<Keyspace, fjall::Error> {
+/// The engine's memory, `engine_bytes`, half its block cache and half its write buffers (every
+/// partition's memtables together; fjall flushes the largest when they exceed it).
+fn open_keyspace(dir: &Path, engine_bytes: u64) -> Result<Keyspace, fjall::Error> {
+    let half = (engine_bytes / 2).max(MIN_WRITE_BUFFER_BYTES);
     Config::new(dir)
-        .cache_size(cache_bytes)
-        .max_write_buffer_size(cache_bytes)
+        .cache_size(half)
+        .max_write_buffer_size(half)
         .open()
+}
+
+/// fjall refuses write buffers under 1 MiB.
+const MIN_WRITE_BUFFER_BYTES: u64 = 1 << 20;
+
+/// One partition's memtable: a quarter of the write buffers, at most fjall's default of 16 MiB.
+fn memtable_bytes(engine_bytes: u64) -> u32 {
+    u32::try_from((engine_bytes / 8).clamp(MIN_WRITE_BUFFER_BYTES / 4, 16 << 20))
+        .unwrap_or(16 << 20)
 }
 
 /// Takes the directory's lock file (`flock`, released by the kernel when the process dies).

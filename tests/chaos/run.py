@@ -52,6 +52,9 @@ def env_for(prefix, instance=None):
         ORDERFLOW_PROCESSOR__BATCH_MAX_RECORDS="500",
         ORDERFLOW_PROCESSOR__STATIC_MEMBERSHIP=STATIC["value"],
         ORDERFLOW_STATE__DIR=str(state_root(prefix)),
+        # A small budget (2 MB of hot orders per processor): orders leave memory under load and
+        # come back from the local store, so every scenario exercises eviction too.
+        ORDERFLOW_STATE__MEMORY_BUDGET_MB="4",
     )
 
 

@@ -17,7 +17,7 @@ fn disk_settings(name: &str, dir: &Path) -> Settings {
     let mut settings = processor_settings(3, &unique(name));
     settings.state.backend = StateBackend::Disk;
     settings.state.dir = dir.to_path_buf();
-    settings.state.cache_mb = 8;
+    settings.state.memory_budget_mb = 16;
     settings
 }
 
@@ -517,6 +517,51 @@ async fn a_store_write_that_fails_after_the_commit_pauses_the_partition_and_catc
     assert!(outcomes.rejected.is_empty(), "{:?}", outcomes.rejected);
     // The catch-up wrote what the failed write missed.
     assert_store_equals_topic(settings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_evicted_from_memory_under_the_budget_are_read_back_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = disk_settings("store-evict", dir.path());
+    // 512 kB for the hot orders of three partitions: a few thousand orders each fill it twice.
+    settings.state.memory_budget_mb = 1;
+    create_topics(&settings).await;
+    let orders: Vec<String> = (0..9_000).map(|i| format!("{}-{i}", unique("o"))).collect();
+    let creates: Vec<_> = orders.iter().map(|o| request(o, "create")).collect();
+    produce(&settings, &creates).await;
+    let service = service(&settings, definition());
+    let metrics = service.metrics().clone();
+    let processor = RunningProcessor::run(service);
+    outcomes_within(&settings, orders.len(), Duration::from_secs(120)).await;
+    let evicted = metrics.evicted_orders.get();
+    assert!(evicted >= 1_000, "{evicted} orders left memory");
+    let hot_bytes = metrics.cached_order_bytes.get();
+    eprintln!(
+        "DIAG cached_orders={} evicted={} hot_bytes={}",
+        metrics.cached_orders.get(),
+        evicted,
+        hot_bytes
+    );
+    assert!(
+        (0..=512 << 10).contains(&hot_bytes),
+        "the hot orders take {hot_bytes} bytes, over the 512 kB budget"
+    );
+
+    // The first orders written are the first evicted: confirming them reads them from the store.
+    let confirms: Vec<_> = orders[..300]
+        .iter()
+        .map(|o| request(o, "confirm"))
+        .collect();
+    produce(&settings, &confirms).await;
+    let outcomes = outcomes_within(&settings, orders.len() + 300, Duration::from_secs(60)).await;
+    processor.stop();
+    let confirmed = outcomes.accepted.iter().filter(|a| a.version == 2).count();
+    assert_eq!(
+        confirmed,
+        300,
+        "rejected: {:?}",
+        &outcomes.rejected[..outcomes.rejected.len().min(3)]
+    );
 }
 
 /// Waits until `done` holds, checking every 100 ms, for at most `limit`.
