@@ -25,3 +25,12 @@ pub use parking::{Answer, Step};
 
 #[cfg(test)]
 mod tests;
+
+/// The default order lifecycle (`machines/order-lifecycle.toml`), for tests.
+#[cfg(test)]
+pub(crate) fn lifecycle_for_tests() -> std::sync::Arc<Definition> {
+    let text = include_str!("../../machines/order-lifecycle.toml");
+    std::sync::Arc::new(
+        Definition::parse(text, "order-lifecycle.toml").expect("the default lifecycle parses"),
+    )
+}

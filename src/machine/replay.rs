@@ -130,12 +130,7 @@ mod tests {
     use std::sync::Arc;
 
     fn definition() -> Arc<Definition> {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/machines/order-lifecycle.toml"
-        ))
-        .unwrap();
-        Arc::new(Definition::parse(&text, "order-lifecycle.toml").unwrap())
+        crate::machine::lifecycle_for_tests()
     }
 
     fn request(n: u128, transition: &str) -> TransitionRequest {

@@ -390,15 +390,6 @@ mod tests {
         }
     }
 
-    fn lifecycle() -> Arc<Definition> {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/machines/order-lifecycle.toml"
-        ))
-        .unwrap();
-        Arc::new(Definition::parse(&text, "order-lifecycle.toml").unwrap())
-    }
-
     /// A disk backend in `dir` whose hot orders may take `hot_bytes` in all.
     fn disk(dir: &std::path::Path, hot_bytes: usize) -> Arc<DiskState> {
         let identity = store::StoreIdentity {
@@ -429,7 +420,7 @@ mod tests {
             writes in proptest::collection::vec((0u32..400, proptest::option::of((0u16..5, 1u64..9))), 1..1500)
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let definition = lifecycle();
+            let definition = crate::machine::lifecycle_for_tests();
             let disk = disk(dir.path(), 16 << 10);
             let _ = disk.hot.set_partitions(2);
             let mut cache = PartitionCache::backed(Arc::clone(&disk), 0, Arc::clone(&definition));
@@ -470,7 +461,7 @@ mod tests {
     #[test]
     fn orders_leave_memory_once_the_young_generation_fills_half_the_share() {
         let dir = tempfile::tempdir().unwrap();
-        let definition = lifecycle();
+        let definition = crate::machine::lifecycle_for_tests();
         let disk = disk(dir.path(), 32 << 10);
         let mut cache = PartitionCache::backed(Arc::clone(&disk), 0, definition);
         for id in 0..2_000 {
@@ -488,7 +479,10 @@ mod tests {
             "the last written stays in memory"
         );
         assert!(cache.find("order-0").is_none(), "the first written left");
-        assert!(disk.hot.set_partitions(4), "a quarter of the budget each now");
+        assert!(
+            disk.hot.set_partitions(4),
+            "a quarter of the budget each now"
+        );
         assert!(!disk.hot.set_partitions(4));
         cache.fit_budget();
         assert!(

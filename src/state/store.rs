@@ -566,23 +566,28 @@ impl LocalStore {
     }
 }
 
-/// The engine's memory, `engine_bytes`, half its block cache and half its write buffers (every
-/// partition's memtables together; fjall flushes the largest when they exceed it).
+/// The engine's memory, `engine_bytes`: half its block cache, half its write buffers (every
+/// partition's memtables together; fjall flushes the largest when they exceed it), the write
+/// buffers at least [`MIN_WRITE_BUFFER_BYTES`].
 fn open_keyspace(dir: &Path, engine_bytes: u64) -> Result<Keyspace, fjall::Error> {
-    let half = (engine_bytes / 2).max(MIN_WRITE_BUFFER_BYTES);
+    let half = engine_bytes / 2;
     Config::new(dir)
         .cache_size(half)
-        .max_write_buffer_size(half)
+        .max_write_buffer_size(half.max(MIN_WRITE_BUFFER_BYTES))
         .open()
 }
 
-/// fjall refuses write buffers under 1 MiB.
-const MIN_WRITE_BUFFER_BYTES: u64 = 1 << 20;
+/// The smallest write buffers the store runs with, whatever the budget. Below it fjall 2.11 can
+/// halt writes for good after recovering a journal larger than its write buffers (seen with
+/// 1 MiB: every store write after a restart waited in `check_write_buffer_size` while nothing was
+/// left to flush).
+pub const MIN_WRITE_BUFFER_BYTES: u64 = 16 << 20;
 
-/// One partition's memtable: a quarter of the write buffers, at most fjall's default of 16 MiB.
+/// One partition's memtable: a quarter of the write buffers, between 4 MiB and fjall's default
+/// of 16 MiB.
 fn memtable_bytes(engine_bytes: u64) -> u32 {
-    u32::try_from((engine_bytes / 8).clamp(MIN_WRITE_BUFFER_BYTES / 4, 16 << 20))
-        .unwrap_or(16 << 20)
+    let buffers = (engine_bytes / 2).max(MIN_WRITE_BUFFER_BYTES);
+    u32::try_from((buffers / 4).clamp(4 << 20, 16 << 20)).unwrap_or(16 << 20)
 }
 
 /// Takes the directory's lock file (`flock`, released by the kernel when the process dies).

@@ -386,8 +386,7 @@ mod tests {
     use crate::machine::{Decider, OrderState, Origin, ParkingPolicy, StateChange};
 
     fn definition() -> Arc<Definition> {
-        let text = include_str!("../../../machines/order-lifecycle.toml");
-        Arc::new(Definition::parse(text, "order-lifecycle.toml").unwrap())
+        crate::machine::lifecycle_for_tests()
     }
 
     fn plan(seed: u64, orders: u64, shares: Shares) -> Vec<Planned> {
