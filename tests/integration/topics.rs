@@ -139,16 +139,22 @@ async fn a_topic_deleted_and_created_again_under_its_name_has_a_new_id() {
     {
         result.unwrap();
     }
-    // Deletion is asynchronous on the broker: create again until the name is free.
+    // Deletion is asynchronous on the broker: create again until the state topic is created
+    // anew (until then it still exists, or its name is not free yet).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        match topics.ensure(&settings.topics).await {
-            Ok(_) => break,
-            Err(e) => {
-                assert!(std::time::Instant::now() < deadline, "recreating: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            }
+        let created = match topics.ensure(&settings.topics).await {
+            Ok(statuses) => statuses.iter().any(|s| &s.name == state && s.created),
+            Err(_) => false,
+        };
+        if created {
+            break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the state topic was not created again within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
     let second = topics.topic_id(state).await.unwrap();
     assert_ne!(second, first, "the new topic has a new id");
