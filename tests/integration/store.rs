@@ -108,6 +108,20 @@ fn forgotten_in_store(order_id: &str) -> StoreChange<'_> {
     }
 }
 
+/// Forgets `order_id` in the store only, its partition's checkpoint unchanged: a run that trusts
+/// the store does not know the order; one that replays the topic does.
+fn forget_at_its_checkpoint(store: &LocalStore, order_id: &str) {
+    let partition = partition_for(order_id.as_bytes(), 3);
+    let checkpoint = store.checkpoint(partition).unwrap().unwrap();
+    store
+        .write(
+            &[forgotten_in_store(order_id)],
+            &BTreeMap::from([(partition, checkpoint.next_offset)]),
+            checkpoint.written_at_ms,
+        )
+        .unwrap();
+}
+
 /// Runs the service until `expected` outcomes are in, then stops it.
 async fn run_until(settings: &Settings, expected: usize) -> Outcomes {
     let processor = RunningProcessor::start(settings);
@@ -186,18 +200,7 @@ async fn a_restart_takes_its_orders_from_the_local_store_and_only_the_tail_from_
     // Forget one order in the store only, checkpoint unchanged: a restart that restores from the
     // checkpoint does not know it; one that replayed the topic would.
     let forgotten = &orders[0];
-    let partition = partition_for(forgotten.as_bytes(), 3);
-    {
-        let store = open_store(&settings);
-        let checkpoint = store.checkpoint(partition).unwrap().unwrap();
-        store
-            .write(
-                &[forgotten_in_store(forgotten)],
-                &BTreeMap::from([(partition, checkpoint.next_offset)]),
-                checkpoint.written_at_ms,
-            )
-            .unwrap();
-    }
+    forget_at_its_checkpoint(&open_store(&settings), forgotten);
     let confirms: Vec<_> = orders.iter().map(|o| request(o, "confirm")).collect();
     produce(&settings, &confirms).await;
     let outcomes = run_until(&settings, 2 * orders.len()).await;
@@ -258,15 +261,7 @@ async fn sixty_confirms_decided_as_from_the_topic_after(name: &str, damage: impl
     let orders = sixty_orders_created(&settings).await;
     {
         let store = open_store(&settings);
-        let partition = partition_for(orders[0].as_bytes(), 3);
-        let checkpoint = store.checkpoint(partition).unwrap().unwrap();
-        store
-            .write(
-                &[forgotten_in_store(&orders[0])],
-                &BTreeMap::from([(partition, checkpoint.next_offset)]),
-                checkpoint.written_at_ms,
-            )
-            .unwrap();
+        forget_at_its_checkpoint(&store, &orders[0]);
         store.persist().unwrap();
     }
     damage(&settings.state.dir.join(&settings.instance_id).join("fjall"));
