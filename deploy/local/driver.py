@@ -61,6 +61,12 @@ class Kafka:
                 pass
         return pids
 
+    def server_logs(self):
+        """The brokers' own logs (server.log of each node), for keeping after a failed run."""
+        data = pathlib.Path(self.env["KAFKA_DATA_DIR"])
+        return [path for path in [data / "logs" / "server.log", *sorted(data.glob("node*/logs/server.log"))]
+                if path.exists()]
+
     def down(self, purge=True):
         """Stops it (and wipes its data when `purge`)."""
         self.script("down", *(["--purge"] if purge else []), check=False)

@@ -118,7 +118,7 @@ pub enum ProcessorError {
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
     /// An owned partition has records waiting but the consumer never started fetching it.
-    #[error("partition {partition} of {topic} was assigned and restored {waited_secs} s ago, but the consumer has not fetched it although records wait (committed offset {committed}, end {end}). The consumer lost its committed-offset lookup (seen after a group-coordinator move, librdkafka #5586); the process exits so that it restarts with a fresh assignment")]
+    #[error("partition {partition} of {topic} was assigned and restored {waited_secs} s ago, but the consumer has not fetched it although records wait (committed offset {committed}, end {end}). The consumer lost its committed-offset lookup (seen after a group-coordinator move, librdkafka #5586); the process exits so that it restarts with a fresh assignment. If this repeats after restarts, a hanging transaction may hold the group's offsets (`kafka-transactions.sh find-hanging --broker-id N` lists __consumer_offsets partitions; docs/operations.md, \"Hanging transactions\")")]
     PartitionNotFetched {
         /// The requests topic.
         topic: String,

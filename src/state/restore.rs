@@ -150,6 +150,8 @@ struct PartitionRestore {
     from_checkpoint: Option<i64>,
     /// Records read but not yet written to the local store (disk backend only).
     pending: Vec<PendingChange>,
+    /// Whether it has waited longer than any transaction may stay open ([`hanging_after_ms`]).
+    hanging: bool,
 }
 
 /// A state record read by a restore, waiting to be written to the local store.
@@ -194,7 +196,7 @@ fn flush_to_store(
 /// Where a partition's restore starts: from its local store's checkpoint when the store can be
 /// trusted (only the tail is read), else from the topic's beginning (the store, if any,
 /// discarded with one log line saying why, and rebuilt as the topic is read).
-fn starting_point(
+pub fn starting_point(
     disk: &DiskState,
     topic: &str,
     partition: i32,
@@ -309,6 +311,7 @@ pub fn restore_partitions(
             waiting: None,
             from_checkpoint,
             pending: Vec::new(),
+            hanging: false,
         };
         restore.stable_offset_is(stable, started, settings);
         restores.insert(partition, restore);
@@ -440,7 +443,29 @@ pub fn restore_partitions(
                 let Some(restore) = restores.get_mut(&partition) else {
                     continue;
                 };
-                if restore.stable_offset_is(stable, started, settings) {
+                let resolved = restore.stable_offset_is(stable, started, settings);
+                if let Some(disk) = disk.filter(|_| restore.holds_undecided_writes(stable)) {
+                    // If an operator aborts the hanging transaction, a store that applied its
+                    // writes would be ahead of the topic for good: start this partition over.
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        checkpoint = restore.start(),
+                        stable_offset = stable,
+                        "the local store holds writes of the hanging transaction (its checkpoint is above the last stable offset); discarded, the partition will be restored from the state topic once the transaction is resolved"
+                    );
+                    disk.store
+                        .discard(partition)
+                        .map_err(|source| StoreWriteError { partition, source })?;
+                    restore.from_checkpoint = None;
+                    restore.pending.clear();
+                    restore.records = 0;
+                    restore.cache = backed(disk, partition);
+                    consumer
+                        .seek(topic, partition, Offset::Beginning, Duration::from_secs(10))
+                        .map_err(kafka(partition))?;
+                }
+                if resolved {
                     // An end-of-partition event fetched before the transaction resolved may
                     // still be queued; seeking discards it, and the fetch goes on from where
                     // the restore stands.
@@ -485,6 +510,13 @@ impl PartitionRestore {
         self.from_checkpoint.unwrap_or(0)
     }
 
+    /// Whether it restores from a store whose checkpoint lies above `stable`, the last stable
+    /// offset, while a hanging transaction holds that offset: the store then applied writes of a
+    /// transaction the partition has not decided (the broker lost its markers after the commit).
+    fn holds_undecided_writes(&self, stable: i64) -> bool {
+        self.hanging && self.end.is_none() && self.from_checkpoint.is_some_and(|c| c > stable)
+    }
+
     /// Takes note of the partition's last stable offset; true when it has just reached the
     /// target, so the restore now knows where it ends.
     fn stable_offset_is(&mut self, stable: i64, started: Instant, settings: &Settings) -> bool {
@@ -520,6 +552,19 @@ impl PartitionRestore {
             let waited = self
                 .waiting
                 .map_or(0, |(since, _)| since.elapsed().as_millis() as u64);
+            if waited > hanging_after_ms(settings) {
+                self.hanging = true;
+                tracing::error!(
+                    partition = self.partition,
+                    stable_offset = stable,
+                    high_watermark_at_assignment = self.target,
+                    waited_ms = waited,
+                    transaction_timeout_ms = settings.processor.transaction_timeout_ms,
+                    "{}",
+                    hanging_transaction_advice(settings, self.partition, stable)
+                );
+                return false;
+            }
             tracing::warn!(
                 partition = self.partition,
                 stable_offset = stable,
@@ -532,6 +577,44 @@ impl PartitionRestore {
         }
         false
     }
+}
+
+/// How long a restore waits for an open transaction before it calls it hanging: the producer's
+/// transaction timeout, the broker's abort interval (10 s by default) and a minute of margin for a
+/// coordinator that is still loading after a restart.
+pub fn hanging_after_ms(settings: &Settings) -> u64 {
+    settings.processor.transaction_timeout_ms + 70_000
+}
+
+/// What an operator reads when a state partition's last stable offset stays below the high
+/// watermark for longer than any transaction may stay open: a transaction whose markers were
+/// never written (Kafka 4.4 skips them when a single broker stops gracefully in the middle of a
+/// commit — the partitions have no leader then — and an unclean leader election can drop them).
+/// Nothing a client does resolves it; the runbook is in docs/operations.md.
+pub fn hanging_transaction_advice(settings: &Settings, partition: i32, stable: i64) -> String {
+    format!(
+        "a hanging transaction blocks state partition {topic}/{partition} at offset {stable}: it \
+         has stayed open far longer than any producer's transaction.timeout.ms, so its commit \
+         or abort markers were lost by the broker (a single broker stopped gracefully in the \
+         middle of a commit, or an unclean leader election). Readers with read_committed stop \
+         there until an operator resolves it; orderflow keeps the partition paused and decides \
+         nothing for it. List the transaction's partitions with `kafka-transactions.sh \
+         --bootstrap-server {bootstrap} find-hanging --topic {topic} --partition {partition} \
+         --max-transaction-timeout {minutes}` (and `find-hanging --broker-id N` on each broker for \
+         the outcome topics and __consumer_offsets), stop the processors, delete their local \
+         stores (state.dir: a store may hold the hanging transaction's writes), abort it on \
+         every partition listed with `kafka-transactions.sh --bootstrap-server {bootstrap} abort \
+         --topic T --partition P --start-offset S` (here: --topic {topic} --partition \
+         {partition} --start-offset {stable}), then start the processors again: they decide the \
+         aborted transaction's requests anew (docs/operations.md, \"Hanging transactions\")",
+        topic = settings.topics.state,
+        bootstrap = settings.kafka.bootstrap_servers,
+        minutes = settings
+            .processor
+            .transaction_timeout_ms
+            .div_ceil(60_000)
+            .max(1),
+    )
 }
 
 /// How many restore consumers run side by side: `processor.restore_threads`, or when that is 0
@@ -598,5 +681,73 @@ mod tests {
         let groups = split_partitions(&all, 3);
         assert_eq!(groups.len(), 3);
         assert!(groups.iter().all(|g| g.len() == 16));
+    }
+
+    fn waiting_restore(from_checkpoint: Option<i64>, waited: Duration) -> PartitionRestore {
+        let now = Instant::now();
+        PartitionRestore {
+            partition: 3,
+            cache: PartitionCache::new(),
+            records: 0,
+            target: 870,
+            end: None,
+            waiting: Some((now - waited, now - WAIT_REPORT)),
+            from_checkpoint,
+            pending: Vec::new(),
+            hanging: false,
+        }
+    }
+
+    #[test]
+    fn a_transaction_open_longer_than_any_timeout_is_called_hanging_and_distrusts_a_store_above_it()
+    {
+        let settings = Settings::default();
+        let long = Duration::from_millis(hanging_after_ms(&settings) + 1_000);
+        let short = Duration::from_millis(settings.processor.transaction_timeout_ms);
+
+        // Still within what a transaction may take: waiting, not hanging.
+        let mut young = waiting_restore(Some(870), short);
+        assert!(!young.stable_offset_is(800, Instant::now(), &settings));
+        assert!(!young.hanging);
+        assert!(!young.holds_undecided_writes(800));
+
+        // Hanging, and the store's checkpoint lies inside the undecided range.
+        let mut ahead = waiting_restore(Some(870), long);
+        assert!(!ahead.stable_offset_is(800, Instant::now(), &settings));
+        assert!(ahead.hanging);
+        assert!(ahead.holds_undecided_writes(800));
+
+        // Hanging, but the store stops before the hanging transaction: it stays.
+        let mut behind = waiting_restore(Some(800), long);
+        behind.stable_offset_is(800, Instant::now(), &settings);
+        assert!(behind.hanging);
+        assert!(!behind.holds_undecided_writes(800));
+
+        // A restore from the topic has no store to distrust.
+        let mut from_topic = waiting_restore(None, long);
+        from_topic.stable_offset_is(800, Instant::now(), &settings);
+        assert!(!from_topic.holds_undecided_writes(800));
+
+        // Resolved: the restore knows its end and nothing is undecided any more.
+        let mut resolved = waiting_restore(Some(870), long);
+        assert!(resolved.stable_offset_is(871, Instant::now(), &settings));
+        assert!(!resolved.holds_undecided_writes(871));
+    }
+
+    #[test]
+    fn the_hanging_transaction_advice_names_the_partition_offset_and_commands() {
+        let settings = Settings::default();
+        let advice = hanging_transaction_advice(&settings, 4, 800);
+        let topic = &settings.topics.state;
+        assert!(
+            advice.contains(&format!("{topic}/4 at offset 800")),
+            "{advice}"
+        );
+        assert!(
+            advice.contains(&format!("--topic {topic} --partition 4 --start-offset 800")),
+            "{advice}"
+        );
+        assert!(advice.contains("find-hanging"), "{advice}");
+        assert!(advice.contains("--max-transaction-timeout 1"), "{advice}");
     }
 }

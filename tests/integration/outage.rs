@@ -65,8 +65,11 @@ async fn the_processor_rides_out_a_broker_restart_between_two_waves_of_requests(
     let creates: Vec<_> = orders.iter().map(|o| request(o, "create")).collect();
     let mut positions = produce(&settings, &creates).await;
     // Restart the broker right after the first wave (the processor may still be deciding it).
+    // A crash, not a graceful stop: Kafka 4.4 skips the markers of a commit in flight when a
+    // single broker shuts down gracefully, which leaves a hanging transaction no client can
+    // resolve (make chaos's broker-restart covers that with the operator's runbook).
     let broker = tokio::task::spawn_blocking(move || {
-        broker.run(&["down"]);
+        broker.run(&["kill", "--node", "1"]);
         std::thread::sleep(Duration::from_secs(3));
         broker.run(&["up"]);
         broker
