@@ -315,6 +315,17 @@ pub async fn serve_replica(
     let metrics = Metrics::new(&definition).map_err(ServiceError::Metrics)?;
     let health = Arc::new(Health::default());
     let caches = SharedCaches::default();
+    let disk = match settings.state.backend {
+        StateBackend::Memory => None,
+        StateBackend::Disk => {
+            // Its own directory: a processor of the same instance id may share state.dir.
+            let mut store_settings = (*settings).clone();
+            store_settings.instance_id = format!("replica-{}", settings.instance_id);
+            Some(Arc::new(
+                open_disk_state(&store_settings, &definition, &topics).await?,
+            ))
+        }
+    };
     let listener = tokio_listener(listener, &settings)?;
     tracing::info!(address = %settings.ops.listen, "read replica: /orders/{{id}} /states /metrics /healthz /readyz");
     let _ops = OpsServer::spawn(
@@ -338,9 +349,12 @@ pub async fn serve_replica(
                 &settings,
                 &definition,
                 partitions,
-                &caches,
-                &metrics,
-                &health,
+                crate::replica::ReplicaParts {
+                    caches: &caches,
+                    metrics: &metrics,
+                    health: &health,
+                    disk,
+                },
                 &stop,
             );
             if result.is_err() {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::crash::{binary_command, spawn_binary};
+use crate::crash::{binary_command, spawn_binary, RunningBinary};
 use crate::support::{
     create_topics, free_port, http, outcomes_within, processor_settings, produce, request, unique,
 };
@@ -157,4 +157,85 @@ async fn a_read_replica_answers_for_every_order_and_follows_new_commits() {
     );
     stop(&mut replica);
     stop(&mut processor);
+}
+
+/// Starts `orderflow serve` for `settings` (its own local store under `settings.state.dir`) and
+/// waits until it is ready; returns it and the records it applied getting there.
+async fn ready_replica(
+    settings: &orderflow::config::Settings,
+    address: SocketAddr,
+) -> (RunningBinary, f64) {
+    // Killed when dropped, so that a failed assertion does not leave it running.
+    let replica = RunningBinary(
+        binary_command(settings)
+            .arg("serve")
+            .env("ORDERFLOW_OPS__LISTEN", address.to_string())
+            .env("ORDERFLOW_INSTANCE_ID", "replica-0")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ready = tokio::task::spawn_blocking(move || {
+        get_until(address, "/readyz", Duration::from_secs(60), |s, _| s == 200)
+    })
+    .await
+    .unwrap();
+    assert_eq!(ready.0, 200, "the replica gets ready");
+    (replica, applied_records(address).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_replica_on_the_disk_backend_restarts_from_its_checkpoints() {
+    let settings = processor_settings(3, &unique("replica-disk"));
+    assert_eq!(
+        settings.state.backend,
+        orderflow::config::StateBackend::Disk
+    );
+    create_topics(&settings).await;
+    let mut processor = spawn_binary(&settings, None);
+    let creates: Vec<_> = (0..30)
+        .map(|n| request(&format!("restart-order-{n}"), "create"))
+        .collect();
+    produce(&settings, &creates).await;
+    outcomes_within(&settings, 30, Duration::from_secs(60)).await;
+
+    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (mut replica, first_load) = ready_replica(&settings, address).await;
+    assert_eq!(first_load, 30.0, "the first start reads every state record");
+    crate::crash::sigterm(&replica);
+    let _ = replica.0.wait();
+    assert!(
+        settings.state.dir.join("replica-replica-0").is_dir(),
+        "the replica keeps its store in its own directory"
+    );
+
+    // Five more commits while the replica is down: a restart reads only those.
+    let confirms: Vec<_> = (0..5)
+        .map(|n| request(&format!("restart-order-{n}"), "confirm"))
+        .collect();
+    produce(&settings, &confirms).await;
+    outcomes_within(&settings, 35, Duration::from_secs(60)).await;
+    let (mut replica, second_load) = ready_replica(&settings, address).await;
+    assert_eq!(
+        second_load, 5.0,
+        "a restart reads only the records after its checkpoints"
+    );
+    let answers = tokio::task::spawn_blocking(move || {
+        let (status, body) = http(address, "GET", "/states", None);
+        assert_eq!(status, 200, "{body}");
+        let counts: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(counts["orders"], 30, "{counts}");
+        assert_eq!(counts["states"]["Confirmed"], 5, "{counts}");
+        assert_eq!(counts["states"]["Pending"], 25, "{counts}");
+        // Orders read at the first start come from the store.
+        let (status, body) = http(address, "GET", "/orders/restart-order-29", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"Pending\""), "{body}");
+        let (status, body) = http(address, "GET", "/orders/restart-order-3", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"Confirmed\""), "{body}");
+    });
+    answers.await.unwrap();
+    stop(&mut replica.0);
+    stop(&mut processor.0);
 }
