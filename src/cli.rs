@@ -276,9 +276,31 @@ pub struct CapacityArgs {
     /// Memory a pod may give its caches, in GB (its limit less headroom).
     #[arg(long, default_value_t = 12.0)]
     pub pod_cache_gb: f64,
-    /// Largest cache per partition, in GB: bounds each restore and rebalance.
+    /// Largest cache per partition, in GB: bounds each restore and rebalance (memory backend).
     #[arg(long, default_value_t = 2.0)]
     pub partition_cache_gb: f64,
+    /// The state backend planned for: `disk` or `memory`. Default: `state.backend`.
+    #[arg(long, value_parser = crate::tools::capacity::parse_backend)]
+    pub backend: Option<crate::config::StateBackend>,
+    /// The disk backend's memory budget per pod, in MB. Default: `state.memory_budget_mb`.
+    #[arg(long)]
+    pub memory_budget_mb: Option<f64>,
+    /// Memory a pod uses outside its budget (code, Kafka clients' queues, allocator), in MB.
+    #[arg(long, default_value_t = 300.0)]
+    pub pod_overhead_mb: f64,
+    /// Largest local volume per pod, in GB (disk backend).
+    #[arg(long, default_value_t = 500.0)]
+    pub pod_disk_gb: f64,
+    /// Bytes an order takes in the local store. Default: its state record's size (real codec).
+    #[arg(long)]
+    pub disk_bytes_per_order: Option<f64>,
+    /// Disk the store may use over its live data (LSM compaction, old segments).
+    #[arg(long, default_value_t = 2.0)]
+    pub space_amplification: f64,
+    /// Longest full restore of one partition from the state topic, in minutes (disk backend: the
+    /// cost of a lost volume; bounds the orders per partition).
+    #[arg(long, default_value_t = 10.0)]
+    pub max_full_restore_minutes: f64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::codec::{
     encode_accepted, encode_order_state, encode_request, AcceptedRecord, InputPosition,
 };
+use crate::config::StateBackend;
 use crate::machine::{Definition, OrderState, RecentRequest, RecordedOutcome, TransitionRequest};
 
 /// A capacity plan with what it was computed from.
@@ -102,7 +103,21 @@ pub async fn run(
             .into());
         }
     };
+    let sizes = record_sizes(&definition)
+        .ok_or_else(|| super::Usage("the definition has no transitions".into()))?;
     let demand = Demand {
+        backend: args.backend.unwrap_or(settings.state.backend),
+        memory_budget_bytes: args
+            .memory_budget_mb
+            .unwrap_or(settings.state.memory_budget_mb as f64)
+            * 1e6,
+        pod_overhead_bytes: args.pod_overhead_mb * 1e6,
+        pod_disk_bytes: args.pod_disk_gb * 1e9,
+        // The store keeps each order's state record under its id, compressed: the record's size
+        // is an upper bound for a typical order.
+        disk_bytes_per_order: args.disk_bytes_per_order.unwrap_or(sizes.state),
+        space_amplification: args.space_amplification,
+        max_full_restore_seconds: args.max_full_restore_minutes * 60.0,
         orders_per_day: args.orders_per_day,
         transitions_per_order: args.transitions_per_order,
         peak_factor: args.peak_factor,
@@ -122,8 +137,6 @@ pub async fn run(
         partition_cache_bytes: args.partition_cache_gb * 1e9,
         restore_rate: measured("/restore/orders_per_second").unwrap_or(250_000.0),
     };
-    let sizes = record_sizes(&definition)
-        .ok_or_else(|| super::Usage("the definition has no transitions".into()))?;
     let plan = plan(&demand, sizes);
     Ok(CapacityReport {
         demand,
@@ -133,9 +146,32 @@ pub async fn run(
     })
 }
 
+/// Parses `--backend`.
+pub fn parse_backend(text: &str) -> Result<StateBackend, String> {
+    match text {
+        "disk" => Ok(StateBackend::Disk),
+        "memory" => Ok(StateBackend::Memory),
+        other => Err(format!("{other:?} is not a backend: disk or memory")),
+    }
+}
+
 /// What the plan is for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Demand {
+    /// Where the processors keep their orders.
+    pub backend: StateBackend,
+    /// Disk backend: the memory budget of a pod (hot orders, engine caches, write buffers).
+    pub memory_budget_bytes: f64,
+    /// Memory a pod uses outside its budget or its caches.
+    pub pod_overhead_bytes: f64,
+    /// Disk backend: the largest local volume of a pod.
+    pub pod_disk_bytes: f64,
+    /// Disk backend: bytes an order takes in the local store.
+    pub disk_bytes_per_order: f64,
+    /// Disk backend: disk used over the live data.
+    pub space_amplification: f64,
+    /// Disk backend: the longest full restore of one partition (after a lost volume).
+    pub max_full_restore_seconds: f64,
     /// Orders created per day.
     pub orders_per_day: f64,
     /// Transition requests per order over its life.
@@ -250,8 +286,17 @@ pub struct Plan {
     pub pods_at_peak: u64,
     /// Pods the request rate alone needs at peak.
     pub pods_for_rate: u64,
-    /// Pods the caches alone need.
+    /// Pods the caches alone need (memory backend; 1 on the disk backend, whose memory is a
+    /// budget).
     pub pods_for_memory: u64,
+    /// Pods the local stores alone need (disk backend; 1 on the memory backend).
+    pub pods_for_disk: u64,
+    /// Memory one pod needs: its caches or its budget, and the overhead.
+    pub memory_per_pod: f64,
+    /// Disk backend: the local stores' bytes over all pods, with space amplification.
+    pub disk_bytes: f64,
+    /// Disk backend: one pod's volume at peak's pod count.
+    pub disk_bytes_per_pod: f64,
     /// Pods needed at the average rate.
     pub pods_at_average: u64,
     /// Partitions: room for twice the peak's pods, a multiple of 12.
@@ -287,11 +332,34 @@ pub fn plan(demand: &Demand, sizes: RecordSizes) -> Plan {
     let cached_orders = demand.orders_per_day * demand.cached_days;
     let cache_bytes = cached_orders * demand.bytes_per_cached_order;
     let pods_for_rate = ceil(peak_rate / usable);
-    let pods_for_memory = ceil(cache_bytes / demand.pod_cache_bytes);
-    let pods_at_peak = pods_for_rate.max(pods_for_memory);
-    let pods_at_average = ceil(average_rate / usable).max(pods_for_memory);
-    let for_memory = ceil(cache_bytes / demand.partition_cache_bytes);
-    let partitions = (pods_at_peak * 2).max(for_memory).div_ceil(12) * 12;
+    let (pods_for_memory, pods_for_disk, disk_bytes, for_partitions) = match demand.backend {
+        StateBackend::Memory => (
+            ceil(cache_bytes / demand.pod_cache_bytes),
+            1,
+            0.0,
+            ceil(cache_bytes / demand.partition_cache_bytes),
+        ),
+        StateBackend::Disk => {
+            let disk = cached_orders * demand.disk_bytes_per_order * demand.space_amplification;
+            (
+                1,
+                ceil(disk / demand.pod_disk_bytes),
+                disk,
+                // Restarts read only the tail; a lost volume restores whole partitions.
+                ceil(cached_orders / (demand.restore_rate * demand.max_full_restore_seconds)),
+            )
+        }
+    };
+    let pods_at_peak = pods_for_rate.max(pods_for_memory).max(pods_for_disk);
+    let pods_at_average = ceil(average_rate / usable)
+        .max(pods_for_memory)
+        .max(pods_for_disk);
+    let partitions = (pods_at_peak * 2).max(for_partitions).div_ceil(12) * 12;
+    let memory_per_pod = demand.pod_overhead_bytes
+        + match demand.backend {
+            StateBackend::Memory => cache_bytes / pods_at_peak as f64,
+            StateBackend::Disk => demand.memory_budget_bytes,
+        };
     // Every request writes itself (upstream), one state record and one outcome.
     let per_request = sizes.request + sizes.state + sizes.outcome;
     let write_peak = peak_rate * per_request;
@@ -318,6 +386,10 @@ pub fn plan(demand: &Demand, sizes: RecordSizes) -> Plan {
         pods_at_peak,
         pods_for_rate,
         pods_for_memory,
+        pods_for_disk,
+        memory_per_pod,
+        disk_bytes,
+        disk_bytes_per_pod: disk_bytes / pods_at_peak as f64,
         pods_at_average,
         partitions,
         write_bytes_per_second_peak: write_peak,
@@ -360,21 +432,57 @@ pub fn describe(demand: &Demand, sizes: RecordSizes, plan: &Plan, rate_source: &
         "per-pod rate {:.0} requests/s ({rate_source}); pods run at most at 2/3 of it",
         demand.per_pod_rate
     );
-    let _ = writeln!(
-        t,
-        "pods: {} at peak ({} for the rate, {} for the caches at {} each), {} at the average",
-        plan.pods_at_peak,
-        plan.pods_for_rate,
-        plan.pods_for_memory,
-        bytes(demand.pod_cache_bytes),
-        plan.pods_at_average
-    );
-    let _ = writeln!(
-        t,
-        "partitions: {} (room to double the peak's pods; at most {} of cache each)",
-        plan.partitions,
-        bytes(demand.partition_cache_bytes)
-    );
+    match demand.backend {
+        StateBackend::Memory => {
+            let _ = writeln!(
+                t,
+                "pods: {} at peak ({} for the rate, {} for the caches at {} each; state.backend = memory), {} at the average",
+                plan.pods_at_peak,
+                plan.pods_for_rate,
+                plan.pods_for_memory,
+                bytes(demand.pod_cache_bytes),
+                plan.pods_at_average
+            );
+            let _ = writeln!(
+                t,
+                "partitions: {} (room to double the peak's pods; at most {} of cache each)",
+                plan.partitions,
+                bytes(demand.partition_cache_bytes)
+            );
+        }
+        StateBackend::Disk => {
+            let _ = writeln!(
+                t,
+                "pods: {} at peak ({} for the rate, {} for the local stores at most {} each; state.backend = disk), {} at the average",
+                plan.pods_at_peak,
+                plan.pods_for_rate,
+                plan.pods_for_disk,
+                bytes(demand.pod_disk_bytes),
+                plan.pods_at_average
+            );
+            let _ = writeln!(
+                t,
+                "memory per pod: {} ({} budget + {} overhead), whatever the orders held",
+                bytes(plan.memory_per_pod),
+                bytes(demand.memory_budget_bytes),
+                bytes(demand.pod_overhead_bytes)
+            );
+            let _ = writeln!(
+                t,
+                "local stores: {} over all pods ({:.0} B per order x {} space amplification), {} per pod's volume",
+                bytes(plan.disk_bytes),
+                demand.disk_bytes_per_order,
+                demand.space_amplification,
+                bytes(plan.disk_bytes_per_pod)
+            );
+            let _ = writeln!(
+                t,
+                "partitions: {} (room to double the peak's pods; a lost volume restores a partition in at most {:.0} min)",
+                plan.partitions,
+                demand.max_full_restore_seconds / 60.0
+            );
+        }
+    }
     let _ = writeln!(
         t,
         "record sizes (real codec, with key and batch overhead): request {:.0} B, state {:.0} B, outcome {:.0} B",
@@ -394,17 +502,32 @@ pub fn describe(demand: &Demand, sizes: RecordSizes, plan: &Plan, rate_source: &
     for (topic, stored) in &plan.stored_bytes {
         let _ = writeln!(t, "  {topic}: {}", bytes(*stored));
     }
-    let _ = write!(
-        t,
-        "processor caches: {:.0} live orders ({} days), {} resident across all pods; per partition {:.0} orders ({}), restored in {:.0} s at {:.0} orders/s",
-        plan.cached_orders,
-        demand.cached_days,
-        bytes(plan.cache_bytes),
-        plan.orders_per_partition,
-        bytes(plan.orders_per_partition * demand.bytes_per_cached_order),
-        plan.restore_seconds_per_partition,
-        demand.restore_rate
-    );
+    match demand.backend {
+        StateBackend::Memory => {
+            let _ = write!(
+                t,
+                "processor caches: {:.0} live orders ({} days), {} resident across all pods; per partition {:.0} orders ({}), restored in {:.0} s at {:.0} orders/s",
+                plan.cached_orders,
+                demand.cached_days,
+                bytes(plan.cache_bytes),
+                plan.orders_per_partition,
+                bytes(plan.orders_per_partition * demand.bytes_per_cached_order),
+                plan.restore_seconds_per_partition,
+                demand.restore_rate
+            );
+        }
+        StateBackend::Disk => {
+            let _ = write!(
+                t,
+                "live orders: {:.0} ({} days), all on the pods' local stores; per partition {:.0} orders: a restart reads only the tail after the checkpoint, a lost volume restores the partition in {:.0} s at {:.0} orders/s",
+                plan.cached_orders,
+                demand.cached_days,
+                plan.orders_per_partition,
+                plan.restore_seconds_per_partition,
+                demand.restore_rate
+            );
+        }
+    }
     t
 }
 
@@ -425,6 +548,14 @@ pub fn to_json(demand: &Demand, sizes: RecordSizes, plan: &Plan) -> Value {
         "pods_at_peak": plan.pods_at_peak,
         "pods_for_rate": plan.pods_for_rate,
         "pods_for_memory": plan.pods_for_memory,
+        "pods_for_disk": plan.pods_for_disk,
+        "backend": match demand.backend {
+            StateBackend::Memory => "memory",
+            StateBackend::Disk => "disk",
+        },
+        "memory_per_pod_bytes": plan.memory_per_pod,
+        "disk_bytes": plan.disk_bytes,
+        "disk_bytes_per_pod": plan.disk_bytes_per_pod,
         "restore_seconds_per_partition": plan.restore_seconds_per_partition,
         "pods_at_average": plan.pods_at_average,
         "partitions": plan.partitions,
@@ -461,6 +592,13 @@ mod tests {
 
     fn demand() -> Demand {
         Demand {
+            backend: StateBackend::Memory,
+            memory_budget_bytes: 512e6,
+            pod_overhead_bytes: 300e6,
+            pod_disk_bytes: 500e9,
+            disk_bytes_per_order: 200.0,
+            space_amplification: 2.0,
+            max_full_restore_seconds: 600.0,
             orders_per_day: 100e6,
             transitions_per_order: 5.0,
             peak_factor: 10.0,
@@ -529,6 +667,38 @@ mod tests {
         assert_eq!(p.partitions, 708);
         assert!((p.orders_per_partition - 3.5e9 / 708.0).abs() < 1.0);
         assert!((p.restore_seconds_per_partition - 3.5e9 / 708.0 / 250_000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn on_the_disk_backend_memory_is_the_budget_and_disk_or_rate_sizes_the_fleet() {
+        let mut d = demand();
+        d.backend = StateBackend::Disk;
+        d.pod_cache_bytes = 16e9;
+        d.partition_cache_bytes = 2e9;
+        let p = plan(&d, SIZES);
+        // Caches of 1.4 TB no longer count: 3.5e9 orders x 200 B x 2 = 1.4 TB of disk, 3 volumes
+        // of 500 GB; the rate needs 2.
+        assert_eq!(p.pods_for_memory, 1);
+        assert!((p.disk_bytes - 1.4e12).abs() < 1.0);
+        assert_eq!(p.pods_for_disk, 3);
+        assert_eq!(p.pods_at_peak, 3);
+        assert!((p.memory_per_pod - 812e6).abs() < 1.0);
+        assert!((p.disk_bytes_per_pod - 1.4e12 / 3.0).abs() < 1.0);
+        // A lost volume: 3.5e9 / (250k/s x 600 s) = 23.3 -> 24 partitions.
+        assert_eq!(p.partitions, 24);
+        // Smaller volumes: more pods.
+        d.pod_disk_bytes = 100e9;
+        assert_eq!(plan(&d, SIZES).pods_at_peak, 14);
+        // The memory backend with the same demand: memory sizes it.
+        d.backend = StateBackend::Memory;
+        assert_eq!(plan(&d, SIZES).pods_at_peak, 88);
+    }
+
+    #[test]
+    fn backends_parse_by_name() {
+        assert_eq!(parse_backend("disk"), Ok(StateBackend::Disk));
+        assert_eq!(parse_backend("memory"), Ok(StateBackend::Memory));
+        assert!(parse_backend("rocksdb").is_err());
     }
 
     #[test]

@@ -41,19 +41,24 @@ pub trait Report {
     }
 }
 
-/// Prints `report` for people or, with `json`, for scripts.
+/// Prints `report` for people or, with `json`, for scripts. A reader that closed the pipe early
+/// (`| head`) ends the output quietly instead of a panic.
 pub fn print(report: &dyn Report, json: bool) {
-    if json {
+    use std::io::Write;
+    let text = if json {
         let value = report.to_json();
-        if !value.is_null() {
-            println!("{value}");
+        if value.is_null() {
+            return;
         }
+        value.to_string()
     } else {
         let text = report.describe();
-        if !text.is_empty() {
-            println!("{}", text.trim_end_matches('\n'));
+        if text.is_empty() {
+            return;
         }
-    }
+        text.trim_end_matches('\n').to_string()
+    };
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 /// The report of a command that printed its results as it went.

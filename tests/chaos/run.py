@@ -504,6 +504,21 @@ COUNTS = ["lost", "duplicated", "illegal", "version_gaps", "state_mismatches", "
           "dead_letters_lost", "dead_letters_duplicated", "dead_letters_unexpected", "orphan_outcomes"]
 
 
+def create_topics(prefix):
+    """`orderflow topics create` for the scenario's topics, retried for a minute: right after a
+    cluster scenario a restarted node may not have registered yet, and topics with 3 replicas
+    cannot be created until it has."""
+    deadline = time.time() + 60
+    while True:
+        done = subprocess.run([ORDERFLOW, "topics", "create"], env=env_for(prefix), capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if time.time() > deadline:
+            sys.exit(f"chaos: orderflow topics create failed: {done.stderr.strip()}")
+        log(f"topics create failed, retrying: {done.stderr.strip()[-300:]}")
+        time.sleep(3)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=int, default=2000)
@@ -532,7 +547,7 @@ def main():
                 CURRENT["kafka"] = wanted
                 wanted.up()
             prefix = f"c{uuid.uuid4().hex[:6]}-{name}-"
-            subprocess.run([ORDERFLOW, "topics", "create"], env=env_for(prefix), check=True, capture_output=True)
+            create_topics(prefix)
             log(f"{name}: {what}")
             started = time.monotonic()
             outcome = run(prefix, rng, args.cluster_rate if name in ON_CLUSTER else args.rate)
