@@ -104,10 +104,7 @@ fn apply(
     }
     drop(caches);
     if let Some(disk) = disk {
-        let counted = metrics.evicted_orders.get();
-        metrics
-            .evicted_orders
-            .inc_by(disk.hot.evicted().saturating_sub(counted));
+        metrics.evicted_orders_are(disk.hot.evicted());
     }
     Ok(())
 }
@@ -283,7 +280,6 @@ pub fn run(
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => tracing::warn!(error = %e, "replica: state topic reader"),
         }
-
         if last_report.elapsed() >= Duration::from_secs(10) {
             metrics.cached_orders.set(caches.orders() as i64);
             metrics.cached_order_bytes.set(caches.memory_bytes() as i64);

@@ -92,10 +92,11 @@ impl ServiceError {
     }
 }
 
-/// Opens this instance's local store for the disk backend, with what judging its checkpoints
-/// needs from the broker (the cluster's id, the state topic's `delete.retention.ms`).
+/// Opens the local store `state.dir/<store_name>/` for the disk backend, with what judging its
+/// checkpoints needs from the broker (the cluster's id, the state topic's `delete.retention.ms`).
 async fn open_disk_state(
     settings: &Settings,
+    store_name: &str,
     definition: &Definition,
     topics: &Topics,
 ) -> Result<DiskState, ServiceError> {
@@ -118,7 +119,7 @@ async fn open_disk_state(
     };
     let opened = LocalStore::open(
         &settings.state.dir,
-        &settings.instance_id,
+        store_name,
         &identity,
         settings.state.engine_bytes(),
     )?;
@@ -130,7 +131,7 @@ async fn open_disk_state(
         );
     }
     tracing::info!(
-        dir = %settings.state.dir.join(&settings.instance_id).display(),
+        dir = %settings.state.dir.join(store_name).display(),
         partitions = ?opened.store.stored_partitions(),
         delete_retention_ms,
         "local store open (state.backend = disk)"
@@ -221,7 +222,7 @@ impl Service {
         let mut parts = parts;
         if settings.state.backend == StateBackend::Disk {
             parts.disk = Some(Arc::new(
-                open_disk_state(&settings, &definition, &topics).await?,
+                open_disk_state(&settings, &settings.instance_id, &definition, &topics).await?,
             ));
         }
         tracing::info!(
@@ -319,10 +320,9 @@ pub async fn serve_replica(
         StateBackend::Memory => None,
         StateBackend::Disk => {
             // Its own directory: a processor of the same instance id may share state.dir.
-            let mut store_settings = (*settings).clone();
-            store_settings.instance_id = format!("replica-{}", settings.instance_id);
+            let store_name = format!("replica-{}", settings.instance_id);
             Some(Arc::new(
-                open_disk_state(&store_settings, &definition, &topics).await?,
+                open_disk_state(&settings, &store_name, &definition, &topics).await?,
             ))
         }
     };

@@ -115,6 +115,13 @@ fn histogram(
 }
 
 impl Metrics {
+    /// Brings `orderflow_evicted_orders_total` up to `evicted`, the orders the hot budget has
+    /// dropped from memory so far (counted there, where no metrics handle is at hand).
+    pub fn evicted_orders_are(&self, evicted: u64) {
+        let counted = self.evicted_orders.get();
+        self.evicted_orders.inc_by(evicted.saturating_sub(counted));
+    }
+
     /// Registers every metric; label values known up front (transitions, reasons) start at 0 so
     /// dashboards and alerts see them before the first event.
     pub fn new(definition: &Definition) -> prometheus::Result<Metrics> {

@@ -317,11 +317,7 @@ impl Processor {
                         cache.fit_budget();
                     }
                 }
-                let evicted = disk.hot.evicted();
-                let counted = self.metrics.evicted_orders.get();
-                self.metrics
-                    .evicted_orders
-                    .inc_by(evicted.saturating_sub(counted));
+                self.metrics.evicted_orders_are(disk.hot.evicted());
             }
             self.handle_rebalance_events()?;
             self.handle_restore_events()?;
