@@ -588,14 +588,15 @@ pub fn hanging_after_ms(settings: &Settings) -> u64 {
 
 /// What an operator reads when a state partition's last stable offset stays below the high
 /// watermark for longer than any transaction may stay open: a transaction whose markers were
-/// never written (Kafka 4.4 skips them when a single broker stops gracefully in the middle of a
-/// commit — the partitions have no leader then — and an unclean leader election can drop them).
+/// never written (Kafka 4.4 skips them when a single broker stops or crashes in the middle of a
+/// commit — the partitions have no known leader then — and an unclean leader election can drop
+/// them).
 /// Nothing a client does resolves it; the runbook is in docs/operations.md.
 pub fn hanging_transaction_advice(settings: &Settings, partition: i32, stable: i64) -> String {
     format!(
         "a hanging transaction blocks state partition {topic}/{partition} at offset {stable}: it \
          has stayed open far longer than any producer's transaction.timeout.ms, so its commit \
-         or abort markers were lost by the broker (a single broker stopped gracefully in the \
+         or abort markers were lost by the broker (a single broker stopped or crashed in the \
          middle of a commit, or an unclean leader election). Readers with read_committed stop \
          there until an operator resolves it; orderflow keeps the partition paused and decides \
          nothing for it. List the transaction's partitions with `kafka-transactions.sh \

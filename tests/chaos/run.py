@@ -302,7 +302,7 @@ def scenario_broker_restart(prefix, rng, rate):
     extra = ""
     if recovery is None:
         # Kafka 4.4 skips the markers of a transaction whose commit is in flight when a single
-        # broker shuts down gracefully: the processors cannot resolve that, an operator must.
+        # broker shuts down or crashes: the processors cannot resolve that, an operator must.
         extra = resolve_hanging(prefix, fleet) or ""
         recovery = tail.recovery(t, timeout=240)
     return finish(prefix, fleet, tail, load), [recovery], extra

@@ -130,6 +130,7 @@ impl RunningProcessor {
 
     /// Runs `service` until stopped.
     pub fn run(service: orderflow::service::Service) -> RunningProcessor {
+        init_test_log();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = std::thread::spawn(move || {
             tokio::runtime::Builder::new_multi_thread()
@@ -403,6 +404,21 @@ pub async fn outcomes_within(settings: &Settings, expected: usize, timeout: Dura
     tokio::task::spawn_blocking(move || wait_for_outcomes(&settings, expected, timeout))
         .await
         .expect("outcome reader task")
+}
+
+/// Logs of in-process services into the test's captured output (shown when it fails), at
+/// `ORDERFLOW_TEST_LOG` (a tracing filter; default: orderflow's info and everyone's warnings).
+pub fn init_test_log() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let filter =
+            std::env::var("ORDERFLOW_TEST_LOG").unwrap_or_else(|_| "warn,orderflow=info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
 }
 
 /// A plain HTTP/1.1 request with an optional JSON body: (status, body).
