@@ -9,6 +9,8 @@
 //!   visible to a read_committed reader: the latency floor orderflow's latency runs compare with;
 //! - `await`: reads the outcome topics with read_committed until N records and prints the rate
 //!   between the first and the last;
+//! - `aged-state`, `aged-requests`: the realistic-access workload of bench/aged.rs (orders aged
+//!   over 35 days; a pass of requests for one slot of them);
 //! - `restore`: writes M order states to a state topic and restores all its partitions the way a
 //!   processor does, printing orders/s and resident memory per million cached orders.
 
@@ -38,6 +40,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
+
+mod aged;
 
 #[derive(Parser)]
 struct Cli {
@@ -108,6 +112,26 @@ enum Command {
         /// Where the disk backend's store goes.
         #[arg(long, default_value = "target/bench-restart-state")]
         dir: std::path::PathBuf,
+    },
+    /// Write the states of `orders` orders aged over 35 days as of `now_ms` (bench/aged.rs) to
+    /// the prefix's state topic.
+    AgedState {
+        #[arg(long)]
+        orders: u64,
+        #[arg(long)]
+        now_ms: i64,
+    },
+    /// Create the prefix's topics and produce pass `slot`'s requests over `orders` aged orders;
+    /// prints how many.
+    AgedRequests {
+        #[arg(long)]
+        orders: u64,
+        #[arg(long)]
+        now_ms: i64,
+        #[arg(long)]
+        slot: u64,
+        #[arg(long, value_enum)]
+        access: aged::Access,
     },
     /// Write `orders` states and time restoring them.
     Restore {
@@ -908,6 +932,43 @@ async fn main() -> anyhow::Result<()> {
             tail,
             dir,
         } => restart(&settings, *orders, *rounds, *tail, dir).await,
+        Command::AgedState { orders, now_ms } => {
+            Topics::connect(&settings.kafka)?
+                .ensure(&settings.topics)
+                .await?;
+            let definition = definition()?;
+            let started = Instant::now();
+            let producer = producer(&settings)?;
+            let records = (0..*orders).map(|n| aged::state_record(&definition, n, *now_ms));
+            let written = tokio::task::block_in_place(|| {
+                send_all(&producer, &settings.topics.state, records)
+            })?;
+            println!(
+                "{}",
+                json!({"orders": written, "seconds": started.elapsed().as_secs_f64()})
+            );
+            Ok(())
+        }
+        Command::AgedRequests {
+            orders,
+            now_ms,
+            slot,
+            access,
+        } => {
+            Topics::connect(&settings.kafka)?
+                .ensure(&settings.topics)
+                .await?;
+            let sent_at = self::now_ms();
+            let records = aged::requests(*orders, *slot, *access, *now_ms)
+                .into_iter()
+                .map(|request| encoded_request(request, sent_at));
+            let producer = producer(&settings)?;
+            let sent = tokio::task::block_in_place(|| {
+                send_all(&producer, &settings.topics.requests, records)
+            })?;
+            println!("{}", json!({"requests": sent}));
+            Ok(())
+        }
         Command::Restore { orders, threads } => {
             let mut settings = settings;
             settings.processor.restore_threads = *threads;

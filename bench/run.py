@@ -17,7 +17,9 @@ broker, measured so that the comparison cannot flatter orderflow.
   the pipe (`orderflow-bench pipe-latency --spread`) and the no-transaction floor (the requests
   themselves, produced and read back read_committed: `pipe-latency --floor`); the highest rate
   each holds (every outcome, at least 95% of the rate, p99 at most 1 s) and the load generator's CPU.
-- Restore of a million orders.
+- Restore of a million orders; a restart holding 10 M orders, memory vs disk backend.
+- Realistic access (bench/aged_access.py): the disk backend's 256 MB budget against the memory
+  backend on 10 M orders aged over 35 days, skewed and uniform access.
 
 Results go to docs/benchmarks.md (between the system-bench markers) and to bench/last-run.json
 (every figure, named; `orderflow capacity` reads its per-pod rate).
@@ -37,6 +39,7 @@ import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "deploy" / "local"))
 import driver  # noqa: E402
+import aged_access  # noqa: E402
 
 root = driver.ROOT
 os.chdir(root)
@@ -501,6 +504,9 @@ def main():
     parser.add_argument("--restore-orders", type=int, default=None)
     parser.add_argument("--restart-orders", type=int, default=None,
                         help="orders held by the restarted pod (default 10,000,000; 0 skips the restart benchmark)")
+    parser.add_argument("--aged-orders", type=int, default=None,
+                        help="orders of the realistic-access benchmark (bench/aged_access.py; default 10,000,000; "
+                        "0 skips it)")
     parser.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
     args = parser.parse_args()
     quick = args.quick
@@ -510,6 +516,7 @@ def main():
     repeats = args.latency_repeats or (1 if quick else 3)
     restore_orders = args.restore_orders if args.restore_orders is not None else (0 if quick else 1_000_000)
     restart_orders = args.restart_orders if args.restart_orders is not None else (0 if quick else 10_000_000)
+    aged_orders = args.aged_orders if args.aged_orders is not None else (0 if quick else 10_000_000)
     make_target = "bench-quick" if quick else "bench"
     command = f"make {make_target}" if os.environ.get("MAKELEVEL") else "python3 bench/run.py " + " ".join(sys.argv[1:])
     started = time.time()
@@ -546,6 +553,7 @@ def main():
         latencies = ladder(rates, args.latency_seconds, args.latency_warmup_seconds, repeats)
         restore = restore_medians(restore_orders, 3) if restore_orders else None
         restart = restart_bench(restart_orders, 3) if restart_orders else None
+        aged = aged_access.run(KAFKA, aged_orders, 3) if aged_orders else None
     finally:
         KAFKA.down()
 
@@ -567,7 +575,7 @@ def main():
               "ratios": {f"{a}/{b}/{key}": ratios(passes, a, b, key) for a, b, key, _, _ in RATIO_LINES
                          if a in passes and b in passes},
               "streams_best_commit_ms": config["streams_best_ms"], "streams_calibration": config.get("streams_calibration"),
-              "latency": latencies, "restore": restore, "restart": restart,
+              "latency": latencies, "restore": restore, "restart": restart, "aged": aged,
               "per_pod_rate": per_system["orderflow"]["rate"]["median"],
               "highest_rate_held": {s: max([row["rate"] for row in latencies if row[s]["held"]], default=None)
                                     for s in ("orderflow", "pipe", "floor")}}
@@ -580,6 +588,8 @@ def main():
             driver.replace_between(root / "docs" / "benchmarks.md", "system-bench", text)
         if restart:
             driver.replace_between(root / "docs" / "benchmarks.md", "restart-run", restart_markdown(context, restart))
+        if aged:
+            driver.replace_between(root / "docs" / "benchmarks.md", "aged-run", aged_access.markdown(aged, command))
         else:
             driver.replace_between(root / "docs" / "benchmarks.md", "quick-bench", text)
         log(f"wrote docs/benchmarks.md and {last_path.relative_to(root)}")

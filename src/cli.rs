@@ -282,10 +282,10 @@ pub struct CapacityArgs {
     /// The state backend planned for: `disk` or `memory`. Default: `state.backend`.
     #[arg(long, value_parser = crate::tools::capacity::parse_backend)]
     pub backend: Option<crate::config::StateBackend>,
-    /// The disk backend's memory budget per pod, in MB. Default: `state.memory_budget_mb`.
+    /// The disk backend's memory budget per pod, in MiB as the setting. Default: `state.memory_budget_mb`.
     #[arg(long)]
     pub memory_budget_mb: Option<f64>,
-    /// Memory a pod uses outside its budget (code, Kafka clients' queues, allocator), in MB.
+    /// Memory a pod uses outside its budget (code, Kafka clients' queues, allocator), in MiB.
     #[arg(long, default_value_t = 300.0)]
     pub pod_overhead_mb: f64,
     /// Largest local volume per pod, in GB (disk backend).

@@ -105,6 +105,7 @@ fn apply(
     drop(caches);
     if let Some(disk) = disk {
         metrics.evicted_orders_are(disk.hot.evicted());
+        metrics.store_reads_are(disk.hot.store_reads());
     }
     Ok(())
 }

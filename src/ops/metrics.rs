@@ -49,6 +49,8 @@ pub struct Metrics {
     pub cached_order_bytes: IntGauge,
     /// Orders dropped from memory under the disk backend's budget (they stay in the local store).
     pub evicted_orders: IntCounter,
+    /// Reads of orders not in memory, served by the local store.
+    pub store_reads: IntCounter,
     /// State records read by restores.
     pub restored_records: IntCounter,
     /// Time a partition's restore took.
@@ -120,6 +122,13 @@ impl Metrics {
     pub fn evicted_orders_are(&self, evicted: u64) {
         let counted = self.evicted_orders.get();
         self.evicted_orders.inc_by(evicted.saturating_sub(counted));
+    }
+
+    /// Brings `orderflow_store_reads_total` up to `reads`, the hot budget's count of lookups
+    /// that missed memory.
+    pub fn store_reads_are(&self, reads: u64) {
+        let counted = self.store_reads.get();
+        self.store_reads.inc_by(reads.saturating_sub(counted));
     }
 
     /// Registers every metric; label values known up front (transitions, reasons) start at 0 so
@@ -233,6 +242,11 @@ impl Metrics {
                 &r,
                 "orderflow_evicted_orders_total",
                 "Orders dropped from memory under state.memory_budget_mb; they stay in the local store.",
+            )?,
+            store_reads: counter(
+                &r,
+                "orderflow_store_reads_total",
+                "Orders looked up in the local store because they were not in memory (found there or not: a new order's create is one too).",
             )?,
             restored_records: counter(
                 &r,

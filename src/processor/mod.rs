@@ -318,6 +318,7 @@ impl Processor {
                     }
                 }
                 self.metrics.evicted_orders_are(disk.hot.evicted());
+                self.metrics.store_reads_are(disk.hot.store_reads());
             }
             self.handle_rebalance_events()?;
             self.handle_restore_events()?;

@@ -64,6 +64,7 @@ pub struct HotBudget {
     limit_bytes: usize,
     partitions: AtomicUsize,
     evicted: AtomicU64,
+    store_reads: AtomicU64,
 }
 
 impl HotBudget {
@@ -73,6 +74,7 @@ impl HotBudget {
             limit_bytes,
             partitions: AtomicUsize::new(1),
             evicted: AtomicU64::new(0),
+            store_reads: AtomicU64::new(0),
         }
     }
 
@@ -94,6 +96,11 @@ impl HotBudget {
     /// Orders dropped from memory so far (they stay in the store).
     pub fn evicted(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Reads that missed memory and went to the store so far (found there or not).
+    pub fn store_reads(&self) -> u64 {
+        self.store_reads.load(Ordering::Relaxed)
     }
 }
 
@@ -146,6 +153,7 @@ impl PartitionCache {
     /// The order from the local store (a miss in memory).
     fn stored(&self, order_id: &str) -> Option<OrderState> {
         let backing = self.backing.as_ref()?;
+        backing.disk.hot.store_reads.fetch_add(1, Ordering::Relaxed);
         let read = backing
             .disk
             .store
@@ -479,6 +487,16 @@ mod tests {
             "the last written stays in memory"
         );
         assert!(cache.find("order-0").is_none(), "the first written left");
+        assert_eq!(disk.hot.store_reads(), 0, "no lookup missed memory yet");
+        cache.get("order-1999");
+        assert_eq!(disk.hot.store_reads(), 0, "a hot order is read from memory");
+        cache.get("order-0");
+        cache.state_of("order-never-written");
+        assert_eq!(
+            disk.hot.store_reads(),
+            2,
+            "a cold order and an unknown one are looked up in the store"
+        );
         assert!(
             disk.hot.set_partitions(4),
             "a quarter of the budget each now"

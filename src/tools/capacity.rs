@@ -110,8 +110,8 @@ pub async fn run(
         memory_budget_bytes: args
             .memory_budget_mb
             .unwrap_or(settings.state.memory_budget_mb as f64)
-            * 1e6,
-        pod_overhead_bytes: args.pod_overhead_mb * 1e6,
+            * MIB,
+        pod_overhead_bytes: args.pod_overhead_mb * MIB,
         pod_disk_bytes: args.pod_disk_gb * 1e9,
         // The store keeps each order's state record under its id, compressed: the record's size
         // is an upper bound for a typical order.
@@ -568,6 +568,10 @@ pub fn to_json(demand: &Demand, sizes: RecordSizes, plan: &Plan) -> Value {
         "orders_per_partition": plan.orders_per_partition,
     })
 }
+
+/// A mebibyte: `state.memory_budget_mb` is enforced in these (`<< 20`), and the overhead beside
+/// it is measured in them.
+const MIB: f64 = 1_048_576.0;
 
 /// Parses `100M`, `2.5k`, `1e6`, `300000`.
 pub fn parse_count(text: &str) -> Result<f64, String> {
