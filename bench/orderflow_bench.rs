@@ -132,6 +132,12 @@ enum Command {
         slot: u64,
         #[arg(long, value_enum)]
         access: aged::Access,
+        /// Only create the topics (the processor starts on them before the requests come).
+        #[arg(long)]
+        topics_only: bool,
+        /// Only print how many requests the pass has (no broker needed).
+        #[arg(long)]
+        count_only: bool,
     },
     /// Write `orders` states and time restoring them.
     Restore {
@@ -954,10 +960,21 @@ async fn main() -> anyhow::Result<()> {
             now_ms,
             slot,
             access,
+            topics_only,
+            count_only,
         } => {
+            if *count_only {
+                let count = aged::requests(*orders, *slot, *access, *now_ms).len();
+                println!("{}", json!({"requests": count}));
+                return Ok(());
+            }
             Topics::connect(&settings.kafka)?
                 .ensure(&settings.topics)
                 .await?;
+            if *topics_only {
+                println!("{}", json!({"requests": 0}));
+                return Ok(());
+            }
             let sent_at = self::now_ms();
             let records = aged::requests(*orders, *slot, *access, *now_ms)
                 .into_iter()
