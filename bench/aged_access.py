@@ -102,6 +102,7 @@ class Aged:
         self.kafka, self.bench, self.bootstrap, self.orders = kafka, driver.BENCH, kafka.bootstrap, orders
         self.now_ms = int(time.time() * 1000)
         self.state_prefix = f"as{uuid.uuid4().hex[:6]}-"
+        self.perf_dir = None
 
     def tool(self, prefix, *args, timeout=1800):
         out = subprocess.run([self.bench, "--bootstrap", self.bootstrap, "--prefix", prefix, "--partitions", str(PARTITIONS),
@@ -159,9 +160,17 @@ class Aged:
                                        "--timeout-secs", "1200"],
                                       stdout=subprocess.PIPE, text=True, env=dict(os.environ, RUST_LOG="warn"))
             time.sleep(2)  # the reader has its partitions before the first outcome
+            perf = None
+            if self.perf_dir:
+                perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-p", str(process.pid), "-o",
+                                         str(self.perf_dir / f"{system}-{access}-{slot}.data")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             count = self.tool(prefix, *args)["requests"]
             assert count == expected, (count, expected)
             out, _ = waiter.communicate(timeout=1500)
+            if perf:
+                perf.send_signal(2)
+                perf.wait()
             reads = metric(port, "orderflow_store_reads_total") - reads_at_ready
             evicted = metric(port, "orderflow_evicted_orders_total")
             device = read_bytes(process.pid)

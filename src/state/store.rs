@@ -566,28 +566,37 @@ impl LocalStore {
     }
 }
 
-/// The engine's memory, `engine_bytes`: half its block cache, half its write buffers (every
-/// partition's memtables together; fjall flushes the largest when they exceed it), the write
-/// buffers at least [`MIN_WRITE_BUFFER_BYTES`].
+/// The engine's memory, `engine_bytes`: half its block cache, half its write buffers. fjall's
+/// own limit on all write buffers together is set out of reach: its counter can drift upwards
+/// (a flush that frees a memtable before the batch that wrote into it has counted itself
+/// saturates at zero) and a store held to it then halts every write for good — after a restart
+/// that recovered a large journal it did so within seconds (`sustained_batch_writes_never_halt`).
+/// The write buffers are bounded instead by each partition's memtable size
+/// ([`memtable_bytes`], flushed when full) and by the journal ([`journal_bytes`]: all data not yet
+/// flushed is in it, and fjall flushes the partitions holding the oldest of it as it fills).
 fn open_keyspace(dir: &Path, engine_bytes: u64) -> Result<Keyspace, fjall::Error> {
-    let half = engine_bytes / 2;
     Config::new(dir)
-        .cache_size(half)
-        .max_write_buffer_size(half.max(MIN_WRITE_BUFFER_BYTES))
+        .cache_size(engine_bytes / 2)
+        .max_write_buffer_size(u64::MAX / 4)
+        .max_journaling_size(journal_bytes(engine_bytes))
         .open()
 }
 
-/// The smallest write buffers the store runs with, whatever the budget. Below it fjall 2.11 can
-/// halt writes for good after recovering a journal larger than its write buffers (seen with
-/// 1 MiB: every store write after a restart waited in `check_write_buffer_size` while nothing was
-/// left to flush).
-pub const MIN_WRITE_BUFFER_BYTES: u64 = 16 << 20;
+/// The journal's limit: the write buffers' half of the engine's memory, at least
+/// [`MIN_JOURNAL_BYTES`].
+fn journal_bytes(engine_bytes: u64) -> u64 {
+    (engine_bytes / 2).max(MIN_JOURNAL_BYTES)
+}
 
-/// One partition's memtable: a quarter of the write buffers, between 4 MiB and fjall's default
-/// of 16 MiB.
+/// The smallest journal limit: two of the 32 MiB files fjall's journal grows by (fjall itself
+/// accepts 24 MiB, which one file already fills).
+pub const MIN_JOURNAL_BYTES: u64 = 64 << 20;
+
+/// One partition's memtable: an eighth of the write buffers, between 1 MiB and fjall's default
+/// of 16 MiB (more than eight partitions written at once may hold more than the write buffers'
+/// half until the journal's limit flushes them).
 fn memtable_bytes(engine_bytes: u64) -> u32 {
-    let buffers = (engine_bytes / 2).max(MIN_WRITE_BUFFER_BYTES);
-    u32::try_from((buffers / 4).clamp(4 << 20, 16 << 20)).unwrap_or(16 << 20)
+    u32::try_from((engine_bytes / 2 / 8).clamp(1 << 20, 16 << 20)).unwrap_or(16 << 20)
 }
 
 /// Takes the directory's lock file (`flock`, released by the kernel when the process dies).
@@ -673,6 +682,61 @@ mod tests {
             deadline_before: before,
             deadline_after: after,
         }
+    }
+
+    /// Sustained batches over many partitions, as a processor under load writes them: every
+    /// batch must go through. fjall 2.11's write-buffer counter can drift upwards when a flush
+    /// frees a memtable before the batch that wrote into it has counted itself (its `free`
+    /// saturates at zero), and a store limited by that counter then halts every write for good
+    /// (seen in `make bench-aged`: the processing thread waited in `check_write_buffer_size`
+    /// with nothing left to flush). The race is timing-dependent: with the former configuration
+    /// (write buffers limited to 16 MiB, 4 MiB memtables) a larger version of this test (2,000
+    /// orders per batch, 200 batches a run) halted after the first reopen in one of three runs.
+    #[test]
+    fn sustained_batch_writes_never_halt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let (done, finished) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let value = vec![7u8; 200];
+            let ids: Vec<String> = (0..1_000).map(|n| format!("order-{n:08}")).collect();
+            // Three runs of the same store, as a processor restarted under load has.
+            for run in 0..3i64 {
+                let store = LocalStore::open(&path, "orderflow-0", &identity(), 2 << 20)
+                    .unwrap()
+                    .store;
+                for step in 0..100i64 {
+                    let batch = run * 100 + step;
+                    let partition = (batch % 12) as i32;
+                    let changes: Vec<StoreChange<'_>> = ids
+                        .iter()
+                        .enumerate()
+                        .map(|(n, id)| StoreChange {
+                            partition,
+                            order_id: id,
+                            value: Some(&value),
+                            deadline_before: Some(batch * 10 + n as i64),
+                            deadline_after: Some(batch * 10 + 10 + n as i64),
+                        })
+                        .collect();
+                    store
+                        .write(&changes, &BTreeMap::from([(partition, batch)]), 0)
+                        .unwrap();
+                    let _ = done.send(batch);
+                }
+                store.persist().unwrap();
+            }
+        });
+        let mut last = -1;
+        while last < 299 {
+            match finished.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(batch) => last = batch,
+                Err(_) => {
+                    panic!("the store halted after batch {last}: no write went through in 60 s")
+                }
+            }
+        }
+        writer.join().unwrap();
     }
 
     #[test]
