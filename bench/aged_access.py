@@ -199,11 +199,12 @@ class Aged:
         return row
 
 
-def run(kafka, orders, rounds):
+def run(kafka, orders, rounds, perf_dir=None):
     """Every pass of the realistic-access benchmark; returns its record."""
     if 2 + 2 * rounds + 4 > SLOTS:
         raise SystemExit(f"--rounds {rounds} needs more than the {SLOTS} slots of bench/aged.rs")
     aged = Aged(kafka, orders)
+    aged.perf_dir = perf_dir
     written = aged.write_state()
     slots = iter(range(SLOTS))
     warmup = [aged.one_pass("disk", next(slots), "skewed"), aged.one_pass("memory", next(slots), "skewed")]
@@ -264,6 +265,7 @@ def main():
     parser.add_argument("--orders", type=int, default=10_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--perf", metavar="DIR", help="record a CPU profile of every timed pass (`perf record -g`) into DIR")
     args = parser.parse_args()
     command = "make bench-aged" if os.environ.get("MAKELEVEL") else "python3 bench/aged_access.py " + " ".join(sys.argv[1:])
     kafka = driver.Kafka(int(os.environ.get("ORDERFLOW_BENCH_KAFKA_PORT", "29092")), 1, name="bench")
@@ -271,7 +273,10 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--bins"], check=True)
     kafka.up()
     try:
-        record = run(kafka, args.orders, args.rounds)
+        perf_dir = pathlib.Path(args.perf) if args.perf else None
+        if perf_dir:
+            perf_dir.mkdir(parents=True, exist_ok=True)
+        record = run(kafka, args.orders, args.rounds, perf_dir)
     finally:
         kafka.down()
     record["date"], record["command"] = time.strftime("%Y-%m-%d"), command
