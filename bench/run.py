@@ -590,7 +590,7 @@ def main():
             driver.replace_between(root / "docs" / "benchmarks.md", "restart-run", restart_markdown(context, restart))
         if aged:
             driver.replace_between(root / "docs" / "benchmarks.md", "aged-run", aged_access.markdown(aged, command))
-        else:
+        if quick:
             driver.replace_between(root / "docs" / "benchmarks.md", "quick-bench", text)
         log(f"wrote docs/benchmarks.md and {last_path.relative_to(root)}")
 
