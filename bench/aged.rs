@@ -64,9 +64,10 @@ fn age_ms(n: u64) -> i64 {
 /// or later for the oldest, so that no order's 30-day return window ends within the next six
 /// hours (an order whose window ended has expired and is gone from the topic).
 fn stage(n: u64, now_ms: i64) -> (usize, i64) {
-    let created = now_ms - age_ms(n);
-    match age_ms(n) / DAY_MS {
-        0 => (0, created + (age_ms(n) / 2).min(10 * 60_000)),
+    let age = age_ms(n);
+    let created = now_ms - age;
+    match age / DAY_MS {
+        0 => (0, created + (age / 2).min(10 * 60_000)),
         1 => (1, created + DAY_MS),
         2 => (2, created + 2 * DAY_MS),
         _ => (

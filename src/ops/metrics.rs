@@ -116,19 +116,22 @@ fn histogram(
     Ok(h)
 }
 
+/// Brings `counter` up to `total`, a count kept elsewhere (a counter only goes up).
+fn raise_to(counter: &IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
 impl Metrics {
     /// Brings `orderflow_evicted_orders_total` up to `evicted`, the orders the hot budget has
     /// dropped from memory so far (counted there, where no metrics handle is at hand).
     pub fn evicted_orders_are(&self, evicted: u64) {
-        let counted = self.evicted_orders.get();
-        self.evicted_orders.inc_by(evicted.saturating_sub(counted));
+        raise_to(&self.evicted_orders, evicted);
     }
 
     /// Brings `orderflow_store_reads_total` up to `reads`, the hot budget's count of lookups
     /// that missed memory.
     pub fn store_reads_are(&self, reads: u64) {
-        let counted = self.store_reads.get();
-        self.store_reads.inc_by(reads.saturating_sub(counted));
+        raise_to(&self.store_reads, reads);
     }
 
     /// Registers every metric; label values known up front (transitions, reasons) start at 0 so

@@ -49,6 +49,22 @@ pub fn default_last_run_files() -> Vec<PathBuf> {
     files
 }
 
+/// The disk backend's median rate under realistic access: from `aged` in the last run's
+/// record, or from `make bench-aged`'s own `last-aged.json` beside it.
+fn aged_disk_rate(last_run: &Path, record: &Value) -> Option<f64> {
+    record
+        .pointer("/aged/passes/disk")
+        .and_then(median_rate)
+        .or_else(|| {
+            let aged = std::fs::read_to_string(last_run.with_file_name("last-aged.json")).ok()?;
+            median_rate(
+                serde_json::from_str::<Value>(&aged)
+                    .ok()?
+                    .pointer("/passes/disk")?,
+            )
+        })
+}
+
 /// The median `rate` of a list of benchmark passes.
 fn median_rate(passes: &Value) -> Option<f64> {
     let mut rates: Vec<f64> = passes
@@ -102,42 +118,29 @@ pub async fn run(
     // missing memory), which `make bench` records beside its preloaded-input rate: the
     // preloaded input's orders are all new and hot, which flatters the disk backend.
     // `make bench-aged` alone writes it to bench/last-aged.json beside it.
-    let aged_disk_rate = (backend == crate::config::StateBackend::Disk)
-        .then(|| {
-            let (file, record) = last_run.as_ref()?;
-            record
-                .pointer("/aged/passes/disk")
-                .and_then(median_rate)
-                .or_else(|| {
-                    let aged =
-                        std::fs::read_to_string(file.with_file_name("last-aged.json")).ok()?;
-                    median_rate(
-                        serde_json::from_str::<Value>(&aged)
-                            .ok()?
-                            .pointer("/passes/disk")?,
-                    )
-                })
+    let realistic_rate = last_run
+        .as_ref()
+        .filter(|_| backend == StateBackend::Disk)
+        .and_then(|(file, record)| aged_disk_rate(file, record))
+        .map(|rate| {
+            let source =
+                "the disk backend under realistic access, measured by the last `make bench`";
+            (rate, source.to_string())
+        });
+    let preloaded_rate = || {
+        measured("/per_pod_rate").map(|rate| {
+            let file = last_run
+                .as_ref()
+                .map_or(String::new(), |(f, _)| f.display().to_string());
+            (rate, format!("measured by the last `make bench`, {file}"))
         })
-        .flatten();
+    };
     let (per_pod_rate, rate_source) = match (
         args.per_pod_rate,
-        aged_disk_rate.or_else(|| measured("/per_pod_rate")),
+        realistic_rate.or_else(preloaded_rate),
     ) {
         (Some(rate), _) => (rate, "given".to_string()),
-        (None, Some(rate)) if aged_disk_rate.is_some() => (
-            rate,
-            "the disk backend under realistic access, measured by the last `make bench`"
-                .to_string(),
-        ),
-        (None, Some(rate)) => (
-            rate,
-            format!(
-                "measured by the last `make bench`, {}",
-                last_run
-                    .as_ref()
-                    .map_or(String::new(), |(f, _)| f.display().to_string())
-            ),
-        ),
+        (None, Some(measured)) => measured,
         (None, None) => {
             let looked: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             return Err(super::Usage(format!(
