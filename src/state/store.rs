@@ -19,8 +19,9 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use fjall::{AbstractTree, Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use serde::{Deserialize, Serialize};
 
 /// The layout of the store's keys and values; a store of another version is discarded.
@@ -575,11 +576,72 @@ impl LocalStore {
 /// ([`memtable_bytes`], flushed when full) and by the journal ([`journal_bytes`]: all data not yet
 /// flushed is in it, and fjall flushes the partitions holding the oldest of it as it fills).
 fn open_keyspace(dir: &Path, engine_bytes: u64) -> Result<Keyspace, fjall::Error> {
-    Config::new(dir)
+    let keyspace = Config::new(dir)
         .cache_size(engine_bytes / 2)
         .max_write_buffer_size(u64::MAX / 4)
         .max_journaling_size(journal_bytes(engine_bytes))
-        .open()
+        .flush_workers(FLUSHES_PER_WAKE_UP)
+        .open()?;
+    flush_recovered_memtables(&keyspace)?;
+    Ok(keyspace)
+}
+
+/// How many queued memtables fjall's flush worker flushes each time it wakes up (fjall's
+/// default on two cores is one).
+const FLUSHES_PER_WAKE_UP: usize = 4;
+
+/// How long opening waits for the memtables recovered from the journal to be flushed.
+const RECOVERED_FLUSH_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The key [`flush_recovered_memtables`] writes to wake fjall's flush worker.
+const FLUSH_PUMP_KEY: &[u8] = b"flush-pump";
+
+/// Flushes the memtables fjall 2.11 recovered from sealed journals. It queues one per partition
+/// and journal but wakes its flush worker only once per partition, and each wake-up flushes
+/// [`FLUSHES_PER_WAKE_UP`]; later wake-ups come one per new memtable, so what was left queued
+/// stays queued for good. Its journals are then never deleted, and once the journal reaches its
+/// limit every write halts while fjall waits for a flush that no one asks for (seen: a restart
+/// with a smaller memory budget after a clean stop, the processing thread asleep in
+/// `check_journal_size`). Each rotation of a one-key memtable in the meta partition wakes the
+/// worker once more and queues one memtable, so the backlog shrinks by three per round.
+fn flush_recovered_memtables(keyspace: &Keyspace) -> Result<(), fjall::Error> {
+    let partitions = keyspace
+        .list_partitions()
+        .iter()
+        .map(|name| keyspace.open_partition(name, PartitionCreateOptions::default()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sealed = || -> usize {
+        partitions
+            .iter()
+            .map(|p| p.tree.sealed_memtable_count())
+            .sum()
+    };
+    if sealed() == 0 {
+        return Ok(());
+    }
+    let pump = keyspace.open_partition(META_PARTITION, PartitionCreateOptions::default())?;
+    let started = Instant::now();
+    let mut rounds = 0u32;
+    while sealed() > 0 {
+        if started.elapsed() > RECOVERED_FLUSH_PATIENCE {
+            tracing::warn!(
+                left = sealed(),
+                "the local store's recovered memtables are not all flushed; writes may stall"
+            );
+            break;
+        }
+        pump.insert(FLUSH_PUMP_KEY, [])?;
+        pump.rotate_memtable()?;
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pump.remove(FLUSH_PUMP_KEY)?;
+    tracing::info!(
+        rounds,
+        took_ms = started.elapsed().as_millis() as u64,
+        "flushed the memtables the local store recovered from its journal"
+    );
+    Ok(())
 }
 
 /// The journal's limit: the write buffers' half of the engine's memory, at least
@@ -737,6 +799,63 @@ mod tests {
             }
         }
         writer.join().unwrap();
+    }
+
+    /// fjall 2.11 queues every memtable it recovers from sealed journals but wakes its flush
+    /// worker only once per partition: the rest stayed queued for good, the journal never
+    /// shrank, and writes halted once it reached its limit (`make bench-aged`, a restart with a
+    /// smaller budget). Opening now flushes them all.
+    #[test]
+    fn memtables_recovered_from_many_sealed_journals_are_all_flushed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), &identity()));
+        let engine_dir = dir.path().join("orderflow-0").join(ENGINE_DIR);
+        {
+            // Without a flush worker every rotated memtable stays in its sealed journal, as a
+            // stop right after a burst of writes leaves them.
+            let keyspace = Config::new(&engine_dir).flush_workers(0).open().unwrap();
+            let partitions: Vec<PartitionHandle> = (0..4)
+                .map(|p| {
+                    keyspace
+                        .open_partition(&partition_name(p), PartitionCreateOptions::default())
+                        .unwrap()
+                })
+                .collect();
+            for round in 0..10 {
+                for (n, partition) in partitions.iter().enumerate() {
+                    partition
+                        .insert(order_key(&format!("order-{round}-{n}")), vec![1u8; 100])
+                        .unwrap();
+                }
+                partitions[round % 4].rotate_memtable().unwrap();
+            }
+            keyspace.persist(PersistMode::SyncAll).unwrap();
+            assert!(
+                keyspace.journal_count() > 10,
+                "{}",
+                keyspace.journal_count()
+            );
+        }
+        let store = open(dir.path(), &identity()).store;
+        let sealed: usize = (0..4)
+            .map(|p| store.handle(p).unwrap().tree.sealed_memtable_count())
+            .sum();
+        assert_eq!(sealed, 0, "every recovered memtable is flushed");
+        let started = Instant::now();
+        while store.keyspace.journal_count() > 1 && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            store.keyspace.journal_count(),
+            1,
+            "the sealed journals are deleted"
+        );
+        for round in 0..10 {
+            for n in 0..4 {
+                let found = store.get(n, &format!("order-{round}-{n}")).unwrap();
+                assert_eq!(found, Some(vec![1u8; 100]), "order-{round}-{n}");
+            }
+        }
     }
 
     #[test]
