@@ -133,6 +133,9 @@ pub enum ProcessorError {
     },
 }
 
+/// Threads that read a batch's cold orders from the local store side by side before deciding.
+const COLD_READ_THREADS: usize = 2;
+
 /// How long a restored partition may go without a known consumer position, while records wait,
 /// before the processor gives up on it and exits (to be restarted).
 const NOT_FETCHED_LIMIT: Duration = Duration::from_secs(60);
@@ -729,6 +732,14 @@ impl Processor {
     /// Decides the batch and writes it in one transaction; on an abortable failure, aborts and
     /// rewinds so the batch is read again.
     fn commit_batch(&mut self) -> Result<(), ProcessorError> {
+        if self.disk.is_some() {
+            let mut wanted: Vec<(i32, &str)> = self
+                .batch
+                .iter()
+                .filter_map(|r| Some((r.partition, std::str::from_utf8(r.key.as_deref()?).ok()?)))
+                .collect();
+            self.caches.load_cold(&mut wanted, COLD_READ_THREADS);
+        }
         let output = decide_batch(
             &self.batch_context(),
             &self.caches.read(),

@@ -238,6 +238,11 @@ impl PartitionCache {
         self.age_if_full();
     }
 
+    /// Whether the order is in memory (a read of it does not go to the store).
+    pub fn in_memory(&self, order_id: &str) -> bool {
+        self.find(order_id).is_some()
+    }
+
     /// The committed state of an order (unpacked: a copy).
     pub fn get(&self, order_id: &str) -> Option<OrderState> {
         match self.find(order_id) {
@@ -378,6 +383,59 @@ impl SharedCaches {
     /// The memory the cached orders of all partitions take.
     pub fn memory_bytes(&self) -> usize {
         self.read().values().map(PartitionCache::memory_bytes).sum()
+    }
+
+    /// Reads the orders of `wanted` that are neither in memory nor unknown from their
+    /// partitions' local stores, on up to `threads` threads, and keeps the ones found in memory;
+    /// returns how many were read. A batch about to be decided reads its cold orders this way:
+    /// side by side instead of one after the other on the processing thread. What the store
+    /// holds is committed state, as the cache is, so warming changes no decision; a failed read
+    /// is recorded as a read during deciding would be ([`PartitionCache::store_failure`]).
+    pub fn load_cold(&self, wanted: &mut Vec<(i32, &str)>, threads: usize) -> usize {
+        wanted.sort_unstable();
+        wanted.dedup();
+        let found: Vec<(i32, &str, OrderState)> = {
+            let caches = self.read();
+            let cold: Vec<(&PartitionCache, i32, &str)> = wanted
+                .iter()
+                .filter_map(|&(partition, order_id)| {
+                    let cache = caches.get(&partition)?;
+                    (cache.is_backed() && !cache.in_memory(order_id))
+                        .then_some((cache, partition, order_id))
+                })
+                .collect();
+            fn read<'a>(
+                part: &[(&PartitionCache, i32, &'a str)],
+            ) -> Vec<(i32, &'a str, OrderState)> {
+                part.iter()
+                    .filter_map(|&(cache, partition, order_id)| {
+                        cache.stored(order_id).map(|s| (partition, order_id, s))
+                    })
+                    .collect()
+            }
+            // Below this many reads a thread costs more than it saves.
+            const READS_PER_THREAD: usize = 32;
+            let threads = threads.clamp(1, cold.len().div_ceil(READS_PER_THREAD).max(1));
+            let chunk = cold.len().div_ceil(threads).max(1);
+            let mut parts = cold.chunks(chunk);
+            let first = parts.next().unwrap_or_default();
+            std::thread::scope(|scope| {
+                let helpers: Vec<_> = parts.map(|part| scope.spawn(move || read(part))).collect();
+                let mut found = read(first);
+                for helper in helpers {
+                    // A helper that panicked read nothing into memory: deciding reads those orders itself.
+                    found.extend(helper.join().unwrap_or_default());
+                }
+                found
+            })
+        };
+        let mut caches = self.write();
+        for (partition, order_id, state) in &found {
+            if let Some(cache) = caches.get_mut(partition) {
+                cache.apply(order_id, Some(state));
+            }
+        }
+        found.len()
     }
 }
 
@@ -556,5 +614,113 @@ mod tests {
             expected.sort();
             prop_assert_eq!(states, expected);
         }
+    }
+
+    /// Writes `orders` of partition `partition` to the store only (as if evicted long ago).
+    fn store_only(
+        disk: &DiskState,
+        definition: &Definition,
+        partition: i32,
+        orders: &[(String, OrderState)],
+    ) {
+        let values: Vec<Vec<u8>> = orders
+            .iter()
+            .map(|(id, state)| {
+                let mut value = Vec::new();
+                crate::codec::encode_order_state(definition, id, state, &mut value);
+                value
+            })
+            .collect();
+        let changes: Vec<store::StoreChange<'_>> = orders
+            .iter()
+            .zip(&values)
+            .map(|((id, _), value)| store::StoreChange {
+                partition,
+                order_id: id,
+                value: Some(value),
+                deadline_before: None,
+                deadline_after: None,
+            })
+            .collect();
+        disk.store
+            .write(
+                &changes,
+                &BTreeMap::from([(partition, orders.len() as i64)]),
+                0,
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn cold_orders_of_a_batch_are_read_side_by_side_into_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let definition = crate::machine::lifecycle_for_tests();
+        let disk = disk(dir.path(), 8 << 20);
+        let caches = SharedCaches::default();
+        let mut stored = BTreeMap::new();
+        for partition in [0, 1] {
+            let orders: Vec<(String, OrderState)> = (0..200)
+                .map(|n| {
+                    (
+                        format!("order-{partition}-{n}"),
+                        order(1 + partition as u16, n),
+                    )
+                })
+                .collect();
+            store_only(&disk, &definition, partition, &orders);
+            stored.insert(partition, orders);
+            caches.write().insert(
+                partition,
+                PartitionCache::backed(Arc::clone(&disk), partition, Arc::clone(&definition)),
+            );
+        }
+        caches
+            .write()
+            .get_mut(&0)
+            .unwrap()
+            .apply("order-0-7", Some(&order(4, 99)));
+        let ids: Vec<String> = (0..150).map(|n| format!("order-0-{n}")).collect();
+        let mut wanted: Vec<(i32, &str)> = ids.iter().map(|id| (0, id.as_str())).collect();
+        wanted.extend(ids.iter().map(|id| (0, id.as_str())));
+        wanted.push((1, "order-1-3"));
+        wanted.push((1, "order-1-never-written"));
+        wanted.push((7, "order-of-a-partition-not-owned"));
+
+        let read = caches.load_cold(&mut wanted, 3);
+
+        assert_eq!(
+            read,
+            149 + 1,
+            "each cold order read once; the hot one and the unknown ones not kept"
+        );
+        assert_eq!(
+            disk.hot.store_reads(),
+            149 + 2,
+            "the unknown order was looked up too"
+        );
+        let caches = caches.read();
+        for (n, id) in ids.iter().enumerate() {
+            assert!(caches[&0].in_memory(id), "{id} is in memory");
+            let expected = if n == 7 {
+                order(4, 99)
+            } else {
+                stored[&0][n].1.clone()
+            };
+            assert_eq!(
+                caches[&0].find(id).map(PackedOrder::unpack),
+                Some(expected),
+                "{id}"
+            );
+        }
+        assert!(
+            caches[&0].find("order-0-150").is_none(),
+            "an order not wanted stays on disk"
+        );
+        assert_eq!(
+            caches[&1].find("order-1-3").map(PackedOrder::unpack),
+            Some(stored[&1][3].1.clone())
+        );
+        assert!(!caches[&1].in_memory("order-1-never-written"));
+        assert_eq!(caches[&0].store_failure(), None);
     }
 }
