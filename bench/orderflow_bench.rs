@@ -905,7 +905,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    orderflow::telemetry::init();
+    let _ = orderflow::telemetry::init(None);
     let settings = settings(&cli);
     match &cli.command {
         Command::Preload { requests, seed } => preload(&settings, *requests, *seed).await,

@@ -251,6 +251,7 @@ fn batch_benches(c: &mut Criterion) {
         topics: &settings.topics,
         limits: &settings.processor,
         group_id: "bench",
+        sampling: orderflow::telemetry::context::Sampling::OFF,
     };
     let shares = Shares::decided_on_arrival();
     const BATCH: usize = 2_000;

@@ -234,6 +234,11 @@ pub struct LoadgenArgs {
     /// are still checked): a freshly started processor's first transactions are slower.
     #[arg(long, default_value_t = 0)]
     pub warmup_secs: u64,
+    /// Every request carries a W3C `traceparent` of its own trace, sampled with this
+    /// probability (0 to 1; unsampled otherwise), as upstream services with parent-based
+    /// sampling send them. Default: no trace context.
+    #[arg(long)]
+    pub traced_share: Option<f64>,
     /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -87,6 +87,35 @@ pub struct Settings {
     pub ops: OpsSettings,
     /// Where owned orders are kept: in memory, or in a local store on disk.
     pub state: StateSettings,
+    /// OpenTelemetry traces exported over OTLP.
+    pub traces: TraceSettings,
+}
+
+/// OpenTelemetry traces: spans of decided requests and transactions, exported over OTLP/HTTP
+/// to the collector the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) names,
+/// under `OTEL_SERVICE_NAME` (default `orderflow`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceSettings {
+    /// Whether spans are recorded and exported. Default: `false`.
+    pub enabled: bool,
+    /// The share of requests without a sampled-or-not trace context (no `traceparent`) that
+    /// start a trace, between 0 and 1; a request with one follows its sampled flag. Default:
+    /// `0.01`.
+    pub root_sample_ratio: f64,
+    /// Finished spans waiting for export at most; more are dropped (and counted in
+    /// `orderflow_trace_spans_dropped_total`) rather than slowing the processor. Default: `8192`.
+    pub queue_spans: usize,
+}
+
+impl Default for TraceSettings {
+    fn default() -> TraceSettings {
+        TraceSettings {
+            enabled: false,
+            root_sample_ratio: 0.01,
+            queue_spans: 8192,
+        }
+    }
 }
 
 /// Which backend holds the owned partitions' orders.
@@ -171,6 +200,7 @@ impl Default for Settings {
             processor: ProcessorSettings::default(),
             ops: OpsSettings::default(),
             state: StateSettings::default(),
+            traces: TraceSettings::default(),
         }
     }
 }
@@ -491,6 +521,19 @@ impl Settings {
             return Err(invalid(
                 "kafka.bootstrap_servers",
                 "is empty: set it to host:port of at least one broker".into(),
+            ));
+        }
+        let ratio = self.traces.root_sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(invalid(
+                "traces.root_sample_ratio",
+                format!("{ratio} is not between 0 and 1 (0.01 samples one request in a hundred)"),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.traces.queue_spans) {
+            return Err(invalid(
+                "traces.queue_spans",
+                format!("{} is not between 1 and 1000000", self.traces.queue_spans),
             ));
         }
         if !(1..=10_000).contains(&self.topics.partitions) {

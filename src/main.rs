@@ -20,7 +20,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
+    let settings = match &cli.command {
+        // Definitions are checked offline, whatever the settings say.
+        Command::Machine { .. } => Ok(Settings::default()),
+        _ => load_settings(&cli),
+    };
+    let telemetry = match telemetry::init(settings.as_ref().ok().map(|s| &s.traces)) {
+        Ok(telemetry) => telemetry,
+        Err(e) => return fail(&e.into()),
+    };
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(e) => return fail(&e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,13 +43,20 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(&cli)) {
+    let ended = runtime.block_on(dispatch(&cli, settings));
+    // Outside the runtime: the exporter's last send blocks.
+    drop(runtime);
+    telemetry.shutdown();
+    match ended {
         Ok(code) => ExitCode::from(code),
-        Err(error) => {
-            eprintln!("error: {}", render(&error));
-            ExitCode::from(exit_code_of(&error))
-        }
+        Err(error) => fail(&error),
     }
+}
+
+/// Prints the error and gives its exit code.
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {}", render(error));
+    ExitCode::from(exit_code_of(error))
 }
 
 /// The error and its causes, each cause only if the message so far does not already say it.
@@ -68,12 +87,7 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 }
 
 /// Runs the subcommand; returns its exit code.
-async fn dispatch(cli: &Cli) -> anyhow::Result<u8> {
-    let settings = match &cli.command {
-        // Definitions are checked offline, whatever the settings say.
-        Command::Machine { .. } => Settings::default(),
-        _ => load_settings(cli)?,
-    };
+async fn dispatch(cli: &Cli, settings: Settings) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Run => serve(settings, false).await,
         Command::Serve => serve(settings, true).await,

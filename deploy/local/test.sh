@@ -15,7 +15,13 @@ export KAFKA_PORT=${ORDERFLOW_TEST_KAFKA_PORT:-19092}
 export KAFKA_DATA_DIR=${ORDERFLOW_TEST_KAFKA_DIR:-$repo/.kafka/test-$KAFKA_PORT}
 export ORDERFLOW_TEST_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 
+# Jaeger for the trace tests (built from deploy/local/jaeger/go.mod once, then cached).
+export JAEGER_PORT=${ORDERFLOW_TEST_JAEGER_PORT:-14317}
+export JAEGER_DATA_DIR=${ORDERFLOW_TEST_JAEGER_DIR:-$repo/.jaeger/test-$JAEGER_PORT}
+export ORDERFLOW_TEST_JAEGER_PORT=$JAEGER_PORT
+
 started=0
+jaeger_started=0
 if "$here/kafka.sh" status >/dev/null 2>&1; then
   echo "test.sh: reusing the test broker already running on $ORDERFLOW_TEST_BOOTSTRAP"
 else
@@ -31,8 +37,17 @@ stop() {
   if [ "$started" = 1 ]; then
     "$here/kafka.sh" down --purge >/dev/null
   fi
+  if [ "$jaeger_started" = 1 ]; then
+    "$here/jaeger.sh" down --purge >/dev/null
+  fi
 }
 trap stop EXIT INT TERM
+if "$here/jaeger.sh" status >/dev/null 2>&1; then
+  echo "test.sh: reusing the test Jaeger already running on 127.0.0.1:$JAEGER_PORT"
+else
+  "$here/jaeger.sh" up || exit 1
+  jaeger_started=1
+fi
 
 # The tests' local stores (state.backend = disk): one directory per test, emptied per run.
 rm -rf "${TMPDIR:-/tmp}/orderflow-test-state"

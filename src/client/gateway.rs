@@ -23,10 +23,13 @@ use uuid::Uuid;
 use super::outcome::{decode_outcome, Outcome};
 use super::positions;
 use crate::codec::encode_request;
+use crate::codec::headers::TRACEPARENT;
 use crate::config::{Settings, TopicSettings};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::{committed_reader_config, request_producer_config, ClientConfigError};
 use crate::machine::TransitionRequest;
+use crate::telemetry::context::{Sampling, TraceParent};
+use crate::telemetry::SPANS;
 
 /// Sending or awaiting a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,22 @@ pub enum GatewayError {
         /// How long the caller waited.
         waited: Duration,
     },
+}
+
+/// A record's headers, as sent.
+type RecordHeaders = Vec<(String, Vec<u8>)>;
+
+impl GatewayError {
+    /// A stable name of the error's kind (a span's `error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::Config(_) => "config",
+            GatewayError::Kafka { .. } => "kafka",
+            GatewayError::PartitionMismatch { .. } => "partition_mismatch",
+            GatewayError::Thread(_) => "thread",
+            GatewayError::Timeout { .. } => "timeout",
+        }
+    }
 }
 
 fn kafka(doing: impl Into<String>) -> impl FnOnce(KafkaError) -> GatewayError {
@@ -239,6 +258,8 @@ impl Drop for FollowGuard {
 pub struct Gateway {
     producer: FutureProducer,
     shared: Arc<Shared>,
+    /// Which submissions get a client span (`traces`).
+    sampling: Sampling,
 }
 
 impl Gateway {
@@ -279,7 +300,15 @@ impl Gateway {
                 .spawn(move || follow_outcomes(&shared))
                 .map_err(GatewayError::Thread)?;
         }
-        Ok(Gateway { producer, shared })
+        let sampling = Sampling {
+            enabled: settings.traces.enabled,
+            root_ratio: settings.traces.root_sample_ratio,
+        };
+        Ok(Gateway {
+            producer,
+            shared,
+            sampling,
+        })
     }
 
     /// The partitions of the output topics the reader is assigned now, by topic.
@@ -299,8 +328,104 @@ impl Gateway {
         Ok(by_topic)
     }
 
-    /// Sends `request` and waits up to `timeout` for its outcome.
+    /// Sends `request` and waits up to `timeout` for its outcome. A sampled submission (its
+    /// `traceparent` header sampled, or a root picked by `traces.root_sample_ratio`) gets a
+    /// client span (`send <requests topic>`, kind producer) whose context the request carries.
     pub async fn submit(
+        &self,
+        request: &TransitionRequest,
+        headers: &[(String, Vec<u8>)],
+        timeout: Duration,
+    ) -> Result<Outcome, GatewayError> {
+        use tracing::Instrument;
+        let Some((span, traced)) = self.client_span(request, headers) else {
+            return self.submit_untraced(request, headers, timeout).await;
+        };
+        let result = self
+            .submit_untraced(request, &traced, timeout)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(outcome) => {
+                span.record(
+                    "orderflow.outcome",
+                    match outcome {
+                        Outcome::Accepted(_) => "accepted",
+                        Outcome::Rejected(_) => "rejected",
+                        Outcome::DeadLetter(_) => "dead_letter",
+                    },
+                );
+            }
+            Err(e) => {
+                span.record("otel.status_code", "error");
+                span.record("error.type", e.kind());
+            }
+        }
+        result
+    }
+
+    /// The client span of a sampled submission and the headers that carry its context.
+    fn client_span(
+        &self,
+        request: &TransitionRequest,
+        headers: &[(String, Vec<u8>)],
+    ) -> Option<(tracing::Span, RecordHeaders)> {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        if !self.sampling.enabled {
+            return None;
+        }
+        let parent = headers
+            .iter()
+            .find(|(k, _)| k == TRACEPARENT)
+            .and_then(|(_, v)| TraceParent::parse(v));
+        // A v4 request id's random half picks the share of roots.
+        let id = request.request_id.as_u64_pair().1;
+        if !self.sampling.decide(parent.as_ref(), id) {
+            return None;
+        }
+        let topic = &self.shared.topics.requests;
+        let span = tracing::info_span!(
+            target: SPANS,
+            "send",
+            otel.name = %format!("send {topic}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = %topic,
+            messaging.kafka.message.key = %request.order_id,
+            messaging.message.id = %request.request_id,
+            orderflow.order_id = %request.order_id,
+            orderflow.transition = %request.transition,
+            orderflow.outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        if let Some(parent) = parent {
+            let _ = span.set_parent(
+                opentelemetry::Context::new()
+                    .with_remote_span_context(parent.remote_span_context()),
+            );
+        }
+        let context = span.context().span().span_context().clone();
+        // Without an exporter the span has no context: the request goes out as it came.
+        if !context.is_valid() {
+            return None;
+        }
+        let mut traced: RecordHeaders = headers
+            .iter()
+            .filter(|(k, _)| k != TRACEPARENT)
+            .cloned()
+            .collect();
+        traced.push((
+            TRACEPARENT.to_string(),
+            TraceParent::of_span(&context).format().into_bytes(),
+        ));
+        Some((span, traced))
+    }
+
+    async fn submit_untraced(
         &self,
         request: &TransitionRequest,
         headers: &[(String, Vec<u8>)],

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub evicted_orders: IntCounter,
     /// Reads of orders not in memory, served by the local store.
     pub store_reads: IntCounter,
+    /// Finished spans dropped because the export queue was full.
+    pub trace_spans_dropped: IntCounter,
+    /// Finished spans the OTLP collector accepted.
+    pub trace_spans_exported: IntCounter,
     /// State records read by restores.
     pub restored_records: IntCounter,
     /// Time a partition's restore took.
@@ -132,6 +136,12 @@ impl Metrics {
     /// that missed memory.
     pub fn store_reads_are(&self, reads: u64) {
         raise_to(&self.store_reads, reads);
+    }
+
+    /// Brings the span export counters up to the exporter's own counts.
+    pub fn spans_are(&self, exported: u64, dropped: u64) {
+        raise_to(&self.trace_spans_exported, exported);
+        raise_to(&self.trace_spans_dropped, dropped);
     }
 
     /// Registers every metric; label values known up front (transitions, reasons) start at 0 so
@@ -250,6 +260,16 @@ impl Metrics {
                 &r,
                 "orderflow_store_reads_total",
                 "Orders looked up in the local store because they were not in memory (found there or not: a new order's create is one too).",
+            )?,
+            trace_spans_dropped: counter(
+                &r,
+                "orderflow_trace_spans_dropped_total",
+                "Finished spans dropped because traces.queue_spans were already waiting for export (a slow or unreachable collector); the processor never waits for export.",
+            )?,
+            trace_spans_exported: counter(
+                &r,
+                "orderflow_trace_spans_exported_total",
+                "Finished spans the OTLP collector accepted.",
             )?,
             restored_records: counter(
                 &r,

@@ -14,6 +14,7 @@ use crate::config::{ProcessorSettings, TopicSettings};
 use crate::kafka::OutgoingRecord;
 use crate::machine::{Decider, OrderState, Origin, Outcome, StateChange, Step, TransitionRequest};
 use crate::state::{order_hash, PartitionCache};
+use crate::telemetry::context::{Sampling, TraceParent};
 use hashbrown::HashTable;
 
 /// One consumed request record.
@@ -44,6 +45,8 @@ pub struct BatchContext<'a> {
     pub limits: &'a ProcessorSettings,
     /// The consumer group, for dead-letter provenance.
     pub group_id: &'a str,
+    /// Which requests get spans.
+    pub sampling: Sampling,
 }
 
 /// Counts of what a batch did.
@@ -112,6 +115,40 @@ pub struct BatchOutput {
     pub dead_letters_by_kind: BTreeMap<&'static str, u64>,
     /// For each request answered for the first time: decision time minus `requested_at` (ms).
     pub decision_latencies_ms: Vec<i64>,
+    /// The requests sampled for tracing, in input order.
+    pub traced: Vec<TracedRequest>,
+}
+
+/// What a request's span says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TracedOutcome {
+    /// Accepted.
+    Accepted,
+    /// Rejected, and why.
+    Rejected(crate::machine::RejectCode),
+    /// A redelivery answered with its recorded outcome.
+    Duplicate,
+    /// Parked: answered later (when the order catches up, or at its deadline).
+    Parked,
+}
+
+/// A request sampled for tracing: the processor gives it a span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracedRequest {
+    /// The sender's trace context; `None` starts a trace.
+    pub parent: Option<TraceParent>,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its order.
+    pub order_id: String,
+    /// Its transition.
+    pub transition: String,
+    /// How it was decided.
+    pub outcome: TracedOutcome,
+    /// Where its outcome record is in the batch's `records` (none while parked).
+    pub outcome_record: Option<usize>,
 }
 
 /// Why a record is a dead letter rather than a request.
@@ -290,32 +327,81 @@ pub fn decide_batch(
             partition: input.partition,
             offset: input.offset,
         };
+        let trace = input
+            .headers
+            .iter()
+            .find(|(k, _)| k == TRACEPARENT)
+            .cloned();
+        // Taken before the request moves into the decider; only for a sampled request.
+        let traced = sampled(context.sampling, input, trace.as_ref())
+            .map(|parent| (parent, request.transition.clone()));
         let step = context
             .decider
             .decide_input(current, request, origin, now_ms);
         if step.answers.is_empty() {
             output.stats.parked += 1;
         }
-        let trace = input
-            .headers
-            .iter()
-            .find(|(k, _)| k == TRACEPARENT)
-            .cloned();
-        emit_step(
+        let own = emit_step(
             context,
             &mut output,
             &mut overlay,
             (partition, &order_id, deadline_before),
             step,
             now_ms,
-            trace.map(|t| (origin, t)),
+            InputTrace {
+                header: trace.map(|t| (origin, t)),
+                traced: traced.is_some().then_some(origin),
+            },
         );
+        if let Some((parent, transition)) = traced {
+            let (outcome, outcome_record) = match own {
+                Some((record, outcome)) => (outcome, Some(record)),
+                None => (TracedOutcome::Parked, None),
+            };
+            output.traced.push(TracedRequest {
+                parent,
+                partition,
+                offset: input.offset,
+                order_id,
+                transition,
+                outcome,
+                outcome_record,
+            });
+        }
     }
     output.changes = overlay.into_changes();
     output
 }
 
-/// Records a step's state change and answers in the batch output and overlay.
+/// `Some(parent)` when the input is sampled for tracing (`parent` is `None` for a root).
+#[allow(clippy::option_option)]
+fn sampled(
+    sampling: Sampling,
+    input: &InputRecord,
+    trace: Option<&(String, Vec<u8>)>,
+) -> Option<Option<TraceParent>> {
+    if !sampling.enabled {
+        return None;
+    }
+    let parent = trace.and_then(|(_, value)| TraceParent::parse(value));
+    let mut where_ = [0u8; 12];
+    where_[..4].copy_from_slice(&input.partition.to_le_bytes());
+    where_[4..].copy_from_slice(&input.offset.to_le_bytes());
+    let key = order_hash(&where_);
+    sampling.decide(parent.as_ref(), key).then_some(parent)
+}
+
+/// The trace context of the input a step decided.
+#[derive(Debug, Default)]
+struct InputTrace {
+    /// Its origin and `traceparent` header, copied onto its outcome.
+    header: Option<(Origin, (String, Vec<u8>))>,
+    /// Its origin, when it is sampled for tracing.
+    traced: Option<Origin>,
+}
+
+/// Records a step's state change and answers in the batch output and overlay; returns where
+/// the answer to the input itself went and what it was (none while the input is parked).
 fn emit_step(
     context: &BatchContext<'_>,
     output: &mut BatchOutput,
@@ -323,8 +409,13 @@ fn emit_step(
     (partition, order_id, deadline_before): (i32, &str, Option<i64>),
     step: Step,
     now_ms: i64,
-    trace: Option<(Origin, (String, Vec<u8>))>,
-) {
+    input: InputTrace,
+) -> Option<(usize, TracedOutcome)> {
+    let InputTrace {
+        header: trace,
+        traced: traced_origin,
+    } = input;
+    let mut own = None;
     let definition = context.decider.definition();
     let next = match step.change {
         StateChange::Unchanged => None,
@@ -346,6 +437,20 @@ fn emit_step(
         overlay.set(partition, order_id, state, deadline_before, record);
     }
     for answer in step.answers {
+        if traced_origin == Some(answer.origin) {
+            let outcome = match &answer.outcome {
+                Outcome::Accepted {
+                    duplicate: false, ..
+                } => TracedOutcome::Accepted,
+                Outcome::Rejected {
+                    duplicate: false,
+                    reason,
+                    ..
+                } => TracedOutcome::Rejected(reason.code()),
+                _ => TracedOutcome::Duplicate,
+            };
+            own = Some((output.records.len(), outcome));
+        }
         match &answer.outcome {
             Outcome::Accepted {
                 duplicate: false, ..
@@ -395,6 +500,7 @@ fn emit_step(
             header,
         ));
     }
+    own
 }
 
 /// Runs the expiry pass for orders whose deadline is due: expired parked requests are rejected,
@@ -423,7 +529,7 @@ pub fn expire_orders(
             (*partition, order_id, deadline_before),
             step,
             now_ms,
-            None,
+            InputTrace::default(),
         );
     }
     output.changes = overlay.into_changes();
@@ -497,6 +603,7 @@ mod tests {
             topics: &topics,
             limits: &limits,
             group_id: "g",
+            sampling: Sampling::OFF,
         };
         // Two changes of o-1 in one batch (returned, then a rejection remembered), and a new order.
         let inputs = [

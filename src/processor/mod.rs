@@ -30,6 +30,7 @@ pub(crate) mod failpoint;
 pub(crate) mod output;
 pub mod ownership;
 pub mod poll;
+pub mod traces;
 pub mod transaction;
 
 use std::collections::BTreeMap;
@@ -52,6 +53,7 @@ use self::events::{
 pub use self::failpoint::Failpoints;
 use self::ownership::Ownership;
 use self::poll::{to_input, BatchWindow, ProcessorContext, RebalanceEvent};
+use self::traces::BatchSpans;
 use self::transaction::{Attempt, RunnerError, TransactionRunner};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
@@ -67,6 +69,7 @@ use crate::state::restore::{
 };
 use crate::state::store::{DiskState, StoreChange, StoreError, RETENTION_MARGIN_MS};
 use crate::state::SharedCaches;
+use crate::telemetry::context::Sampling;
 
 /// Why the processor stopped.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +215,8 @@ pub struct Processor {
     health: Arc<Health>,
     /// The local store (disk backend): written after each commit, restored from its checkpoint.
     disk: Option<Arc<DiskState>>,
+    /// Which requests get spans (`traces`).
+    sampling: Sampling,
 }
 
 impl Processor {
@@ -266,7 +271,12 @@ impl Processor {
             topic = %settings.topics.requests,
             "processor started"
         );
+        let sampling = Sampling {
+            enabled: settings.traces.enabled,
+            root_ratio: settings.traces.root_sample_ratio,
+        };
         Ok(Processor {
+            sampling,
             settings,
             decider,
             consumer,
@@ -323,6 +333,10 @@ impl Processor {
                 self.metrics.evicted_orders_are(disk.hot.evicted());
                 self.metrics.store_reads_are(disk.hot.store_reads());
             }
+            self.metrics.spans_are(
+                crate::telemetry::spans_exported(),
+                crate::telemetry::spans_dropped(),
+            );
             self.handle_rebalance_events()?;
             self.handle_restore_events()?;
             self.fill_batch(shutdown)?;
@@ -628,6 +642,7 @@ impl Processor {
             topics: &self.settings.topics,
             limits: &self.settings.processor,
             group_id: &self.settings.kafka.group_id,
+            sampling: self.sampling,
         }
     }
 
@@ -819,10 +834,11 @@ impl Processor {
     /// Returns false when the transaction was aborted (the caller redoes the work).
     fn run_transaction(
         &mut self,
-        output: BatchOutput,
+        mut output: BatchOutput,
         inputs: usize,
     ) -> Result<bool, ProcessorError> {
         let number = self.totals.batches + 1;
+        let spans = BatchSpans::start(number, inputs, &mut output, &self.settings);
         let _span = tracing::debug_span!(
             "transaction",
             number,
@@ -856,6 +872,9 @@ impl Processor {
                     steps,
                 }
                 .emit(&self.metrics);
+                if let Some(spans) = spans {
+                    spans.committed();
+                }
                 let written = if self.transactions.failpoints().before_store_write(number) {
                     Err(StoreError::Io {
                         path: "failpoint fail-store-write".into(),
@@ -923,6 +942,9 @@ impl Processor {
                     producer_replaced,
                 }
                 .emit(&self.metrics);
+                if let Some(spans) = spans {
+                    spans.aborted(&error.to_string());
+                }
                 self.totals.aborts += 1;
                 Ok(false)
             }

@@ -293,6 +293,7 @@ mod tests {
             topics: &topics,
             limits: &limits,
             group_id: "g",
+            sampling: crate::telemetry::context::Sampling::OFF,
         };
         let mut keyless = input(7, "o-1");
         keyless.key = None;

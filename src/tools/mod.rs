@@ -124,6 +124,7 @@ pub fn exit_code_of(error: &anyhow::Error) -> u8 {
             || cause.is::<ConfigError>()
             || cause.is::<DefinitionError>()
             || cause.is::<ClientConfigError>()
+            || cause.is::<crate::telemetry::TelemetryError>()
         {
             return 2;
         }

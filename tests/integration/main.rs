@@ -22,4 +22,5 @@ mod service;
 mod store;
 mod tools;
 mod topics;
+mod traces;
 mod zombie;

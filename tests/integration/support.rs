@@ -376,6 +376,26 @@ pub fn wait_for_outcomes(settings: &Settings, expected: usize, timeout: Duration
     }
 }
 
+/// The `traceparent` of the outcome (accepted or rejected, read_committed) of the request at
+/// (`partition`, `offset`).
+pub fn outcome_traceparent(settings: &Settings, partition: i32, offset: i64) -> Option<String> {
+    for m in read_to_end(settings, &settings.topics.accepted, "read_committed") {
+        let record =
+            orderflow::codec::decode_accepted(payload(&m)).expect("accepted record decodes");
+        if (record.input.partition, record.input.offset) == (partition, offset) {
+            return header(&m, "traceparent");
+        }
+    }
+    for m in read_to_end(settings, &settings.topics.rejected, "read_committed") {
+        let record =
+            orderflow::codec::decode_rejected(payload(&m)).expect("rejected record decodes");
+        if (record.input.partition, record.input.offset) == (partition, offset) {
+            return header(&m, "traceparent");
+        }
+    }
+    panic!("no outcome for the request at {partition}/{offset}")
+}
+
 /// A clock tests move by hand.
 #[derive(Debug, Default)]
 pub struct ManualClock(std::sync::atomic::AtomicI64);

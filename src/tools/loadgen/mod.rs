@@ -14,6 +14,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde_json::json;
@@ -23,9 +24,11 @@ use self::plan::{Expect, Plan, Planned, PoisonKind, Shares};
 use crate::client::{assign_outputs, decode_outcome, Outcome};
 use crate::clock::{Clock, SystemClock};
 use crate::codec::encode_request;
+use crate::codec::headers::TRACEPARENT;
 use crate::config::Settings;
 use crate::kafka::{committed_reader_config, request_producer_config};
 use crate::machine::Definition;
+use crate::telemetry::context::TraceParent;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -50,6 +53,9 @@ pub struct LoadSpec {
     /// latency percentiles: a freshly started processor's first transactions are slower than its
     /// steady state (new producer, partitions first written).
     pub warmup: Duration,
+    /// With `Some(p)` every request carries a `traceparent` of its own trace, sampled with
+    /// probability `p`.
+    pub traced_share: Option<f64>,
 }
 
 /// Delivery reports: the (partition, offset) each planned record landed at.
@@ -258,6 +264,33 @@ fn percentile(sorted: &[i64], q: f64) -> i64 {
     sorted[rank - 1]
 }
 
+/// The `traceparent` of request `index`: a trace of its own (ids from the seed and the index),
+/// sampled with probability `share`.
+fn traceparent(seed: u64, index: u64, share: f64) -> String {
+    let mix = |n: u64| {
+        // splitmix64: well-spread ids from consecutive indexes.
+        let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let (a, b, c) = (
+        mix(seed ^ index),
+        mix(index ^ 0x5555),
+        mix(seed.rotate_left(17) ^ index),
+    );
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&a.to_be_bytes());
+    trace_id[8..].copy_from_slice(&b.to_be_bytes());
+    let sampled = ((c >> 11) as f64 / (1u64 << 53) as f64) < share;
+    TraceParent {
+        trace_id,
+        span_id: (c | 1).to_be_bytes(),
+        flags: u8::from(sampled),
+    }
+    .format()
+}
+
 /// `orderflow loadgen`: the load `args` describe, against the topics of `settings`.
 pub async fn run(settings: &Settings, args: &crate::cli::LoadgenArgs) -> anyhow::Result<Report> {
     let settings = crate::tools::connected(settings).await?;
@@ -282,7 +315,14 @@ pub async fn run(settings: &Settings, args: &crate::cli::LoadgenArgs) -> anyhow:
         wait: Duration::from_secs(args.wait_secs),
         progress: !args.no_progress,
         warmup: Duration::from_secs(args.warmup_secs),
+        traced_share: args.traced_share,
     };
+    if let Some(share) = spec.traced_share {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&share),
+            crate::tools::Usage(format!("--traced-share {share} is not between 0 and 1"))
+        );
+    }
     tokio::task::spawn_blocking(move || generate(&settings, &definition, &spec))
         .await
         .context("the load generator thread")?
@@ -424,11 +464,20 @@ pub fn generate(
         expectations.push(planned.expect());
         waits.push(planned.waits());
         let (key, value) = encode(&planned, settings.processor.max_attributes);
+        let trace = spec
+            .traced_share
+            .map(|share| traceparent(spec.seed, index as u64, share));
         let mut opaque = Box::new(index);
         loop {
             let mut record = BaseRecord::with_opaque_to(&topics.requests, opaque).payload(&value);
             if let Some(key) = &key {
                 record = record.key(key);
+            }
+            if let Some(trace) = &trace {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: TRACEPARENT,
+                    value: Some(trace.as_bytes()),
+                }));
             }
             match producer.send(record) {
                 Ok(()) => break,

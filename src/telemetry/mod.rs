@@ -1,0 +1,151 @@
+//! Logging and traces. Logs: structured `tracing` events, JSON in production, human-readable
+//! locally. Traces: `tracing` spans of the [`SPANS`] target become OpenTelemetry spans exported
+//! over OTLP/HTTP ([`export`]); which requests get them is decided per request ([`context`]).
+
+pub mod context;
+pub mod export;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::config::TraceSettings;
+use export::{ExportStats, QueueingSpanProcessor};
+
+/// The `tracing` target of the spans exported as OpenTelemetry spans (and only those: the
+/// processor's other spans and every log event stay in the log).
+pub const SPANS: &str = "orderflow::spans";
+
+/// The service name when `OTEL_SERVICE_NAME` does not give one.
+const DEFAULT_SERVICE_NAME: &str = "orderflow";
+
+/// Why traces cannot be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built (a malformed endpoint or header variable).
+    #[error("cannot set up the OTLP trace exporter: {0} (check OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and OTEL_EXPORTER_OTLP_HEADERS, or set traces.enabled = false)")]
+    Exporter(String),
+}
+
+static EXPORT_STATS: OnceLock<Arc<ExportStats>> = OnceLock::new();
+
+/// Spans dropped so far because the export queue was full (0 while traces are off).
+pub fn spans_dropped() -> u64 {
+    EXPORT_STATS
+        .get()
+        .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+}
+
+/// Spans exported so far (0 while traces are off).
+pub fn spans_exported() -> u64 {
+    EXPORT_STATS
+        .get()
+        .map_or(0, |s| s.exported.load(Ordering::Relaxed))
+}
+
+/// The installed logging and, with traces on, the tracer provider (flushed and shut down on
+/// [`Telemetry::shutdown`]).
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn traces_on(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Sends every finished span now (waits up to 10 s).
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            if let Err(e) = provider.force_flush() {
+                tracing::warn!(error = %e, "cannot flush the spans");
+            }
+        }
+    }
+
+    /// Sends the spans still queued and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(e) = provider.shutdown() {
+                tracing::warn!(error = %e, "cannot flush the last spans at shutdown");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber: the log (`RUST_LOG` sets levels, default `info`;
+/// `ORDERFLOW_LOG_FORMAT=json` writes one JSON object per line) and, when `traces` says so, the
+/// OpenTelemetry layer for the [`SPANS`] target.
+pub fn init(traces: Option<&TraceSettings>) -> Result<Telemetry, TelemetryError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("ORDERFLOW_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let not_spans = filter_fn(|meta| meta.target() != SPANS);
+    let log = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(not_spans.clone())
+            .with_filter(filter)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(not_spans.clone())
+            .with_filter(filter)
+            .boxed()
+    };
+    let (provider, spans) = match traces.filter(|t| t.enabled) {
+        None => (None, None),
+        Some(settings) => {
+            let provider = tracer_provider(settings)?;
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("orderflow"))
+                .with_location(false)
+                .with_threads(false)
+                .with_level(false)
+                .with_tracked_inactivity(false)
+                .with_filter(filter_fn(|meta| meta.target() == SPANS));
+            (Some(provider), Some(layer))
+        }
+    };
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(spans)
+        .try_init();
+    Ok(Telemetry { provider })
+}
+
+/// The provider: every span it is given is recorded (the sampling decision was taken before
+/// the span was made, see [`context::Sampling`]), batched and sent over OTLP/HTTP.
+fn tracer_provider(settings: &TraceSettings) -> Result<SdkTracerProvider, TelemetryError> {
+    let stats = Arc::clone(EXPORT_STATS.get_or_init(Default::default));
+    let processor = QueueingSpanProcessor::start(
+        || {
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|e| e.to_string())
+        },
+        settings.queue_spans,
+        stats,
+    )
+    .map_err(TelemetryError::Exporter)?;
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(DEFAULT_SERVICE_NAME);
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
+        .with_resource(resource.build())
+        .build())
+}
