@@ -49,7 +49,7 @@ impl BatchSpans {
             otel.name = "orderflow transaction",
             otel.kind = "internal",
             otel.status_code = Empty,
-            orderflow.transaction.number = number,
+            orderflow.transaction.number = number as i64,
             orderflow.transaction.outcome = Empty,
             orderflow.transaction.partitions = partitions.len() as i64,
             orderflow.transaction.records = output.records.len() as i64,
@@ -86,7 +86,7 @@ impl BatchSpans {
                 orderflow.transition = %traced.transition,
                 orderflow.outcome = outcome,
                 orderflow.reject_reason = reason,
-                orderflow.transaction.number = number,
+                orderflow.transaction.number = number as i64,
                 orderflow.transaction.aborted = Empty,
             );
             if let Some(parent) = &traced.parent {

@@ -112,6 +112,7 @@ pub fn init(traces: Option<&TraceSettings>) -> Result<Telemetry, TelemetryError>
                 .with_location(false)
                 .with_threads(false)
                 .with_level(false)
+                .with_target(false)
                 .with_tracked_inactivity(false)
                 .with_filter(filter_fn(|meta| meta.target() == SPANS));
             (Some(provider), Some(layer))

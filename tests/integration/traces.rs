@@ -169,14 +169,19 @@ async fn a_sampled_request_gets_a_process_span_under_its_sender_linked_to_its_tr
     create_topics(&settings).await;
     let order = unique("o");
     let trace_id = random_hex(16);
-    let (create_parent, ship_parent) = (random_hex(8), random_hex(8));
-    let create = request(&order, "create");
-    // Not allowed straight after create: rejected, with a reason for the span to name.
+    let (create_parent, again_parent, ship_parent) = (random_hex(8), random_hex(8), random_hex(8));
+    // The order exists already: rejected, with a reason for the span to name.
+    let again = request(&order, "create");
+    // Not yet allowed (the order is not confirmed): parked, answered later.
     let ship = request(&order, "ship");
     let positions = produce_with_traceparents(
         &settings,
         &[
-            (create, Some(format!("00-{trace_id}-{create_parent}-01"))),
+            (
+                request(&order, "create"),
+                Some(format!("00-{trace_id}-{create_parent}-01")),
+            ),
+            (again, Some(format!("00-{trace_id}-{again_parent}-01"))),
             (ship, Some(format!("00-{trace_id}-{ship_parent}-01"))),
         ],
     )
@@ -188,12 +193,13 @@ async fn a_sampled_request_gets_a_process_span_under_its_sender_linked_to_its_tr
     assert_eq!((outcomes.accepted.len(), outcomes.rejected.len()), (1, 1));
 
     let name = format!("process {}", settings.topics.requests);
-    let spans = wait_for_spans(&trace_id, &name, 2);
+    let spans = wait_for_spans(&trace_id, &name, 3);
     let process: Vec<&Value> = spans.iter().filter(|s| s["name"] == name).collect();
-    assert_eq!(process.len(), 2, "one process span per request: {spans:#?}");
+    assert_eq!(process.len(), 3, "one process span per request: {spans:#?}");
     for (span, parent, (partition, offset), outcome) in [
         (0, &create_parent, positions[0], "accepted"),
-        (1, &ship_parent, positions[1], "rejected"),
+        (1, &again_parent, positions[1], "rejected"),
+        (2, &ship_parent, positions[2], "parked"),
     ]
     .map(|(i, parent, position, outcome)| {
         let span = process
@@ -230,6 +236,21 @@ async fn a_sampled_request_gets_a_process_span_under_its_sender_linked_to_its_tr
             attribute(span, "orderflow.order_id").as_deref(),
             Some(order.as_str())
         );
+        let number = span["attributes"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|a| a["key"] == "orderflow.transaction.number")
+            })
+            .map(|a| a["value"].clone());
+        assert!(
+            number.is_some_and(|n| n["intValue"].is_string()),
+            "numbers are exported as ints: {span:#}"
+        );
+        assert!(
+            attribute(span, "target").is_none(),
+            "no tracing-only attributes: {span:#}"
+        );
         assert_eq!(
             attribute(span, "orderflow.outcome").as_deref(),
             Some(outcome),
@@ -244,17 +265,17 @@ async fn a_sampled_request_gets_a_process_span_under_its_sender_linked_to_its_tr
     }
     let rejected = process
         .iter()
-        .find(|s| s["parentSpanId"] == ship_parent.as_str())
+        .find(|s| s["parentSpanId"] == again_parent.as_str())
         .unwrap();
     assert_eq!(
         attribute(rejected, "orderflow.reject_reason").as_deref(),
-        Some("invalid_transition")
+        Some("order_already_exists")
     );
 
     // Each outcome carries its process span's context onward.
     for (input, parent) in [
         (&outcomes.accepted[0].input, &create_parent),
-        (&outcomes.rejected[0].input, &ship_parent),
+        (&outcomes.rejected[0].input, &again_parent),
     ] {
         let span = process
             .iter()
