@@ -368,3 +368,87 @@ async fn an_unsampled_context_makes_no_span_and_travels_on_unchanged() {
     );
     let _ = header;
 }
+
+/// A POST to the binary's HTTP API with a `traceparent` header: (status, body); `None` while
+/// nothing listens yet.
+fn post_traced(port: u16, path: &str, traceparent: &str, body: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: orderflow\r\ntraceparent: {traceparent}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_the_http_api_is_traced_from_the_caller_through_its_decision() {
+    let mut settings = processor_settings(2, "traces-http");
+    create_topics(&settings).await;
+    let port = crate::support::free_port();
+    settings.ops.listen = format!("127.0.0.1:{port}");
+    let endpoint = format!("http://127.0.0.1:{}", jaeger_port() + 1);
+    let listen = settings.ops.listen.clone();
+    let binary = spawn_binary_with(
+        &settings,
+        None,
+        &[
+            ("ORDERFLOW_TRACES__ENABLED", "true"),
+            ("ORDERFLOW_TRACES__ROOT_SAMPLE_RATIO", "0"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", &unique("orderflow-test")),
+            ("ORDERFLOW_OPS__LISTEN", &listen),
+        ],
+    );
+    let (trace_id, checkout_span) = (random_hex(16), random_hex(8));
+    let order = unique("o");
+    let path = format!("/orders/{order}/transitions");
+    let body = r#"{"transition": "create", "source": "checkout", "timeout_ms": 30000}"#;
+    let traceparent = format!("00-{trace_id}-{checkout_span}-01");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = tokio::task::spawn_blocking(move || loop {
+        match post_traced(port, &path, &traceparent, body) {
+            Some(answer) if answer.0 != 503 => return answer,
+            _ if Instant::now() > deadline => panic!("the HTTP API did not answer in 60 s"),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    })
+    .await
+    .unwrap();
+    stop(binary).await;
+    assert_eq!(answer.0, 200, "accepted: {}", answer.1);
+
+    let process_name = format!("process {}", settings.topics.requests);
+    let spans = wait_for_spans(&trace_id, &process_name, 1);
+    let send_name = format!("send {}", settings.topics.requests);
+    let send = spans
+        .iter()
+        .find(|s| s["name"] == send_name)
+        .unwrap_or_else(|| panic!("a send span in the caller's trace: {spans:#?}"));
+    assert_eq!(send["kind"], 4, "kind producer: {send:#}");
+    assert_eq!(
+        send["parentSpanId"],
+        checkout_span.as_str(),
+        "a child of the caller's span"
+    );
+    assert_eq!(
+        attribute(send, "orderflow.outcome").as_deref(),
+        Some("accepted")
+    );
+    let process = spans.iter().find(|s| s["name"] == process_name).unwrap();
+    assert_eq!(
+        process["parentSpanId"], send["spanId"],
+        "the decision is a child of the send: {spans:#?}"
+    );
+}
