@@ -125,9 +125,22 @@ pub fn init(traces: Option<&TraceSettings>) -> Result<Telemetry, TelemetryError>
     Ok(Telemetry { provider })
 }
 
+/// The OTLP protocol the standard variables ask for, if they ask for one this build does not
+/// speak: only `http/protobuf` is built in.
+fn unsupported_protocol() -> Option<String> {
+    ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().map(|value| (name, value)))
+        .filter(|(_, value)| value.trim() != "http/protobuf")
+        .map(|(name, value)| format!("{name}={value}: orderflow exports OTLP over http/protobuf only; unset it or set it to http/protobuf, and point OTEL_EXPORTER_OTLP_ENDPOINT at the collector's HTTP port (4318)"))
+}
+
 /// The provider: every span it is given is recorded (the sampling decision was taken before
 /// the span was made, see [`context::Sampling`]), batched and sent over OTLP/HTTP.
 fn tracer_provider(settings: &TraceSettings) -> Result<SdkTracerProvider, TelemetryError> {
+    if let Some(problem) = unsupported_protocol() {
+        return Err(TelemetryError::Exporter(problem));
+    }
     let stats = Arc::clone(EXPORT_STATS.get_or_init(Default::default));
     let processor = QueueingSpanProcessor::start(
         || {

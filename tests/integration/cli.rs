@@ -154,3 +154,20 @@ fn capacity_finds_the_last_bench_run_from_any_directory_or_names_the_file_it_wan
         &[missing, "--per-pod-rate"],
     );
 }
+
+#[test]
+fn traces_with_a_protocol_orderflow_does_not_speak_or_a_bad_ratio_are_refused() {
+    assert_usage_error(
+        &["run"],
+        &[
+            ("ORDERFLOW_TRACES__ENABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+        &["OTEL_EXPORTER_OTLP_PROTOCOL=grpc", "http/protobuf"],
+    );
+    assert_usage_error(
+        &["config", "check"],
+        &[("ORDERFLOW_TRACES__ROOT_SAMPLE_RATIO", "1.5")],
+        &["traces.root_sample_ratio", "between 0 and 1"],
+    );
+}
