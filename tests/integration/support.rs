@@ -441,33 +441,49 @@ pub fn init_test_log() {
     });
 }
 
-/// A plain HTTP/1.1 request with an optional JSON body: (status, body).
+/// A plain HTTP request with an optional JSON body: (status, body).
 pub fn http(
     address: std::net::SocketAddr,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> (u16, String) {
+    http_with(address, method, path, &[], body).unwrap()
+}
+
+/// An HTTP/1.0 request (so the answer is never chunked) with further headers and an optional
+/// JSON body: (status, body); an error while nothing listens.
+pub fn http_with(
+    address: impl std::net::ToSocketAddrs,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: test\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
+    ));
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {response:?}")))?;
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// Serves `state` on a loopback port for the rest of the test; returns its address.

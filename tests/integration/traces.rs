@@ -10,7 +10,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
 use crate::crash::{sigterm, spawn_binary_with, RunningBinary};
-use crate::support::{create_topics, header, outcomes_within, processor_settings, request, unique};
+use crate::support::{
+    create_topics, http_with, outcomes_within, processor_settings, request, unique,
+};
 
 /// The test Jaeger's OTLP/gRPC port (`ORDERFLOW_TEST_JAEGER_PORT`, else the one `make test`
 /// uses); OTLP/HTTP listens on the next port, the query API on the one after.
@@ -21,25 +23,12 @@ fn jaeger_port() -> u16 {
         .unwrap_or(14317)
 }
 
-/// A GET to Jaeger's query API: (status, body). HTTP/1.0, so the body is never chunked.
+/// A GET to Jaeger's query API: (status, body).
 fn query(path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
     let address = format!("127.0.0.1:{}", jaeger_port() + 2);
-    let mut stream = std::net::TcpStream::connect(&address).unwrap_or_else(|e| {
+    http_with(address.as_str(), "GET", path, &[], None).unwrap_or_else(|e| {
         panic!("Jaeger's query API at {address} does not answer ({e}): start it with `deploy/local/jaeger.sh up` (JAEGER_PORT={}), as `make test` does", jaeger_port())
-    });
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: jaeger\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    })
 }
 
 /// Every span of a trace as Jaeger stored it (raw: no adjusting), or none when Jaeger has none.
@@ -196,7 +185,7 @@ async fn a_sampled_request_gets_a_process_span_under_its_sender_linked_to_its_tr
     let spans = wait_for_spans(&trace_id, &name, 3);
     let process: Vec<&Value> = spans.iter().filter(|s| s["name"] == name).collect();
     assert_eq!(process.len(), 3, "one process span per request: {spans:#?}");
-    for (span, parent, (partition, offset), outcome) in [
+    for (span, (partition, offset), outcome) in [
         (0, &create_parent, positions[0], "accepted"),
         (1, &again_parent, positions[1], "rejected"),
         (2, &ship_parent, positions[2], "parked"),
@@ -208,7 +197,7 @@ async fn a_sampled_request_gets_a_process_span_under_its_sender_linked_to_its_tr
             .unwrap_or_else(|| {
                 panic!("no process span is a child of request {i}'s sender {parent}: {spans:#?}")
             });
-        (*span, parent, position, outcome)
+        (*span, position, outcome)
     }) {
         assert_eq!(span["kind"], 5, "kind consumer: {span:#}");
         assert_eq!(span["traceId"], trace_id.as_str());
@@ -261,7 +250,6 @@ async fn a_sampled_request_gets_a_process_span_under_its_sender_linked_to_its_tr
             .and_then(|a| a.iter().find(|a| a["key"] == "service.name"))
             .map(|a| a["value"]["stringValue"].clone());
         assert_eq!(service_name, Some(Value::String(service.clone())));
-        let _ = parent;
     }
     let rejected = process
         .iter()
@@ -366,30 +354,6 @@ async fn an_unsampled_context_makes_no_span_and_travels_on_unchanged() {
         Some(unsampled),
         "the outcome carries the sender's context as it came"
     );
-    let _ = header;
-}
-
-/// A POST to the binary's HTTP API with a `traceparent` header: (status, body); `None` while
-/// nothing listens yet.
-fn post_traced(port: u16, path: &str, traceparent: &str, body: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.0\r\nHost: orderflow\r\ntraceparent: {traceparent}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.get(9..12)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())?;
-    Some((status, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,8 +382,9 @@ async fn a_call_to_the_http_api_is_traced_from_the_caller_through_its_decision()
     let traceparent = format!("00-{trace_id}-{checkout_span}-01");
     let deadline = Instant::now() + Duration::from_secs(60);
     let answer = tokio::task::spawn_blocking(move || loop {
-        match post_traced(port, &path, &traceparent, body) {
-            Some(answer) if answer.0 != 503 => return answer,
+        let headers = [("traceparent", traceparent.as_str())];
+        match http_with(("127.0.0.1", port), "POST", &path, &headers, Some(body)) {
+            Ok(answer) if answer.0 != 503 => return answer,
             _ if Instant::now() > deadline => panic!("the HTTP API did not answer in 60 s"),
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
