@@ -5,7 +5,7 @@ BIN := target/release/orderflow
 KAFKA := deploy/local/kafka.sh
 
 
-.PHONY: run serve test deploy-check bench bench-quick bench-core bench-aged bench-engines chaos chaos-cluster lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka
+.PHONY: run serve test deploy-check bench bench-quick bench-core bench-aged bench-engines chaos chaos-cluster lint build kafka-up kafka-down kafka-status kafka-logs clean-kafka bench-traces
 
 ## run: local broker (127.0.0.1:9092), topics, the processor, and a demo load with its outcomes
 run: build
@@ -64,6 +64,10 @@ bench-quick:
 ## bench-aged: the disk backend's memory budget under realistic access (10 M aged orders; skewed and uniform) vs the memory backend, written to docs/benchmarks.md
 bench-aged:
 	python3 bench/aged_access.py
+
+## bench-traces: the cost of traces (orderflow with traces off, on for 1% and for every request, exporting to a local Jaeger), written to docs/benchmarks.md
+bench-traces:
+	python3 bench/run.py --traces
 
 ## bench-engines: the store's engine compared on its own workload (fjall, LMDB, RocksDB if libclang is installed), written to docs/benchmarks.md
 bench-engines:

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "deploy" / "local"))
@@ -53,9 +54,16 @@ KAFKA_VERSION = "4.4.0"
 LADDER = [5800, 8700, 11600, 14500, 17400, 23000]
 log = driver.logger("bench")
 # The orderflow binary of each orderflow-like system (the baseline is added by --baseline).
-BINARIES = {"orderflow": ORDERFLOW, "orderflow-memory": ORDERFLOW}
+BINARIES = {"orderflow": ORDERFLOW, "orderflow-memory": ORDERFLOW,
+            "orderflow-traces-1pct": ORDERFLOW, "orderflow-traces-all": ORDERFLOW}
+# orderflow with traces on: the share of requests (none carries a trace context) that start one.
+TRACED = {"orderflow-traces-1pct": "0.01", "orderflow-traces-all": "1"}
+TRACE_SYSTEMS = ["orderflow", "orderflow-traces-1pct", "orderflow-traces-all"]
+# The Jaeger the traced passes export to (deploy/local/jaeger.sh; OTLP/HTTP on the port after).
+JAEGER_PORT = int(os.environ.get("ORDERFLOW_BENCH_JAEGER_PORT", "24317"))
+JAEGER_ENV = dict(os.environ, JAEGER_PORT=str(JAEGER_PORT), JAEGER_DATA_DIR=str(driver.ROOT / ".jaeger" / f"bench-{JAEGER_PORT}"))
 # The state backend of each orderflow system (the baseline's binary may predate the setting).
-BACKENDS = {"orderflow": "disk", "orderflow-memory": "memory"}
+BACKENDS = {"orderflow": "disk", "orderflow-memory": "memory", "orderflow-traces-1pct": "disk", "orderflow-traces-all": "disk"}
 
 
 def run(cmd, **kw):
@@ -109,6 +117,10 @@ def start(system, prefix, count, config):
         if system in BACKENDS:
             env["ORDERFLOW_STATE__BACKEND"] = BACKENDS[system]
             env["ORDERFLOW_STATE__DIR"] = str(root / "target" / "bench-state" / prefix.rstrip("-."))
+        if system in TRACED:
+            env.update(ORDERFLOW_TRACES__ENABLED="true", ORDERFLOW_TRACES__ROOT_SAMPLE_RATIO=TRACED[system],
+                       OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{JAEGER_PORT + 1}", OTEL_SERVICE_NAME="orderflow-bench")
+        env["ORDERFLOW_OPS__LISTEN"] = f"127.0.0.1:{driver.free_port()}"
     elif system == "streams-default":
         cmd, env = streams_command(prefix, 100, "rocksdb"), dict(os.environ)
     elif system == "streams-best":
@@ -171,9 +183,13 @@ def one_pass(system, requests, config):
     waiter = subprocess.Popen([BENCH, "--bootstrap", BOOTSTRAP, "--prefix", prefix, "--partitions", str(PARTITIONS), "await",
                                "--count", str(requests)], stdout=subprocess.PIPE, text=True, env=dict(os.environ, RUST_LOG="warn"))
     process = start(system, prefix, requests, config)
-    sampler = CpuSampler([process.pid] + KAFKA.pids())
+    jaeger = [jaeger_pid()] if system in TRACED else []
+    sampler = CpuSampler([process.pid] + KAFKA.pids() + jaeger)
+    spans = None
     try:
         out, _ = waiter.communicate(timeout=900)
+        if system in TRACED:
+            spans = span_counts(process)
     finally:
         sampler.stop()
         driver.stop(process)
@@ -184,9 +200,62 @@ def one_pass(system, requests, config):
     used = sampler.between(result["first_unix_ms"], result["last_unix_ms"])
     outcomes = max(result["outcomes"], 1)
     result["cpu_per_request_us"] = None if used[0] is None else used[0] / outcomes * 1e6
-    broker = [u for u in used[1:] if u is not None]
+    broker = [u for u in used[1:len(used) - len(jaeger)] if u is not None]
     result["broker_cpu_per_request_us"] = sum(broker) / outcomes * 1e6 if broker else None
+    if jaeger:
+        result["jaeger_cpu_per_request_us"] = None if used[-1] is None else used[-1] / outcomes * 1e6
+        result["spans"] = spans
     return result
+
+
+def jaeger_pid():
+    """The bench Jaeger's pid (its CPU is the trace backend's cost)."""
+    return int((pathlib.Path(JAEGER_ENV["JAEGER_DATA_DIR"]) / "jaeger.pid").read_text().strip())
+
+
+def span_counts(process):
+    """Spans the traced orderflow exported and dropped, from its /metrics, once every outcome is
+    visible (the spans of its last transactions may still be queued: they count once exported)."""
+    env = pathlib.Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+    listen = next(e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"ORDERFLOW_OPS__LISTEN="))
+    time.sleep(0.5)
+    counts = {}
+    try:
+        with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as answer:
+            for line in answer.read().decode().splitlines():
+                for key in ("exported", "dropped"):
+                    if line.startswith(f"orderflow_trace_spans_{key}_total "):
+                        counts[key] = int(float(line.split()[1]))
+    except OSError as e:
+        log(f"cannot read the traced pass's span counts: {e}")
+    return counts
+
+
+def trace_markdown(context, passes):
+    """The tracing-cost section: orderflow with traces off, on for 1% and for every request."""
+    lines = [f"Run {context['date']}, `{context['command']}`, {context['machine']}: {context['requests']:,} preloaded "
+             f"requests (no trace context: `traces.root_sample_ratio` picks the share that starts a trace), "
+             f"{len(passes['orderflow'])} ABBA rounds after a warm-up pass each, disk backend, spans exported over OTLP/HTTP "
+             f"to a local Jaeger v2 (in-memory storage) on the same two cores.", "",
+             "| orderflow | outcomes/s (median) | range | CPU µs/request | broker CPU µs/request | Jaeger CPU µs/request | spans exported / dropped (last pass) |",
+             "|---|---|---|---|---|---|---|"]
+    for system in TRACE_SYSTEMS:
+        rs = passes[system]
+        median = lambda key: (summary([r.get(key) for r in rs]) or {}).get("median")  # noqa: E731
+        rate = summary([r["rate"] for r in rs])
+        spans = rs[-1].get("spans") or {}
+        label = {"orderflow": "traces off", "orderflow-traces-1pct": "traces on, 1% sampled",
+                 "orderflow-traces-all": "traces on, every request sampled"}[system]
+        jaeger = median("jaeger_cpu_per_request_us")
+        lines.append(f"| {label} | {rate['median']:,.0f} | {rate['min']:,.0f}–{rate['max']:,.0f} | "
+                     f"{fmt_us(median('cpu_per_request_us'))} | {fmt_us(median('broker_cpu_per_request_us'))} | "
+                     f"{'—' if jaeger is None else fmt_us(jaeger)} | {spans.get('exported', '—')} / {spans.get('dropped', '—')} |")
+    lines.append("")
+    for system, what in (("orderflow-traces-1pct", "1% sampled / off (goal ≥ 0.95)"), ("orderflow-traces-all", "every request sampled / off")):
+        r = ratios(passes, system, "orderflow")
+        if r:
+            lines.append(f"- throughput, {what}: **{r['median']:.2f}** ({r['min']:.2f}–{r['max']:.2f}, {r['n']} rounds)")
+    return "\n".join(lines)
 
 
 def calibrate_streams(requests, config, candidates):
@@ -507,6 +576,8 @@ def main():
     parser.add_argument("--aged-orders", type=int, default=None,
                         help="orders of the realistic-access benchmark (bench/aged_access.py; default 10,000,000; "
                         "0 skips it)")
+    parser.add_argument("--traces", action="store_true", help="only the cost of traces: orderflow with traces off, on "
+                        "for 1% of requests and for all, ABBA, exporting to a local Jaeger (deploy/local/jaeger.sh)")
     parser.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
     args = parser.parse_args()
     quick = args.quick
@@ -517,7 +588,7 @@ def main():
     restore_orders = args.restore_orders if args.restore_orders is not None else (0 if quick else 1_000_000)
     restart_orders = args.restart_orders if args.restart_orders is not None else (0 if quick else 10_000_000)
     aged_orders = args.aged_orders if args.aged_orders is not None else (0 if quick else 10_000_000)
-    make_target = "bench-quick" if quick else "bench"
+    make_target = "bench-traces" if args.traces else "bench-quick" if quick else "bench"
     command = f"make {make_target}" if os.environ.get("MAKELEVEL") else "python3 bench/run.py " + " ".join(sys.argv[1:])
     started = time.time()
 
@@ -531,18 +602,28 @@ def main():
     last_path = root / "bench" / "last-run.json"
     last = json.loads(last_path.read_text()) if last_path.exists() else {}
     config = {"streams_best_ms": (last.get("streams_best_commit_ms") or 1000)}
-    if quick:
+    if args.traces:
+        systems = list(TRACE_SYSTEMS)
+    elif quick:
         systems = ["orderflow", "orderflow-memory", "pipe", "streams-best"]
     else:
-        systems = ["orderflow", "orderflow-memory", "pipe", "java-pipe", "streams-default", "streams-best", "streams-memory"]
+        systems = ["orderflow", "orderflow-memory", "pipe", "java-pipe", "streams-default", "streams-best", "streams-memory",
+                   "orderflow-traces-1pct", "orderflow-traces-all"]
+    traced = any(s in TRACED for s in systems)
     if args.baseline:
         systems.append("baseline")
+    if traced:
+        log(f"starting Jaeger on 127.0.0.1:{JAEGER_PORT} for the traced passes (built once with Go)")
+        subprocess.run(["bash", "deploy/local/jaeger.sh", "up"], check=True, env=JAEGER_ENV)
     log(f"starting a fresh broker on {BOOTSTRAP}")
     KAFKA.up()
     features = KAFKA.script("tool", "features", "--bootstrap-server", BOOTSTRAP, "describe", check=False).stdout
     transaction_version = next((line.split("FinalizedVersionLevel:")[1].split()[0] for line in features.splitlines()
                                 if "Feature: transaction.version" in line and "FinalizedVersionLevel:" in line), None)
     log(f"broker transaction.version = {transaction_version}")
+    if args.traces:
+        quick = True
+        rates, restore_orders, restart_orders, aged_orders = [], 0, 0, 0
     try:
         if not quick:
             # Kafka Streams warms up on the first candidate; the calibration passes are not counted.
@@ -556,6 +637,8 @@ def main():
         aged = aged_access.run(KAFKA, aged_orders, 3) if aged_orders else None
     finally:
         KAFKA.down()
+        if traced:
+            subprocess.run(["bash", "deploy/local/jaeger.sh", "down", "--purge"], env=JAEGER_ENV)
 
     cpu = run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"]).strip() or platform.processor()
     machine = f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
@@ -563,9 +646,21 @@ def main():
                "latency_seconds": args.latency_seconds, "latency_warmup": args.latency_warmup_seconds,
                "latency_repeats": repeats, "minutes": round((time.time() - started) / 60, 1), "baseline": baseline_sha,
                "transaction_version": transaction_version}
+    traces_text = trace_markdown(context, passes) if traced else None
+    if args.traces:
+        print(traces_text)
+        if not args.no_write:
+            record = {**context, "systems": {s: passes[s] for s in systems},
+                      "ratios": {f"{s}/orderflow/rate": ratios(passes, s, "orderflow") for s in TRACED}}
+            (root / "bench" / "last-traces.json").write_text(json.dumps(record, indent=2) + "\n")
+            driver.replace_between(root / "docs" / "benchmarks.md", "traces-run", traces_text)
+            log("wrote docs/benchmarks.md (traces-run) and bench/last-traces.json")
+        return
     text = markdown(context, passes, config, latencies, restore)
     text += f"\n\nThe whole run took {context['minutes']} minutes."
     print(text)
+    if traces_text:
+        print(traces_text)
     per_system = {s: {"rate": summary([r["rate"] for r in rs]),
                       "cpu_per_request_us": summary([r["cpu_per_request_us"] for r in rs]),
                       "broker_cpu_per_request_us": summary([r["broker_cpu_per_request_us"] for r in rs]),
@@ -590,6 +685,8 @@ def main():
             driver.replace_between(root / "docs" / "benchmarks.md", "restart-run", restart_markdown(context, restart))
         if aged:
             driver.replace_between(root / "docs" / "benchmarks.md", "aged-run", aged_access.markdown(aged, command))
+        if traces_text:
+            driver.replace_between(root / "docs" / "benchmarks.md", "traces-run", traces_text)
         if quick:
             driver.replace_between(root / "docs" / "benchmarks.md", "quick-bench", text)
         log(f"wrote docs/benchmarks.md and {last_path.relative_to(root)}")
