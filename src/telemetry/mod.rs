@@ -87,42 +87,49 @@ impl Telemetry {
 /// OpenTelemetry layer for the [`SPANS`] target.
 pub fn init(traces: Option<&TraceSettings>) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("ORDERFLOW_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let not_spans = filter_fn(|meta| meta.target() != SPANS);
-    let log = if json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_filter(not_spans.clone())
-            .with_filter(filter)
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(not_spans.clone())
-            .with_filter(filter)
-            .boxed()
+    let Some(settings) = traces.filter(|t| t.enabled) else {
+        // No per-layer filters without traces: the log's filter is the subscriber's (a log
+        // layer filtered on its own beside an absent one lost warnings).
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(log_layer())
+            .try_init();
+        return Ok(Telemetry { provider: None });
     };
-    let (provider, spans) = match traces.filter(|t| t.enabled) {
-        None => (None, None),
-        Some(settings) => {
-            let provider = tracer_provider(settings)?;
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("orderflow"))
-                .with_location(false)
-                .with_threads(false)
-                .with_level(false)
-                .with_target(false)
-                .with_tracked_inactivity(false)
-                .with_filter(filter_fn(|meta| meta.target() == SPANS));
-            (Some(provider), Some(layer))
-        }
-    };
+    let provider = tracer_provider(settings)?;
+    // Each layer its own filter: the log as `RUST_LOG` says without the spans' target, the
+    // OpenTelemetry layer that target only, whatever `RUST_LOG` says.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("orderflow"))
+        .with_location(false)
+        .with_threads(false)
+        .with_level(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_filter(filter_fn(|meta| meta.target() == SPANS));
+    let log = log_layer().with_filter(
+        filter.add_directive(format!("{SPANS}=off").parse().expect("a valid directive")),
+    );
     let _ = tracing_subscriber::registry()
         .with(log)
         .with(spans)
         .try_init();
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
+}
+
+/// The log: one line per event on stderr, JSON with `ORDERFLOW_LOG_FORMAT=json`.
+fn log_layer<S>() -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if std::env::var("ORDERFLOW_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        layer.json().boxed()
+    } else {
+        layer.boxed()
+    }
 }
 
 /// The OTLP protocol the standard variables ask for, if they ask for one this build does not
