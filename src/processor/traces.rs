@@ -41,8 +41,7 @@ impl BatchSpans {
         if output.traced.is_empty() {
             return None;
         }
-        let mut partitions: Vec<i32> = output.next_offsets.keys().copied().collect();
-        partitions.dedup();
+        let partitions = output.next_offsets.len();
         let transaction = tracing::info_span!(
             target: SPANS,
             "transaction",
@@ -51,7 +50,7 @@ impl BatchSpans {
             otel.status_code = Empty,
             orderflow.transaction.number = number as i64,
             orderflow.transaction.outcome = Empty,
-            orderflow.transaction.partitions = partitions.len() as i64,
+            orderflow.transaction.partitions = partitions as i64,
             orderflow.transaction.records = output.records.len() as i64,
             orderflow.transaction.links_dropped = output.traced.len().saturating_sub(MAX_TRANSACTION_LINKS) as i64,
             messaging.batch.message_count = inputs as i64,
