@@ -131,7 +131,9 @@ def start(system, prefix, count, config):
         cmd, env = streams_command(prefix, int(system.split("-")[1]), "rocksdb"), dict(os.environ)
     else:
         raise ValueError(system)
-    return driver.start(cmd, env)
+    process = driver.start(cmd, env)
+    process.ops_listen = env.get("ORDERFLOW_OPS__LISTEN")
+    return process
 
 
 class CpuSampler:
@@ -216,12 +218,10 @@ def jaeger_pid():
 def span_counts(process):
     """Spans the traced orderflow exported and dropped, from its /metrics, once every outcome is
     visible (the spans of its last transactions may still be queued: they count once exported)."""
-    env = pathlib.Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
-    listen = next(e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"ORDERFLOW_OPS__LISTEN="))
     time.sleep(0.5)
     counts = {}
     try:
-        with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as answer:
+        with urllib.request.urlopen(f"http://{process.ops_listen}/metrics", timeout=10) as answer:
             for line in answer.read().decode().splitlines():
                 for key in ("exported", "dropped"):
                     if line.startswith(f"orderflow_trace_spans_{key}_total "):

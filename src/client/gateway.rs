@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::outcome::{decode_outcome, Outcome};
 use super::positions;
 use crate::codec::encode_request;
-use crate::codec::headers::TRACEPARENT;
+use crate::codec::headers::{set_traceparent, TRACEPARENT};
 use crate::config::{Settings, TopicSettings};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::{committed_reader_config, request_producer_config, ClientConfigError};
@@ -300,14 +300,10 @@ impl Gateway {
                 .spawn(move || follow_outcomes(&shared))
                 .map_err(GatewayError::Thread)?;
         }
-        let sampling = Sampling {
-            enabled: settings.traces.enabled,
-            root_ratio: settings.traces.root_sample_ratio,
-        };
         Ok(Gateway {
             producer,
             shared,
-            sampling,
+            sampling: Sampling::of(&settings.traces),
         })
     }
 
@@ -403,25 +399,18 @@ impl Gateway {
             error.type = tracing::field::Empty,
         );
         if let Some(parent) = parent {
-            let _ = span.set_parent(
-                opentelemetry::Context::new()
-                    .with_remote_span_context(parent.remote_span_context()),
-            );
+            let _ = span.set_parent(parent.parent_context());
         }
         let context = span.context().span().span_context().clone();
         // Without an exporter the span has no context: the request goes out as it came.
         if !context.is_valid() {
             return None;
         }
-        let mut traced: RecordHeaders = headers
-            .iter()
-            .filter(|(k, _)| k != TRACEPARENT)
-            .cloned()
-            .collect();
-        traced.push((
-            TRACEPARENT.to_string(),
+        let mut traced: RecordHeaders = headers.to_vec();
+        set_traceparent(
+            &mut traced,
             TraceParent::of_span(&context).format().into_bytes(),
-        ));
+        );
         Some((span, traced))
     }
 

@@ -4,6 +4,12 @@
 /// The W3C trace context header, carried from a request onto its outcome.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// Makes `value` the record's one `traceparent` header (a span's context replaces the sender's).
+pub fn set_traceparent(headers: &mut Vec<(String, Vec<u8>)>, value: Vec<u8>) {
+    headers.retain(|(key, _)| key != TRACEPARENT);
+    headers.push((TRACEPARENT.to_string(), value));
+}
+
 /// Dead-letter header names: where the record came from and why it is here.
 pub mod dlq {
     /// The original topic.

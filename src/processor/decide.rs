@@ -437,21 +437,7 @@ fn emit_step(
         overlay.set(partition, order_id, state, deadline_before, record);
     }
     for answer in step.answers {
-        if traced_origin == Some(answer.origin) {
-            let outcome = match &answer.outcome {
-                Outcome::Accepted {
-                    duplicate: false, ..
-                } => TracedOutcome::Accepted,
-                Outcome::Rejected {
-                    duplicate: false,
-                    reason,
-                    ..
-                } => TracedOutcome::Rejected(reason.code()),
-                _ => TracedOutcome::Duplicate,
-            };
-            own = Some((output.records.len(), outcome));
-        }
-        match &answer.outcome {
+        let outcome = match &answer.outcome {
             Outcome::Accepted {
                 duplicate: false, ..
             } => {
@@ -471,6 +457,7 @@ fn emit_step(
                 output
                     .decision_latencies_ms
                     .push(now_ms - answer.request.requested_at_ms);
+                TracedOutcome::Accepted
             }
             Outcome::Rejected {
                 duplicate: false,
@@ -485,8 +472,15 @@ fn emit_step(
                 if reason.code() == crate::machine::RejectCode::Expired {
                     output.stats.expired += 1;
                 }
+                TracedOutcome::Rejected(reason.code())
             }
-            _ => output.stats.duplicates += 1,
+            _ => {
+                output.stats.duplicates += 1;
+                TracedOutcome::Duplicate
+            }
+        };
+        if traced_origin == Some(answer.origin) {
+            own = Some((output.records.len(), outcome));
         }
         let header = trace
             .as_ref()

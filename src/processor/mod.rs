@@ -271,12 +271,8 @@ impl Processor {
             topic = %settings.topics.requests,
             "processor started"
         );
-        let sampling = Sampling {
-            enabled: settings.traces.enabled,
-            root_ratio: settings.traces.root_sample_ratio,
-        };
         Ok(Processor {
-            sampling,
+            sampling: Sampling::of(&settings.traces),
             settings,
             decider,
             consumer,

@@ -6,12 +6,11 @@
 //! one makes none.
 
 use opentelemetry::trace::{SpanContext, TraceContextExt};
-use opentelemetry::Context;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::decide::{BatchOutput, TracedOutcome};
-use crate::codec::headers::TRACEPARENT;
+use crate::codec::headers::set_traceparent;
 use crate::config::Settings;
 use crate::ops::metrics::reason_label;
 use crate::telemetry::context::TraceParent;
@@ -89,9 +88,7 @@ impl BatchSpans {
                 orderflow.transaction.aborted = Empty,
             );
             if let Some(parent) = &traced.parent {
-                let _ = span.set_parent(
-                    Context::new().with_remote_span_context(parent.remote_span_context()),
-                );
+                let _ = span.set_parent(parent.parent_context());
             }
             span.add_link(transaction_context.clone());
             let context = span_context(&span);
@@ -101,11 +98,10 @@ impl BatchSpans {
             // Without an exporter the span has no context: the outcome keeps the sender's.
             if let (Some(record), true) = (traced.outcome_record, context.is_valid()) {
                 if let Some(record) = output.records.get_mut(record) {
-                    let value = TraceParent::of_span(&context).format().into_bytes();
-                    match record.headers.iter_mut().find(|(k, _)| k == TRACEPARENT) {
-                        Some((_, old)) => *old = value,
-                        None => record.headers.push((TRACEPARENT.to_string(), value)),
-                    }
+                    set_traceparent(
+                        &mut record.headers,
+                        TraceParent::of_span(&context).format().into_bytes(),
+                    );
                 }
             }
             requests.push(span);

@@ -3,7 +3,10 @@
 //! request whether to record spans before creating any, so an unsampled request costs a header
 //! lookup and nothing else.
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::Context;
+
+use crate::config::TraceSettings;
 
 /// A parsed `traceparent` header (version 00): `00-<trace id>-<parent span id>-<flags>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +75,11 @@ impl TraceParent {
         )
     }
 
+    /// A context whose span is the remote sender's: the parent of a span made for the record.
+    pub fn parent_context(&self) -> Context {
+        Context::new().with_remote_span_context(self.remote_span_context())
+    }
+
     /// The header standing for a local span: its ids and flags.
     pub fn of_span(context: &SpanContext) -> TraceParent {
         TraceParent {
@@ -121,6 +129,14 @@ impl Sampling {
         enabled: false,
         root_ratio: 0.0,
     };
+
+    /// The sampling `traces` asks for.
+    pub fn of(traces: &TraceSettings) -> Sampling {
+        Sampling {
+            enabled: traces.enabled,
+            root_ratio: traces.root_sample_ratio,
+        }
+    }
 
     /// Whether to record a span for a record carrying `parent`; `key` is a hash of something
     /// that differs between records (partition and offset), which picks the share of roots.

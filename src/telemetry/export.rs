@@ -45,17 +45,6 @@ pub struct QueueingSpanProcessor {
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Message::Span(_) => "Span",
-            Message::Resource(_) => "Resource",
-            Message::Flush(_) => "Flush",
-            Message::Shutdown(_) => "Shutdown",
-        })
-    }
-}
-
 impl QueueingSpanProcessor {
     /// Starts the exporter thread with a queue of `capacity` spans. `exporter` is built on that
     /// thread (an HTTP client must not be made inside the async runtime); its error is returned.

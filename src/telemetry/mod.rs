@@ -58,20 +58,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn traces_on(&self) -> bool {
-        self.provider.is_some()
-    }
-
-    /// Sends every finished span now (waits up to 10 s).
-    pub fn flush(&self) {
-        if let Some(provider) = &self.provider {
-            if let Err(e) = provider.force_flush() {
-                tracing::warn!(error = %e, "cannot flush the spans");
-            }
-        }
-    }
-
     /// Sends the spans still queued and stops the exporter.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {

@@ -220,6 +220,19 @@ pub async fn produce_raw(
     settings: &Settings,
     records: &[(Option<Vec<u8>>, Vec<u8>)],
 ) -> Vec<(i32, i64)> {
+    let records: Vec<_> = records
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone(), None))
+        .collect();
+    produce_raw_traced(settings, &records).await
+}
+
+/// A raw record: key, value and the `traceparent` header it carries, if any.
+pub type RawRecord = (Option<Vec<u8>>, Vec<u8>, Option<String>);
+
+/// [`produce_raw`] with a `traceparent` header on the records that give one.
+pub async fn produce_raw_traced(settings: &Settings, records: &[RawRecord]) -> Vec<(i32, i64)> {
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer =
         orderflow::kafka::request_producer_config(&settings.kafka, "test")
@@ -227,10 +240,16 @@ pub async fn produce_raw(
             .create()
             .unwrap();
     let mut positions = Vec::new();
-    for (key, value) in records {
+    for (key, value, traceparent) in records {
         let mut record = FutureRecord::to(&settings.topics.requests).payload(value);
         if let Some(key) = key {
             record = record.key(key);
+        }
+        if let Some(traceparent) = traceparent {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(traceparent.as_bytes()),
+            }));
         }
         let delivery = producer
             .send(record, Duration::from_secs(10))

@@ -5,13 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
 use crate::crash::{sigterm, spawn_binary_with, RunningBinary};
 use crate::support::{
-    create_topics, http_with, outcomes_within, processor_settings, request, unique,
+    create_topics, http_with, outcomes_within, processor_settings, produce_raw_traced, request,
+    unique,
 };
 
 /// The test Jaeger's OTLP/gRPC port (`ORDERFLOW_TEST_JAEGER_PORT`, else the one `make test`
@@ -96,31 +95,19 @@ async fn produce_with_traceparents(
     settings: &orderflow::config::Settings,
     requests: &[(orderflow::machine::TransitionRequest, Option<String>)],
 ) -> Vec<(i32, i64)> {
-    let producer: FutureProducer =
-        orderflow::kafka::request_producer_config(&settings.kafka, "test")
-            .unwrap()
-            .create()
-            .unwrap();
-    let mut positions = Vec::new();
-    for (request, traceparent) in requests {
-        let mut bytes = Vec::new();
-        orderflow::codec::encode_request(request, &mut bytes);
-        let mut record = FutureRecord::to(&settings.topics.requests)
-            .key(request.order_id.as_bytes())
-            .payload(&bytes);
-        if let Some(value) = traceparent {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: "traceparent",
-                value: Some(value.as_bytes()),
-            }));
-        }
-        let delivery = producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .expect("delivered");
-        positions.push((delivery.partition, delivery.offset));
-    }
-    positions
+    let records: Vec<_> = requests
+        .iter()
+        .map(|(request, traceparent)| {
+            let mut bytes = Vec::new();
+            orderflow::codec::encode_request(request, &mut bytes);
+            (
+                Some(request.order_id.clone().into_bytes()),
+                bytes,
+                traceparent.clone(),
+            )
+        })
+        .collect();
+    produce_raw_traced(settings, &records).await
 }
 
 /// `orderflow run` exporting to the test Jaeger; `root_ratio` for requests without a context.
