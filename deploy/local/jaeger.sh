@@ -47,7 +47,7 @@ fetch() {
   if [ -x "$binary" ]; then
     return 0
   fi
-  command -v go >/dev/null || die "'go' not found: install Go 1.24 or later (https://go.dev/dl) and retry."
+  command -v go >/dev/null || die "'go' not found: install Go 1.24.6 or later (https://go.dev/dl) and retry."
   echo "jaeger.sh: building Jaeger $version with $(go version | cut -d' ' -f3) (once; cached in $binary)"
   local started=$SECONDS tmp
   mkdir -p "$(dirname "$binary")"

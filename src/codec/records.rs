@@ -8,7 +8,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use uuid::Uuid;
 
 use super::binary::{AvroReader, AvroWriter};
-use super::schemas::{registry, RecordKind};
+use super::schemas::{registry, KnownSchema, RecordKind};
 use super::{CodecError, SINGLE_OBJECT_MAGIC};
 use crate::machine::{
     Definition, OrderState, Origin, ParkedRequest, RecentRequest, RecordedOutcome, RejectCode,
@@ -114,8 +114,12 @@ fn version_to_long(version: u64) -> i64 {
 // ---- header ----------------------------------------------------------------------------------
 
 fn write_header(kind: RecordKind, out: &mut Vec<u8>) {
+    write_header_of(registry().current(kind), out);
+}
+
+fn write_header_of(schema: &KnownSchema, out: &mut Vec<u8>) {
     out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-    out.extend_from_slice(&registry().current(kind).fingerprint.to_le_bytes());
+    out.extend_from_slice(&schema.fingerprint.to_le_bytes());
 }
 
 /// The body of a value written with the current schema of `kind`, resolving older shipped versions.
@@ -261,14 +265,24 @@ pub fn decode_request(key: Option<&[u8]>, value: &[u8]) -> Result<TransitionRequ
 
 // ---- OrderState ------------------------------------------------------------------------------
 
-/// Appends an order's state, single-object encoded with the current schema.
+/// The `OrderState` version whose parked requests carry no trace context: what orderflow writes
+/// while no parked request has one, so releases before v2 still read nearly every state record.
+const ORDER_STATE_WITHOUT_TRACES: u32 = 1;
+
+/// Appends an order's state, single-object encoded: with the current schema when a parked request
+/// carries a trace context, else with v1 (the same record without that field).
 pub fn encode_order_state(
     definition: &Definition,
     order_id: &str,
     state: &OrderState,
     out: &mut Vec<u8>,
 ) {
-    write_header(RecordKind::OrderState, out);
+    let with_traces = state.parked.iter().any(|p| p.traceparent.is_some());
+    if with_traces {
+        write_header(RecordKind::OrderState, out);
+    } else {
+        write_header_of(order_state_without_traces(), out);
+    }
     let name = |id| definition.state(id).name.as_str();
     let mut w = AvroWriter::new(out);
     w.string(order_id);
@@ -305,8 +319,17 @@ pub fn encode_order_state(
             w.long(origin.offset);
         }
         w.block_end();
+        if with_traces {
+            w.optional_string(parked.traceparent.as_deref());
+        }
     }
     w.block_end();
+}
+
+fn order_state_without_traces() -> &'static KnownSchema {
+    registry()
+        .version(RecordKind::OrderState, ORDER_STATE_WITHOUT_TRACES)
+        .expect("order_state.v1.avsc is shipped")
 }
 
 /// Decodes an order's state record into the order id and its state under `definition`.
@@ -314,7 +337,15 @@ pub fn decode_order_state(
     definition: &Definition,
     value: &[u8],
 ) -> Result<(String, OrderState), CodecError> {
-    let body = body_of(RecordKind::OrderState, value)?;
+    // v1, which orderflow still writes, is read by hand like the current version.
+    let (body, with_traces) = if value.len() >= 10
+        && value[..2] == SINGLE_OBJECT_MAGIC
+        && value[2..10] == order_state_without_traces().fingerprint.to_le_bytes()
+    {
+        (std::borrow::Cow::Borrowed(&value[10..]), false)
+    } else {
+        (body_of(RecordKind::OrderState, value)?, true)
+    };
     let mut r = AvroReader::new(&body);
     let state_id = |name: &[u8]| {
         definition
@@ -372,6 +403,11 @@ pub fn decode_order_state(
                     Ok(())
                 })?;
                 origins
+            },
+            traceparent: if with_traces {
+                r.optional_str("parked.traceparent")?.map(str::to_string)
+            } else {
+                None
             },
         });
         Ok(())

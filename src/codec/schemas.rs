@@ -59,6 +59,7 @@ pub const SHIPPED: &[ShippedSchema] = &[
     shipped!(TransitionRequest, 1, "transition_request.v1.avsc"),
     shipped!(TransitionRequest, 2, "transition_request.v2.avsc"),
     shipped!(OrderState, 1, "order_state.v1.avsc"),
+    shipped!(OrderState, 2, "order_state.v2.avsc"),
     shipped!(TransitionAccepted, 1, "transition_accepted.v1.avsc"),
     shipped!(TransitionRejected, 1, "transition_rejected.v1.avsc"),
 ];
@@ -286,6 +287,13 @@ impl Registry {
     /// The version orderflow writes for a kind.
     pub fn current(&self, kind: RecordKind) -> &KnownSchema {
         &self.schemas[self.current[&kind]]
+    }
+
+    /// A shipped version of a kind.
+    pub fn version(&self, kind: RecordKind, version: u32) -> Option<&KnownSchema> {
+        self.schemas
+            .iter()
+            .find(|s| s.shipped.kind == kind && s.shipped.version == version)
     }
 
     /// Every shipped schema.

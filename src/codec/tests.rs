@@ -11,7 +11,7 @@ use apache_avro::Schema;
 use proptest::prelude::*;
 use uuid::Uuid;
 
-use super::schemas::{registry, RecordKind, SHIPPED};
+use super::schemas::{registry, KnownSchema, RecordKind, SHIPPED};
 use super::*;
 use crate::machine::{
     Definition, OrderState, ParkedRequest, RecentRequest, RecordedOutcome, RejectCode,
@@ -82,6 +82,7 @@ fn sample_state(d: &Definition) -> OrderState {
                 partition: 3,
                 offset: 120,
             }],
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         }],
     }
 }
@@ -136,9 +137,15 @@ fn sample_rejected() -> RejectedRecord {
 /// Checks the single-object header, decodes the body with apache-avro (which must read all
 /// of it) and returns its value and apache-avro's re-encoding, header included.
 fn assert_canonical(kind: RecordKind, value: &[u8]) -> (Value, Vec<u8>) {
-    let schema = &registry().current(kind).schema;
+    assert_written_with(registry().current(kind), value)
+}
+
+/// Like [`assert_canonical`], for a value written with a given shipped schema.
+fn assert_written_with(known: &KnownSchema, value: &[u8]) -> (Value, Vec<u8>) {
+    let kind = known.shipped.file;
+    let schema = &known.schema;
     let mut header = vec![0xC3, 0x01];
-    header.extend_from_slice(&registry().current(kind).fingerprint.to_le_bytes());
+    header.extend_from_slice(&known.fingerprint.to_le_bytes());
     assert_eq!(&value[..10], header.as_slice(), "header of {kind:?}");
     let body = &value[10..];
     let mut cursor = Cursor::new(body);
@@ -363,6 +370,36 @@ fn an_unknown_fingerprint_is_an_unknown_schema() {
         CodecError::UnknownSchema {
             fingerprint: 0x0807_0605_0403_0201
         }
+    );
+}
+
+#[test]
+fn a_state_is_written_as_v1_until_a_parked_request_carries_a_trace_context() {
+    let d = lifecycle();
+    let traced = sample_state(&d);
+    let mut untraced = traced.clone();
+    untraced.parked[0].traceparent = None;
+    let v1 = registry().version(RecordKind::OrderState, 1).unwrap();
+    let mut bytes = Vec::new();
+    encode_order_state(&d, "order-42", &untraced, &mut bytes);
+    // What a release that knows only v1 reads: apache-avro with v1 alone consumes every byte.
+    let (_, theirs) = assert_written_with(v1, &bytes);
+    assert_eq!(theirs, bytes);
+    assert_eq!(
+        decode_order_state(&d, &bytes).unwrap(),
+        ("order-42".to_string(), untraced)
+    );
+    let mut bytes = Vec::new();
+    encode_order_state(&d, "order-42", &traced, &mut bytes);
+    let (_, theirs) = assert_canonical(RecordKind::OrderState, &bytes);
+    assert_eq!(theirs, bytes);
+    assert_ne!(
+        registry().current(RecordKind::OrderState).fingerprint,
+        v1.fingerprint
+    );
+    assert_eq!(
+        decode_order_state(&d, &bytes).unwrap().1.parked[0].traceparent,
+        traced.parked[0].traceparent
     );
 }
 

@@ -73,6 +73,9 @@ pub struct ParkedRequest {
     pub deadline_ms: i64,
     /// Later input records carrying the same request, answered as duplicates with it.
     pub redeliveries: Vec<Origin>,
+    /// The W3C `traceparent` the request arrived with, carried (not read) so that its later
+    /// outcome continues its trace.
+    pub traceparent: Option<String>,
 }
 
 /// The current state of one order: everything a decision about it needs.

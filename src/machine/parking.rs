@@ -163,6 +163,7 @@ impl Decider {
             parked_at_ms: now_ms,
             deadline_ms: now_ms.saturating_add(self.parking().max_wait_ms),
             redeliveries: Vec::new(),
+            traceparent: None,
         });
         Step {
             answers: Vec::new(),

@@ -781,6 +781,7 @@ fn an_order_with_parked_requests_is_not_forgotten_before_they_are_answered() {
         parked_at_ms: 0,
         deadline_ms: i64::MAX,
         redeliveries: vec![],
+        traceparent: None,
     });
     let step = d.expire(&with_parked, delivered.updated_at_ms + 31 * 86_400_000);
     assert_ne!(step.change, StateChange::Delete);

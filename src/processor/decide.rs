@@ -130,6 +130,8 @@ pub enum TracedOutcome {
     Duplicate,
     /// Parked: answered later (when the order catches up, or at its deadline).
     Parked,
+    /// Not a request: sent to the dead-letter topic, with this error kind.
+    DeadLetter(&'static str),
 }
 
 /// A request sampled for tracing: the processor gives it a span.
@@ -141,14 +143,16 @@ pub struct TracedRequest {
     pub partition: i32,
     /// Its offset.
     pub offset: i64,
-    /// Its order.
+    /// Its order (for a dead letter: its key, if any).
     pub order_id: String,
-    /// Its transition.
+    /// Its transition (empty for a dead letter).
     pub transition: String,
     /// How it was decided.
     pub outcome: TracedOutcome,
-    /// Where its outcome record is in the batch's `records` (none while parked).
+    /// Where its outcome (or dead letter) record is in the batch's `records` (none while parked).
     pub outcome_record: Option<usize>,
+    /// For a parked request answered now (released or expired): how long it waited (ms).
+    pub waited_ms: Option<i64>,
 }
 
 /// Why a record is a dead letter rather than a request.
@@ -302,6 +306,23 @@ pub fn decide_batch(
         let request = match parse_request(input, context.limits) {
             Ok(request) => request,
             Err(poison) => {
+                let trace = input.headers.iter().find(|(k, _)| k == TRACEPARENT);
+                if let Some(parent) = sampled(context.sampling, input, trace) {
+                    output.traced.push(TracedRequest {
+                        parent,
+                        partition: input.partition,
+                        offset: input.offset,
+                        order_id: input
+                            .key
+                            .as_deref()
+                            .map(|k| String::from_utf8_lossy(k).into_owned())
+                            .unwrap_or_default(),
+                        transition: String::new(),
+                        outcome: TracedOutcome::DeadLetter(poison.kind()),
+                        outcome_record: Some(output.records.len()),
+                        waited_ms: None,
+                    });
+                }
                 output.records.push(dead_letter(context, input, &poison));
                 output.stats.dead_letters += 1;
                 *output
@@ -335,11 +356,15 @@ pub fn decide_batch(
         // Taken before the request moves into the decider; only for a sampled request.
         let traced = sampled(context.sampling, input, trace.as_ref())
             .map(|parent| (parent, request.transition.clone()));
-        let step = context
+        let waiting = current.map(waiting_traces).unwrap_or_default();
+        let mut step = context
             .decider
             .decide_input(current, request, origin, now_ms);
         if step.answers.is_empty() {
             output.stats.parked += 1;
+        }
+        if let (Some((_, header)), StateChange::Put(next)) = (&trace, &mut step.change) {
+            keep_trace_context(next, origin, header);
         }
         let own = emit_step(
             context,
@@ -351,6 +376,7 @@ pub fn decide_batch(
             InputTrace {
                 header: trace.map(|t| (origin, t)),
                 traced: traced.is_some().then_some(origin),
+                waiting,
             },
         );
         if let Some((parent, transition)) = traced {
@@ -366,11 +392,46 @@ pub fn decide_batch(
                 transition,
                 outcome,
                 outcome_record,
+                waited_ms: None,
             });
         }
     }
     output.changes = overlay.into_changes();
     output
+}
+
+/// The trace contexts parked requests of `state` arrived with: a step may answer them.
+fn waiting_traces(state: &OrderState) -> Vec<Waiting> {
+    state
+        .parked
+        .iter()
+        .filter_map(|parked| {
+            let context = TraceParent::parse(parked.traceparent.as_deref()?.as_bytes())?;
+            Some(Waiting {
+                origin: Origin {
+                    partition: parked.partition,
+                    offset: parked.offset,
+                },
+                context,
+                parked_at_ms: parked.parked_at_ms,
+            })
+        })
+        .collect()
+}
+
+/// Keeps the trace context of an input that `next` parked with the parked request, so its later
+/// outcome continues the trace. Only a valid context is kept (at most 55 bytes in the state).
+fn keep_trace_context(next: &mut OrderState, origin: Origin, header: &[u8]) {
+    let Some(context) = TraceParent::parse(header) else {
+        return;
+    };
+    if let Some(parked) = next
+        .parked
+        .iter_mut()
+        .find(|p| p.partition == origin.partition && p.offset == origin.offset)
+    {
+        parked.traceparent.get_or_insert_with(|| context.format());
+    }
 }
 
 /// `Some(parent)` when the input is sampled for tracing (`parent` is `None` for a root).
@@ -398,6 +459,19 @@ struct InputTrace {
     header: Option<(Origin, (String, Vec<u8>))>,
     /// Its origin, when it is sampled for tracing.
     traced: Option<Origin>,
+    /// The trace contexts of the order's parked requests, which the step may answer.
+    waiting: Vec<Waiting>,
+}
+
+/// A parked request's trace context.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    /// The request's input record.
+    origin: Origin,
+    /// The context it arrived with.
+    context: TraceParent,
+    /// When it was parked (ms).
+    parked_at_ms: i64,
 }
 
 /// Records a step's state change and answers in the batch output and overlay; returns where
@@ -414,6 +488,7 @@ fn emit_step(
     let InputTrace {
         header: trace,
         traced: traced_origin,
+        waiting,
     } = input;
     let mut own = None;
     let definition = context.decider.definition();
@@ -479,13 +554,32 @@ fn emit_step(
                 TracedOutcome::Duplicate
             }
         };
+        let record = output.records.len();
         if traced_origin == Some(answer.origin) {
-            own = Some((output.records.len(), outcome));
+            own = Some((record, outcome));
         }
-        let header = trace
+        let mut header = trace
             .as_ref()
             .filter(|(origin, _)| *origin == answer.origin)
             .map(|(_, h)| h.clone());
+        if let Some(released) = waiting.iter().find(|w| w.origin == answer.origin) {
+            header = Some((
+                TRACEPARENT.to_string(),
+                released.context.format().into_bytes(),
+            ));
+            if context.sampling.decide(Some(&released.context), 0) {
+                output.traced.push(TracedRequest {
+                    parent: Some(released.context),
+                    partition: answer.origin.partition,
+                    offset: answer.origin.offset,
+                    order_id: order_id.to_string(),
+                    transition: answer.request.transition.clone(),
+                    outcome,
+                    outcome_record: Some(record),
+                    waited_ms: Some(now_ms - released.parked_at_ms),
+                });
+            }
+        }
         output.records.push(outcome_record(
             definition,
             context.topics,
@@ -523,7 +617,10 @@ pub fn expire_orders(
             (*partition, order_id, deadline_before),
             step,
             now_ms,
-            InputTrace::default(),
+            InputTrace {
+                waiting: waiting_traces(&state),
+                ..InputTrace::default()
+            },
         );
     }
     output.changes = overlay.into_changes();
@@ -633,5 +730,114 @@ mod tests {
                     .unwrap();
             assert_eq!(Some(&stored), change.state.as_ref(), "{}", change.order_id);
         }
+    }
+
+    #[test]
+    fn a_parked_request_keeps_its_trace_context_for_the_outcome_it_gets_later() {
+        let definition = Arc::new(
+            Definition::parse(
+                include_str!("../../machines/order-lifecycle.toml"),
+                "order-lifecycle.toml",
+            )
+            .unwrap(),
+        );
+        let decider = Decider::new(definition, 8).with_parking(crate::machine::ParkingPolicy {
+            max_per_order: 4,
+            max_wait_ms: 60_000,
+        });
+        let (topics, limits) = (TopicSettings::default(), ProcessorSettings::default());
+        let context = BatchContext {
+            decider: &decider,
+            topics: &topics,
+            limits: &limits,
+            group_id: "g",
+            sampling: Sampling {
+                enabled: true,
+                root_ratio: 0.0,
+            },
+        };
+        let sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let unsampled = "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-00";
+        let traced_input = |offset, request: &TransitionRequest, traceparent: &str| {
+            let mut input = input(offset, request);
+            input.headers = vec![(TRACEPARENT.into(), traceparent.as_bytes().to_vec())];
+            input
+        };
+        let traceparent_of = |output: &BatchOutput, transition: &str| {
+            output
+                .records
+                .iter()
+                .filter(|r| r.topic == topics.accepted || r.topic == topics.rejected)
+                .find(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).contains(transition))
+                .and_then(|r| r.headers.iter().find(|(k, _)| k == TRACEPARENT))
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        let apply = |caches: &mut HashMap<i32, PartitionCache>, output: &BatchOutput| {
+            for change in &output.changes {
+                caches
+                    .entry(change.partition)
+                    .or_default()
+                    .apply(&change.order_id, change.state.as_ref());
+            }
+        };
+
+        // o-1's ship (sampled context) and o-2's ship (unsampled) arrive before confirm: parked.
+        let mut caches = HashMap::from([(0, PartitionCache::new())]);
+        let parked = decide_batch(
+            &context,
+            &caches,
+            &[
+                input(0, &request("o-1", "create")),
+                traced_input(1, &request("o-1", "ship"), sampled),
+                input(2, &request("o-2", "create")),
+                traced_input(3, &request("o-2", "ship"), unsampled),
+            ],
+            1_000,
+        );
+        assert_eq!(parked.stats.parked, 2);
+        let kept: Vec<_> = parked
+            .changes
+            .iter()
+            .map(|c| c.state.as_ref().unwrap().parked[0].traceparent.as_deref())
+            .collect();
+        assert_eq!(kept, vec![Some(sampled), Some(unsampled)]);
+        apply(&mut caches, &parked);
+
+        // Confirming o-1 releases its ship: the outcome carries the context the ship came with,
+        // and a span is due under it, saying how long the ship waited.
+        let released = decide_batch(
+            &context,
+            &caches,
+            &[input(4, &request("o-1", "confirm"))],
+            1_500,
+        );
+        assert_eq!(traceparent_of(&released, "ship").as_deref(), Some(sampled));
+        assert_eq!(released.traced.len(), 1);
+        let span = &released.traced[0];
+        assert_eq!(
+            (
+                span.parent.map(|p| p.format()),
+                span.offset,
+                span.outcome,
+                span.waited_ms
+            ),
+            (
+                Some(sampled.to_string()),
+                1,
+                TracedOutcome::Accepted,
+                Some(500)
+            )
+        );
+        assert_eq!(
+            released.records[span.outcome_record.unwrap()].headers,
+            vec![(TRACEPARENT.to_string(), sampled.as_bytes().to_vec())]
+        );
+        apply(&mut caches, &released);
+
+        // o-2's ship expires: its rejection carries its (unsampled) context and gets no span.
+        let expired = expire_orders(&context, &caches, &[(0, "o-2".to_string())], 61_001);
+        assert_eq!(expired.stats.expired, 1);
+        assert_eq!(traceparent_of(&expired, "ship").as_deref(), Some(unsampled));
+        assert!(expired.traced.is_empty());
     }
 }

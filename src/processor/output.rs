@@ -1,14 +1,15 @@
 //! The records a decided batch produces: state records, accepted and rejected outcomes (with the
-//! trace context carried over) and dead letters with their provenance, as the wire contract
+//! trace context carried over) and dead letters with their provenance (and trace context), as the wire contract
 //! (docs/wire-format.md) says.
 
-use crate::codec::headers::dlq;
+use crate::codec::headers::{dlq, TRACEPARENT};
 use crate::codec::{
     encode_accepted_view, encode_rejected, AcceptedView, InputPosition, RejectedRecord,
 };
 use crate::config::TopicSettings;
 use crate::kafka::OutgoingRecord;
 use crate::machine::{Answer, Definition, Origin, Outcome, Rejection, StateId, TransitionRequest};
+use crate::telemetry::context::TraceParent;
 
 use super::decide::{BatchContext, InputRecord, Poison};
 
@@ -199,6 +200,16 @@ pub fn dead_letter(
     ];
     if let Some(ts) = input.timestamp_ms {
         headers.push((dlq::TIMESTAMP.into(), ts.to_string().into_bytes()));
+    }
+    // A valid trace context travels on, as onto an outcome: whoever handles the dead letter
+    // continues the sender's trace.
+    if let Some(context) = input
+        .headers
+        .iter()
+        .find(|(k, _)| k == TRACEPARENT)
+        .and_then(|(_, v)| TraceParent::parse(v))
+    {
+        headers.push((TRACEPARENT.into(), context.format().into_bytes()));
     }
     let mut message = poison.message(context.limits);
     message.truncate(floor_char_boundary(&message, 4096));

@@ -1,7 +1,11 @@
 //! The spans of a batch's sampled requests and of the transaction that writes them, following
 //! OpenTelemetry's messaging conventions: a `process` span (kind consumer) per request, a child
 //! of the sender's context from its `traceparent`, linked to one span per transaction attempt;
-//! the request's outcome record carries the `process` span's context onward. Spans exist only
+//! the request's outcome record carries the `process` span's context onward. A parked request
+//! answered later (released or expired) gets a second `process` span, under the context it
+//! arrived with (kept with it in the order's state), saying how long it waited. A record that is
+//! not a request gets a `process` span with status error and the dead letter's error kind, and
+//! the dead letter carries its context. Spans exist only
 //! for sampled requests (see [`Sampling`](crate::telemetry::context::Sampling)): a batch without
 //! one makes none.
 
@@ -60,11 +64,12 @@ impl BatchSpans {
         let name = format!("process {requests_topic}");
         let mut requests = Vec::with_capacity(output.traced.len());
         for traced in &output.traced {
-            let (outcome, reason) = match traced.outcome {
-                TracedOutcome::Accepted => ("accepted", None),
-                TracedOutcome::Rejected(code) => ("rejected", Some(reason_label(code))),
-                TracedOutcome::Duplicate => ("duplicate", None),
-                TracedOutcome::Parked => ("parked", None),
+            let (outcome, reason, error) = match traced.outcome {
+                TracedOutcome::Accepted => ("accepted", None, None),
+                TracedOutcome::Rejected(code) => ("rejected", Some(reason_label(code)), None),
+                TracedOutcome::Duplicate => ("duplicate", None, None),
+                TracedOutcome::Parked => ("parked", None, None),
+                TracedOutcome::DeadLetter(kind) => ("dead_letter", None, Some(kind)),
             };
             let span = tracing::info_span!(
                 target: SPANS,
@@ -81,12 +86,17 @@ impl BatchSpans {
                 messaging.kafka.message.key = %traced.order_id,
                 messaging.consumer.group.name = %settings.kafka.group_id,
                 orderflow.order_id = %traced.order_id,
-                orderflow.transition = %traced.transition,
+                orderflow.transition = (!traced.transition.is_empty()).then_some(traced.transition.as_str()),
                 orderflow.outcome = outcome,
                 orderflow.reject_reason = reason,
+                orderflow.parked.waited_ms = traced.waited_ms,
                 orderflow.transaction.number = number as i64,
                 orderflow.transaction.aborted = Empty,
+                error.type = error,
             );
+            if error.is_some() {
+                span.record("otel.status_code", "error");
+            }
             if let Some(parent) = &traced.parent {
                 let _ = span.set_parent(parent.parent_context());
             }

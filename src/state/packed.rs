@@ -7,7 +7,8 @@
 //!
 //! Layout: the order id (length-prefixed), then the state id, version, creation time and the
 //! time since it as LEB128 varints (times zig-zag), then each remembered request (16-byte id, an
-//! outcome byte, from, to, and its distance below the order's version), then any parked requests.
+//! outcome byte, from, to, and its distance below the order's version), then any parked requests
+//! (each ending with its trace context, if it has one).
 
 use std::collections::BTreeMap;
 
@@ -167,6 +168,13 @@ fn write_parked(w: &mut Vec<u8>, parked: &ParkedRequest) {
         put_i64(w, i64::from(origin.partition));
         put_i64(w, origin.offset);
     }
+    match &parked.traceparent {
+        None => w.push(0),
+        Some(traceparent) => {
+            w.push(1);
+            put_bytes(w, traceparent.as_bytes());
+        }
+    }
 }
 
 /// Reads what `pack` wrote. The bytes are the processor's own, so running past their end is a
@@ -267,6 +275,10 @@ fn read_parked(r: &mut Reader<'_>, order_id: &str) -> ParkedRequest {
             offset: r.i64(),
         })
         .collect();
+    let traceparent = match r.byte() {
+        0 => None,
+        _ => Some(r.string()),
+    };
     ParkedRequest {
         request,
         partition,
@@ -274,6 +286,7 @@ fn read_parked(r: &mut Reader<'_>, order_id: &str) -> ParkedRequest {
         parked_at_ms,
         deadline_ms,
         redeliveries,
+        traceparent,
     }
 }
 
@@ -312,6 +325,7 @@ mod tests {
             proptest::collection::btree_map(".{0,6}", ".{0,6}", 0..4),
             (any::<i32>(), any::<i64>(), any::<i64>(), any::<i64>()),
             proptest::collection::vec((any::<i32>(), any::<i64>()), 0..3),
+            proptest::option::of(".{0,60}"),
         )
             .prop_map(
                 move |(
@@ -323,6 +337,7 @@ mod tests {
                     attributes,
                     p,
                     r,
+                    traceparent,
                 )| {
                     ParkedRequest {
                         request: TransitionRequest {
@@ -342,6 +357,7 @@ mod tests {
                             .into_iter()
                             .map(|(partition, offset)| Origin { partition, offset })
                             .collect(),
+                        traceparent,
                     }
                 },
             )

@@ -10,7 +10,8 @@ use orderflow::codec::{
     AcceptedRecord, InputPosition, RejectedRecord,
 };
 use orderflow::machine::{
-    Definition, OrderState, RecentRequest, RecordedOutcome, RejectCode, TransitionRequest,
+    Definition, OrderState, ParkedRequest, RecentRequest, RecordedOutcome, RejectCode,
+    TransitionRequest,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -144,6 +145,34 @@ fn records_written_by_orderflow_decode_in_java() {
     assert_eq!(json["definition_hash"], definition.short_hash());
     assert_eq!(json["recent_requests"][0]["outcome"], "VERSION_CONFLICT");
     assert_eq!(json["parked"], Value::Array(vec![]));
+
+    // A parked request with a trace context makes the record v2, which Java reads too.
+    let mut parked = state.clone();
+    parked.parked.push(ParkedRequest {
+        request: TransitionRequest {
+            request_id: Uuid::from_u128(9),
+            order_id: "order-rust-1".into(),
+            transition: "deliver".into(),
+            expected_version: None,
+            requested_at_ms: 3,
+            source: "carrier".into(),
+            attributes: BTreeMap::new(),
+        },
+        partition: 1,
+        offset: 2,
+        parked_at_ms: 4,
+        deadline_ms: 5,
+        redeliveries: vec![],
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+    });
+    let mut bytes = Vec::new();
+    encode_order_state(&definition, "order-rust-1", &parked, &mut bytes);
+    let json = java_reads("order_state.v2.avsc", &bytes);
+    assert_eq!(
+        json["parked"][0]["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    assert_eq!(json["parked"][0]["transition"], "deliver");
 
     let input = InputPosition {
         topic: "order-transition-requests".into(),

@@ -162,30 +162,55 @@ async fn a_sampled_request_gets_a_process_span_under_its_sender_linked_to_its_tr
         ],
     )
     .await;
+    // Not a request at all: a dead letter, with a span saying why.
+    let poison_parent = random_hex(8);
+    produce_raw_traced(
+        &settings,
+        &[(
+            Some(order.clone().into_bytes()),
+            b"not avro".to_vec(),
+            Some(format!("00-{trace_id}-{poison_parent}-01")),
+        )],
+    )
+    .await;
     let service = unique("orderflow-test");
     let binary = spawn_traced(&settings, &service, "0");
     let outcomes = outcomes_within(&settings, 2, Duration::from_secs(60)).await;
-    stop(binary).await;
     assert_eq!((outcomes.accepted.len(), outcomes.rejected.len()), (1, 1));
+    // Confirmed in a later transaction (without a trace context): the parked ship, committed
+    // with its context in the order's state, is released and answered now.
+    produce_with_traceparents(&settings, &[(request(&order, "confirm"), None)]).await;
+    let outcomes = outcomes_within(&settings, 4, Duration::from_secs(60)).await;
+    stop(binary).await;
+    assert_eq!((outcomes.accepted.len(), outcomes.rejected.len()), (3, 1));
 
     let name = format!("process {}", settings.topics.requests);
-    let spans = wait_for_spans(&trace_id, &name, 3);
+    let spans = wait_for_spans(&trace_id, &name, 5);
     let process: Vec<&Value> = spans.iter().filter(|s| s["name"] == name).collect();
-    assert_eq!(process.len(), 3, "one process span per request: {spans:#?}");
-    for (span, (partition, offset), outcome) in [
-        (0, &create_parent, positions[0], "accepted"),
-        (1, &again_parent, positions[1], "rejected"),
-        (2, &ship_parent, positions[2], "parked"),
-    ]
-    .map(|(i, parent, position, outcome)| {
-        let span = process
+    assert_eq!(
+        process.len(),
+        5,
+        "one process span per traced request, and one more when the parked one is answered: {spans:#?}"
+    );
+    let child_of = |parent: &str, outcome: &str| -> &Value {
+        process
             .iter()
-            .find(|s| s["parentSpanId"] == parent.as_str())
+            .find(|s| {
+                s["parentSpanId"] == parent
+                    && attribute(s, "orderflow.outcome").as_deref() == Some(outcome)
+            })
             .unwrap_or_else(|| {
-                panic!("no process span is a child of request {i}'s sender {parent}: {spans:#?}")
-            });
-        (*span, position, outcome)
-    }) {
+                panic!("no {outcome} process span is a child of the sender {parent}: {spans:#?}")
+            })
+    };
+    for (span, (partition, offset), outcome) in [
+        (&create_parent, positions[0], "accepted"),
+        (&again_parent, positions[1], "rejected"),
+        (&ship_parent, positions[2], "parked"),
+        (&ship_parent, positions[2], "accepted"),
+    ]
+    .map(|(parent, position, outcome)| (child_of(parent, outcome), position, outcome))
+    {
         assert_eq!(span["kind"], 5, "kind consumer: {span:#}");
         assert_eq!(span["traceId"], trace_id.as_str());
         assert_eq!(
@@ -238,27 +263,66 @@ async fn a_sampled_request_gets_a_process_span_under_its_sender_linked_to_its_tr
             .map(|a| a["value"]["stringValue"].clone());
         assert_eq!(service_name, Some(Value::String(service.clone())));
     }
-    let rejected = process
-        .iter()
-        .find(|s| s["parentSpanId"] == again_parent.as_str())
-        .unwrap();
     assert_eq!(
-        attribute(rejected, "orderflow.reject_reason").as_deref(),
+        attribute(
+            child_of(&again_parent, "rejected"),
+            "orderflow.reject_reason"
+        )
+        .as_deref(),
         Some("order_already_exists")
     );
-
-    // Each outcome carries its process span's context onward.
-    for (input, parent) in [
-        (&outcomes.accepted[0].input, &create_parent),
-        (&outcomes.rejected[0].input, &again_parent),
-    ] {
-        let span = process
+    let dead_letter = child_of(&poison_parent, "dead_letter");
+    assert_eq!(
+        attribute(dead_letter, "error.type").as_deref(),
+        Some("not_avro"),
+        "{dead_letter:#}"
+    );
+    assert_eq!(
+        dead_letter["status"]["code"], 2,
+        "status error: {dead_letter:#}"
+    );
+    let dead_letters =
+        crate::support::read_to_end(&settings, &settings.topics.dead_letters, "read_committed");
+    assert_eq!(
+        dead_letters
             .iter()
-            .find(|s| s["parentSpanId"] == parent.as_str())
-            .unwrap();
+            .map(|m| crate::support::header(m, "traceparent"))
+            .collect::<Vec<_>>(),
+        vec![Some(format!(
+            "00-{trace_id}-{}-01",
+            dead_letter["spanId"].as_str().unwrap()
+        ))],
+        "the dead letter carries its span's context"
+    );
+    // The ship's answer says it was parked, and for how long.
+    assert!(attribute(
+        child_of(&ship_parent, "parked"),
+        "orderflow.parked.waited_ms"
+    )
+    .is_none());
+    let waited: i64 = attribute(
+        child_of(&ship_parent, "accepted"),
+        "orderflow.parked.waited_ms",
+    )
+    .and_then(|ms| ms.parse().ok())
+    .expect("the released request's span says how long it waited");
+    assert!(waited >= 0);
+
+    // Each outcome carries its process span's context onward, the released ship's too.
+    for ((partition, offset), parent) in [
+        (positions[0], &create_parent),
+        (positions[1], &again_parent),
+        (positions[2], &ship_parent),
+    ] {
+        let outcome = if parent == &again_parent {
+            "rejected"
+        } else {
+            "accepted"
+        };
+        let span = child_of(parent, outcome);
         let expected = format!("00-{trace_id}-{}-01", span["spanId"].as_str().unwrap());
-        let carried = crate::support::outcome_traceparent(&settings, input.partition, input.offset);
-        assert_eq!(carried.as_deref(), Some(expected.as_str()));
+        let carried = crate::support::outcome_traceparent(&settings, partition, offset);
+        assert_eq!(carried.as_deref(), Some(expected.as_str()), "{outcome}");
     }
 
     // Both link to the transaction that decided them, a span of its own trace.

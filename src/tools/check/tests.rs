@@ -196,6 +196,7 @@ fn a_lost_outcome_is_flagged_but_a_parked_request_is_not() {
         parked_at_ms: 2,
         deadline_ms: 3,
         redeliveries: Vec::new(),
+        traceparent: None,
     };
     if let Some(Some(o2)) = h.states.get_mut("o2") {
         o2.parked.push(parked);
