@@ -16,6 +16,9 @@
 #                    query API and UI on JAEGER_PORT+2, its gRPC on +3 and the health check on +4
 #   JAEGER_DATA_DIR  pid file and log (default <repo>/.jaeger/<port>)
 #   ORDERFLOW_CACHE  binary cache root (default ~/.cache/orderflow)
+#   JAEGER_UI_ASSETS a built jaeger-ui (packages/jaeger-ui/build of github.com/jaegertracing/jaeger-ui)
+#                    to serve as the UI; without it the query API works and / is a placeholder page
+#                    (the UI's sources are not in a package registry, so this script cannot fetch them)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

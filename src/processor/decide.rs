@@ -422,15 +422,12 @@ fn waiting_traces(state: &OrderState) -> Vec<Waiting> {
 /// Keeps the trace context of an input that `next` parked with the parked request, so its later
 /// outcome continues the trace. Only a valid context is kept (at most 55 bytes in the state).
 fn keep_trace_context(next: &mut OrderState, origin: Origin, header: &[u8]) {
-    let Some(context) = TraceParent::parse(header) else {
-        return;
-    };
-    if let Some(parked) = next
+    let parked = next
         .parked
         .iter_mut()
-        .find(|p| p.partition == origin.partition && p.offset == origin.offset)
-    {
-        parked.traceparent.get_or_insert_with(|| context.format());
+        .find(|p| p.partition == origin.partition && p.offset == origin.offset);
+    if let Some(parked) = parked.filter(|p| p.traceparent.is_none()) {
+        parked.traceparent = TraceParent::parse(header).map(|context| context.format());
     }
 }
 
