@@ -634,6 +634,31 @@ mod tests {
     use crate::codec::encode_request;
     use crate::machine::Definition;
 
+    fn lifecycle() -> Arc<Definition> {
+        Arc::new(
+            Definition::parse(
+                include_str!("../../machines/order-lifecycle.toml"),
+                "order-lifecycle.toml",
+            )
+            .unwrap(),
+        )
+    }
+
+    /// A batch context writing to the default topics with default limits.
+    fn batch_context<'a>(
+        decider: &'a Decider,
+        settings: &'a (TopicSettings, ProcessorSettings),
+        sampling: Sampling,
+    ) -> BatchContext<'a> {
+        BatchContext {
+            decider,
+            topics: &settings.0,
+            limits: &settings.1,
+            group_id: "g",
+            sampling,
+        }
+    }
+
     fn request(order_id: &str, transition: &str) -> TransitionRequest {
         TransitionRequest {
             request_id: Uuid::new_v4(),
@@ -661,13 +686,7 @@ mod tests {
 
     #[test]
     fn a_change_carries_the_deadline_of_the_committed_state_it_replaces() {
-        let definition = Arc::new(
-            Definition::parse(
-                include_str!("../../machines/order-lifecycle.toml"),
-                "order-lifecycle.toml",
-            )
-            .unwrap(),
-        );
+        let definition = lifecycle();
         let decider = Decider::new(Arc::clone(&definition), 8);
         let mut delivered = None;
         for transition in ["create", "confirm", "ship", "deliver"] {
@@ -685,14 +704,9 @@ mod tests {
         let mut cache = PartitionCache::new();
         cache.apply("o-1", Some(&delivered));
         let caches = HashMap::from([(0, cache)]);
-        let (topics, limits) = (TopicSettings::default(), ProcessorSettings::default());
-        let context = BatchContext {
-            decider: &decider,
-            topics: &topics,
-            limits: &limits,
-            group_id: "g",
-            sampling: Sampling::OFF,
-        };
+        let settings = (TopicSettings::default(), ProcessorSettings::default());
+        let topics = &settings.0;
+        let context = batch_context(&decider, &settings, Sampling::OFF);
         // Two changes of o-1 in one batch (returned, then a rejection remembered), and a new order.
         let inputs = [
             input(0, &request("o-1", "return")),
@@ -731,28 +745,18 @@ mod tests {
 
     #[test]
     fn a_parked_request_keeps_its_trace_context_for_the_outcome_it_gets_later() {
-        let definition = Arc::new(
-            Definition::parse(
-                include_str!("../../machines/order-lifecycle.toml"),
-                "order-lifecycle.toml",
-            )
-            .unwrap(),
-        );
+        let definition = lifecycle();
         let decider = Decider::new(definition, 8).with_parking(crate::machine::ParkingPolicy {
             max_per_order: 4,
             max_wait_ms: 60_000,
         });
-        let (topics, limits) = (TopicSettings::default(), ProcessorSettings::default());
-        let context = BatchContext {
-            decider: &decider,
-            topics: &topics,
-            limits: &limits,
-            group_id: "g",
-            sampling: Sampling {
-                enabled: true,
-                root_ratio: 0.0,
-            },
+        let settings = (TopicSettings::default(), ProcessorSettings::default());
+        let topics = &settings.0;
+        let sampling = Sampling {
+            enabled: true,
+            root_ratio: 0.0,
         };
+        let context = batch_context(&decider, &settings, sampling);
         let sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let unsampled = "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-00";
         let traced_input = |offset, request: &TransitionRequest, traceparent: &str| {
