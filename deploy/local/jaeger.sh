@@ -22,6 +22,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=pidfile.sh
+. "$here/pidfile.sh"
 repo=$(cd "$here/../.." && pwd)
 module_dir=$here/jaeger
 # The version is the one go.mod pins; the cache is keyed by it.
@@ -65,12 +67,7 @@ fetch() {
 }
 
 our_pid() {
-  [ -f "$pid_file" ] || return 1
-  local pid
-  pid=$(cat "$pid_file")
-  kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$binary" || return 1
-  echo "$pid"
+  running_pid "$pid_file" "$binary"
 }
 
 healthy() {

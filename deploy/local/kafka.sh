@@ -25,6 +25,8 @@ set -euo pipefail
 
 KAFKA_VERSION=4.4.0
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=pidfile.sh
+. "$here/pidfile.sh"
 repo=$(cd "$here/../.." && pwd)
 base_port=${KAFKA_PORT:-9092}
 nodes=${KAFKA_NODES:-1}
@@ -125,12 +127,7 @@ fetch() {
 }
 
 our_pid() {
-  [ -f "$pid_file" ] || return 1
-  local pid
-  pid=$(cat "$pid_file")
-  kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "kafka.Kafka $data_dir/server.properties" || return 1
-  echo "$pid"
+  running_pid "$pid_file" "kafka.Kafka $data_dir/server.properties"
 }
 
 # Prints "pid/program" of whatever listens on the port, empty if nothing does.

@@ -122,9 +122,8 @@ fn write_header_of(schema: &KnownSchema, out: &mut Vec<u8>) {
     out.extend_from_slice(&schema.fingerprint.to_le_bytes());
 }
 
-/// The body of a value written with the current schema of `kind`, resolving older shipped versions.
-/// Borrowed when the writer used the current schema (the fast path), owned after resolution.
-fn body_of(kind: RecordKind, value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, CodecError> {
+/// A single-object value's writer fingerprint and its body.
+fn split_header(value: &[u8]) -> Result<(u64, &[u8]), CodecError> {
     if value.len() < 10 {
         return Err(CodecError::TooShort { len: value.len() });
     }
@@ -135,8 +134,13 @@ fn body_of(kind: RecordKind, value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>,
     }
     let mut fp = [0u8; 8];
     fp.copy_from_slice(&value[2..10]);
-    let fingerprint = u64::from_le_bytes(fp);
-    let body = &value[10..];
+    Ok((u64::from_le_bytes(fp), &value[10..]))
+}
+
+/// The body of a value written with the current schema of `kind`, resolving older shipped versions.
+/// Borrowed when the writer used the current schema (the fast path), owned after resolution.
+fn body_of(kind: RecordKind, value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, CodecError> {
+    let (fingerprint, body) = split_header(value)?;
     let current = registry().current(kind);
     if fingerprint == current.fingerprint {
         return Ok(std::borrow::Cow::Borrowed(body));
@@ -338,11 +342,9 @@ pub fn decode_order_state(
     value: &[u8],
 ) -> Result<(String, OrderState), CodecError> {
     // v1, which orderflow still writes, is read by hand like the current version.
-    let (body, with_traces) = if value.len() >= 10
-        && value[..2] == SINGLE_OBJECT_MAGIC
-        && value[2..10] == order_state_without_traces().fingerprint.to_le_bytes()
-    {
-        (std::borrow::Cow::Borrowed(&value[10..]), false)
+    let (fingerprint, body) = split_header(value)?;
+    let (body, with_traces) = if fingerprint == order_state_without_traces().fingerprint {
+        (std::borrow::Cow::Borrowed(body), false)
     } else {
         (body_of(RecordKind::OrderState, value)?, true)
     };

@@ -34,6 +34,13 @@ pub struct InputRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl InputRecord {
+    /// Its `traceparent` header, as it came.
+    pub fn traceparent(&self) -> Option<&(String, Vec<u8>)> {
+        self.headers.iter().find(|(k, _)| k == TRACEPARENT)
+    }
+}
+
 /// What is fixed for every batch of a processor.
 #[derive(Debug, Clone)]
 pub struct BatchContext<'a> {
@@ -306,8 +313,7 @@ pub fn decide_batch(
         let request = match parse_request(input, context.limits) {
             Ok(request) => request,
             Err(poison) => {
-                let trace = input.headers.iter().find(|(k, _)| k == TRACEPARENT);
-                if let Some(parent) = sampled(context.sampling, input, trace) {
+                if let Some(parent) = sampled(context.sampling, input, input.traceparent()) {
                     output.traced.push(TracedRequest {
                         parent,
                         partition: input.partition,
@@ -348,11 +354,7 @@ pub fn decide_batch(
             partition: input.partition,
             offset: input.offset,
         };
-        let trace = input
-            .headers
-            .iter()
-            .find(|(k, _)| k == TRACEPARENT)
-            .cloned();
+        let trace = input.traceparent().cloned();
         // Taken before the request moves into the decider; only for a sampled request.
         let traced = sampled(context.sampling, input, trace.as_ref())
             .map(|parent| (parent, request.transition.clone()));
@@ -625,7 +627,7 @@ pub fn expire_orders(
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::processor) mod tests {
     use std::sync::Arc;
 
     use uuid::Uuid;
@@ -634,7 +636,7 @@ mod tests {
     use crate::codec::encode_request;
     use crate::machine::Definition;
 
-    fn lifecycle() -> Arc<Definition> {
+    pub(in crate::processor) fn lifecycle() -> Arc<Definition> {
         Arc::new(
             Definition::parse(
                 include_str!("../../machines/order-lifecycle.toml"),
@@ -645,7 +647,7 @@ mod tests {
     }
 
     /// A batch context writing to the default topics with default limits.
-    fn batch_context<'a>(
+    pub(in crate::processor) fn batch_context<'a>(
         decider: &'a Decider,
         settings: &'a (TopicSettings, ProcessorSettings),
         sampling: Sampling,
@@ -659,7 +661,7 @@ mod tests {
         }
     }
 
-    fn request(order_id: &str, transition: &str) -> TransitionRequest {
+    pub(in crate::processor) fn request(order_id: &str, transition: &str) -> TransitionRequest {
         TransitionRequest {
             request_id: Uuid::new_v4(),
             order_id: order_id.into(),
@@ -671,7 +673,7 @@ mod tests {
         }
     }
 
-    fn input(offset: i64, request: &TransitionRequest) -> InputRecord {
+    pub(in crate::processor) fn input(offset: i64, request: &TransitionRequest) -> InputRecord {
         let mut value = Vec::new();
         encode_request(request, &mut value);
         InputRecord {

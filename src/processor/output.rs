@@ -203,12 +203,7 @@ pub fn dead_letter(
     }
     // A valid trace context travels on, as onto an outcome: whoever handles the dead letter
     // continues the sender's trace.
-    if let Some(context) = input
-        .headers
-        .iter()
-        .find(|(k, _)| k == TRACEPARENT)
-        .and_then(|(_, v)| TraceParent::parse(v))
-    {
+    if let Some(context) = input.traceparent().and_then(|(_, v)| TraceParent::parse(v)) {
         headers.push((TRACEPARENT.into(), context.format().into_bytes()));
     }
     let mut message = poison.message(context.limits);
@@ -256,63 +251,25 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
-
-    use uuid::Uuid;
-
     use super::*;
-    use crate::codec::{encode_request, CodecError};
+    use crate::codec::CodecError;
     use crate::config::ProcessorSettings;
     use crate::machine::Decider;
-
-    fn input(offset: i64, order_id: &str) -> InputRecord {
-        let request = TransitionRequest {
-            request_id: Uuid::new_v4(),
-            order_id: order_id.into(),
-            transition: "create".into(),
-            expected_version: None,
-            requested_at_ms: 1_000,
-            source: "test".into(),
-            attributes: BTreeMap::new(),
-        };
-        let mut value = Vec::new();
-        encode_request(&request, &mut value);
-        InputRecord {
-            partition: 0,
-            offset,
-            timestamp_ms: None,
-            key: Some(order_id.as_bytes().to_vec()),
-            value: Some(value),
-            headers: Vec::new(),
-        }
-    }
+    use crate::processor::decide::tests::{batch_context, input, lifecycle, request};
+    use crate::telemetry::context::Sampling;
 
     #[test]
     fn a_dead_letter_keeps_the_input_key_as_it_came_and_none_stays_none() {
-        let definition = Arc::new(
-            Definition::parse(
-                include_str!("../../machines/order-lifecycle.toml"),
-                "order-lifecycle.toml",
-            )
-            .unwrap(),
-        );
-        let decider = Decider::new(definition, 8);
-        let (topics, limits) = (TopicSettings::default(), ProcessorSettings::default());
-        let context = BatchContext {
-            decider: &decider,
-            topics: &topics,
-            limits: &limits,
-            group_id: "g",
-            sampling: crate::telemetry::context::Sampling::OFF,
-        };
-        let mut keyless = input(7, "o-1");
+        let decider = Decider::new(lifecycle(), 8);
+        let settings = (TopicSettings::default(), ProcessorSettings::default());
+        let context = batch_context(&decider, &settings, Sampling::OFF);
+        let mut keyless = input(7, &request("o-1", "create"));
         keyless.key = None;
         let letter = dead_letter(&context, &keyless, &Poison::Codec(CodecError::MissingKey));
         assert_eq!(letter.key, None);
         assert_eq!(letter.value, keyless.value, "the original bytes");
 
-        let keyed = input(8, "o-2");
+        let keyed = input(8, &request("o-2", "create"));
         let letter = dead_letter(&context, &keyed, &Poison::EmptyValue);
         assert_eq!(letter.key.as_deref(), Some(&b"o-2"[..]));
     }
